@@ -1,0 +1,77 @@
+//! The config file exactly as written: serde structs with every value still a string.
+//! Durations, cron expressions, pointers and names are checked in `validate`, so that
+//! one load reports every problem instead of stopping at the first.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// `secret = "…"` or `secret = ["new", "old"]` (rotation, newest first).
+#[derive(Deserialize, Clone)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+/// A byte size: `1048576` or `"16MiB"`.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum RawSize {
+    Bytes(u64),
+    Text(String),
+}
+
+#[derive(Deserialize, Default)]
+pub struct RawConfig {
+    pub state_dir: Option<String>,
+    pub shutdown_grace: Option<String>,
+    #[serde(default)]
+    pub targets: BTreeMap<String, RawTarget>,
+    #[serde(default)]
+    pub sources: BTreeMap<String, RawSource>,
+}
+
+// No Debug on raw structs: they hold secrets.
+#[derive(Deserialize)]
+pub struct RawTarget {
+    pub url: Option<String>,
+    pub secret: Option<OneOrMany>,
+    pub secret_env: Option<OneOrMany>,
+    pub secret_file: Option<OneOrMany>,
+    pub signature: Option<String>,
+    pub timeout: Option<String>,
+    pub retry: Option<Vec<String>>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    pub max_in_flight: Option<i64>,
+}
+
+#[derive(Deserialize)]
+pub struct RawSource {
+    pub url: Option<String>,
+    pub method: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    pub interval: Option<String>,
+    pub cron: Option<String>,
+    pub timeout: Option<String>,
+    pub max_body: Option<RawSize>,
+    pub items: Option<String>,
+    pub id: Option<String>,
+    #[serde(default)]
+    pub ignore: Vec<String>,
+    pub events: Option<Vec<String>>,
+    pub targets: Option<Vec<String>>,
+    pub baseline: Option<bool>,
+    pub allow_empty: Option<bool>,
+}

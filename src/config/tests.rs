@@ -1,0 +1,259 @@
+use super::*;
+
+fn env(name: &str) -> Option<String> {
+    match name {
+        "API_TOKEN" => Some("tok-123".into()),
+        "HOOK_SECRET" => Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()),
+        "STATE_DIRECTORY" => Some("/var/lib/pollhook:/other".into()),
+        _ => None,
+    }
+}
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, Path::new("/etc/pollhook/config.toml"), &env)
+}
+
+const GOOD: &str = r#"
+[targets.hooks]
+url = "https://example.com/hooks"
+secret_env = "HOOK_SECRET"
+
+[targets.gh]
+url = "https://example.com/gh"
+secret = "It's a Secret to Everybody"
+signature = "github"
+timeout = "3s"
+retry = ["1s", "2m"]
+headers = { "X-Env" = "prod" }
+max_in_flight = 4
+
+[sources.things]
+url = "https://api.example.com/things?token=${API_TOKEN}"
+headers = { Authorization = "Bearer ${API_TOKEN}" }
+interval = "1m"
+items = "/data"
+ignore = ["/updated_at"]
+events = ["created", "deleted"]
+targets = ["gh"]
+
+[sources.weekly]
+url = "https://api.example.com/weekly"
+cron = "0 9 * * 1"
+baseline = false
+allow_empty = true
+max_body = "1MiB"
+"#;
+
+#[test]
+fn a_good_config_loads_with_defaults_filled_in() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.state_dir, PathBuf::from("/var/lib/pollhook"));
+    assert_eq!(c.shutdown_grace, Duration::from_secs(10));
+    let hooks = &c.targets["hooks"];
+    assert_eq!(hooks.signer.scheme(), Scheme::Standard);
+    assert_eq!(hooks.retry, DEFAULT_RETRY.to_vec());
+    assert_eq!(hooks.timeout, Duration::from_secs(10));
+    assert_eq!(hooks.max_in_flight, 16);
+    let gh = &c.targets["gh"];
+    assert_eq!(gh.signer.scheme(), Scheme::Github);
+    assert_eq!(
+        gh.retry,
+        vec![Duration::from_secs(1), Duration::from_secs(120)]
+    );
+    assert_eq!(gh.headers["x-env"], "prod");
+    let things = &c.sources["things"];
+    assert_eq!(things.url.query(), Some("token=tok-123"));
+    assert_eq!(things.headers["authorization"], "Bearer tok-123");
+    assert_eq!(
+        things.events,
+        vec![ChangeKind::Created, ChangeKind::Deleted]
+    );
+    assert_eq!(things.targets, vec!["gh".to_string()]);
+    assert_eq!(things.id, "/id");
+    assert!(things.baseline && !things.allow_empty);
+    assert_eq!(things.max_body, DEFAULT_MAX_BODY);
+    let weekly = &c.sources["weekly"];
+    assert_eq!(weekly.targets, vec!["gh".to_string(), "hooks".to_string()]);
+    assert!(!weekly.baseline && weekly.allow_empty);
+    assert_eq!(weekly.max_body, 1 << 20);
+    assert_eq!(weekly.method, Method::GET);
+}
+
+#[test]
+fn debug_output_hides_secrets() {
+    let c = parse(GOOD).unwrap();
+    let dbg = format!("{c:?}");
+    for secret in [
+        "tok-123",
+        "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        "It's a Secret",
+    ] {
+        assert!(!dbg.contains(secret), "{secret} leaked into {dbg}");
+    }
+    assert!(dbg.contains("things"));
+}
+
+#[test]
+fn every_problem_is_reported_with_key_and_line() {
+    let text = r#"
+[targets.hooks]
+url = "https://example.com/hooks"
+secret = "not-whsec"
+signatur = "github"
+
+[sources.a]
+url = "https://api.example.com/a"
+interval = "1 fortnight"
+cron = "* * * *"
+
+[sources.b]
+url = "https://api.example.com/b?k=${NOPE}"
+cron = "0 9 * * 8"
+items = "data"
+targets = ["hooks", "nowhere"]
+
+[sources.c]
+url = "https://api.example.com/c"
+"#;
+    let err = parse(text).unwrap_err();
+    let problems = err.problems();
+    let find = |key: &str| {
+        problems
+            .iter()
+            .find(|p| p.key == key)
+            .unwrap_or_else(|| panic!("no problem for {key} in {problems:#?}"))
+    };
+    assert_eq!(find("targets.hooks.signatur").line, Some(5));
+    assert_eq!(find("targets.hooks.secret").line, Some(4));
+    assert!(find("targets.hooks.secret").message.contains("whsec_"));
+    assert_eq!(find("sources.a.cron").line, Some(10));
+    assert!(find("sources.a.cron").message.contains("not both"));
+    assert_eq!(find("sources.b.url").line, Some(13));
+    assert!(find("sources.b.url").message.contains("NOPE"));
+    assert_eq!(find("sources.b.cron").line, Some(14));
+    assert_eq!(find("sources.b.items").line, Some(15));
+    assert_eq!(find("sources.b.targets[1]").line, Some(16));
+    assert!(find("sources.b.targets[1]").message.contains("nowhere"));
+    assert!(find("sources.c").message.contains("schedule"));
+    let text = err.to_string();
+    assert!(
+        text.contains("/etc/pollhook/config.toml:5: targets.hooks.signatur:"),
+        "{text}"
+    );
+    // The bad secret itself is never echoed.
+    assert!(!text.contains("not-whsec"), "{text}");
+}
+
+#[test]
+fn bad_durations_and_cron_are_errors() {
+    let text = r#"
+[targets.t]
+url = "http://127.0.0.1:1/h"
+secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+retry = ["5s", "soon"]
+timeout = "ten"
+
+[sources.s]
+url = "http://127.0.0.1:1/s"
+cron = "61 * * * *"
+timeout = "-1s"
+"#;
+    let keys: Vec<String> = parse(text)
+        .unwrap_err()
+        .problems()
+        .into_iter()
+        .map(|p| p.key)
+        .collect();
+    for k in [
+        "targets.t.retry[1]",
+        "targets.t.timeout",
+        "sources.s.cron",
+        "sources.s.timeout",
+    ] {
+        assert!(keys.iter().any(|x| x == k), "{k} missing from {keys:?}");
+    }
+}
+
+#[test]
+fn secrets_come_from_exactly_one_place() {
+    let base = "[sources.s]\nurl = \"http://127.0.0.1:1/s\"\ninterval = \"1m\"\n[targets.t]\nurl = \"http://127.0.0.1:1/h\"\n";
+    let none = parse(base).unwrap_err().to_string();
+    assert!(none.contains("missing secret"), "{none}");
+    let both = parse(&format!(
+        "{base}secret = \"x\"\nsecret_env = \"HOOK_SECRET\"\nsignature = \"github\"\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(both.contains("only one"), "{both}");
+    let unset = parse(&format!("{base}secret_env = \"UNSET_VAR\"\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(unset.contains("UNSET_VAR"), "{unset}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("secret");
+    std::fs::write(&file, "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n").unwrap();
+    let from_file = format!("{base}secret_file = {:?}\n", file.display().to_string());
+    assert!(parse(&from_file).is_ok());
+    let missing = format!("{base}secret_file = \"/nonexistent/secret\"\n");
+    assert!(parse(&missing)
+        .unwrap_err()
+        .to_string()
+        .contains("/nonexistent/secret"));
+    // Rotation: several secrets.
+    let many = format!(
+        "{base}secret = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\", \"whsec_dGVzdA==\"]\n"
+    );
+    assert!(parse(&many).is_ok());
+}
+
+#[test]
+fn syntax_errors_name_file_and_line() {
+    let err = parse("[sources.a]\nurl = \"x\"\ninterval = 5\n").unwrap_err();
+    let text = err.to_string();
+    assert!(text.starts_with("/etc/pollhook/config.toml:3:"), "{text}");
+    let err = parse("[sources.a\n").unwrap_err().to_string();
+    assert!(err.contains("config.toml:1"), "{err}");
+}
+
+#[test]
+fn empty_config_says_what_is_missing() {
+    let text = parse("").unwrap_err().to_string();
+    assert!(
+        text.contains("no targets") && text.contains("no sources"),
+        "{text}"
+    );
+}
+
+#[test]
+fn state_dir_defaults_and_resolves_relative_to_the_file() {
+    let mut text = GOOD.to_string();
+    text.insert_str(0, "state_dir = \"state\"\n");
+    assert_eq!(
+        parse(&text).unwrap().state_dir,
+        PathBuf::from("/etc/pollhook/state")
+    );
+    let no_env = Config::parse(GOOD, Path::new("c.toml"), &|n| {
+        env(n).filter(|_| n != "STATE_DIRECTORY")
+    })
+    .unwrap();
+    assert_eq!(no_env.state_dir, PathBuf::from("./pollhook-state"));
+}
+
+#[test]
+fn names_are_checked() {
+    let text = GOOD.replace("[sources.weekly]", "[sources.\"bad name!\"]");
+    let err = parse(&text).unwrap_err().to_string();
+    assert!(err.contains("names must be"), "{err}");
+}
+
+#[test]
+fn the_example_config_parses() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let c = Config::parse(&text, &path, &|name| match name {
+        "GITHUB_TOKEN" => Some("ghp_example".into()),
+        _ => None,
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!c.sources.is_empty() && !c.targets.is_empty());
+}

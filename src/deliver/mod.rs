@@ -1,0 +1,348 @@
+//! Delivery: one worker per target takes that target's deliveries from the outbox, signs
+//! and POSTs them, and acknowledges, reschedules or buries each.
+//!
+//! Workers are independent tasks with their own HTTP client, so a slow or dead target
+//! never delays another (invariant 5). Within a target, only the oldest unfinished
+//! delivery of each item may be in flight or waiting for its retry; later deliveries of
+//! that item wait behind it, other items go on (invariant 4). A delivery leaves the
+//! outbox only after a 2xx (invariant 1), or moves to the dead letters after its last
+//! retry or a 410.
+
+mod queue;
+pub mod retry;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::Utc;
+use reqwest::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{redact_url, Target};
+use crate::schedule::random_unit;
+use crate::sign::Scheme;
+use crate::store::{blocking, SharedStore, StoreError};
+use queue::{Queue, Ready};
+pub use retry::{Decision, Outcome, RetryPolicy};
+
+/// Deliveries loaded from the outbox into a worker's memory at most. Bodies of
+/// deliveries waiting for a retry are dropped from memory and read again when due, so
+/// this bounds memory while letting thousands of failing items retry side by side.
+const WINDOW: usize = 16_384;
+
+/// The `User-Agent` of every request pollhook makes.
+pub fn user_agent() -> String {
+    format!("pollhook/{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// Sends one target's webhooks until shutdown.
+pub struct TargetWorker {
+    target: Arc<Target>,
+    store: SharedStore,
+    client: reqwest::Client,
+    /// Signalled when a commit queued deliveries for this target.
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+    /// How long in-flight attempts may finish after shutdown.
+    grace: Duration,
+}
+
+/// The end of one attempt, reported back to the worker loop.
+struct Finished {
+    seq: u64,
+    decision: Decision,
+    attempts: u32,
+    next_at_ms: i64,
+}
+
+impl TargetWorker {
+    pub fn new(
+        target: Arc<Target>,
+        store: SharedStore,
+        wake: Arc<Notify>,
+        shutdown: CancellationToken,
+        grace: Duration,
+    ) -> Result<TargetWorker, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(target.timeout.min(Duration::from_secs(10)))
+            .timeout(target.timeout)
+            .pool_max_idle_per_host(target.max_in_flight)
+            .build()?;
+        Ok(TargetWorker {
+            target,
+            store,
+            client,
+            wake,
+            shutdown,
+            grace,
+        })
+    }
+
+    /// The worker loop: refill from the outbox, start due attempts, wait for the next
+    /// thing to happen. Store errors are logged and retried; they never end the loop.
+    pub async fn run(self) {
+        let name = self.target.name.clone();
+        let mut queue = Queue::default();
+        let mut in_flight: JoinSet<Finished> = JoinSet::new();
+        // The first pass loads whatever a previous run left pending.
+        let mut refill = true;
+        let mut more = false;
+        loop {
+            if (refill || more) && queue.len() < WINDOW / 2 {
+                match self.load(&queue).await {
+                    Ok(batch) => {
+                        more = batch.len() == WINDOW - queue.len();
+                        for d in batch {
+                            queue.push(d);
+                        }
+                        refill = false;
+                    }
+                    Err(e) => {
+                        tracing::error!(target_name = %name, error = %e, "cannot read pending deliveries; retrying in 1s");
+                        more = true;
+                    }
+                }
+            }
+            let now_ms = Utc::now().timestamp_millis();
+            while in_flight.len() < self.target.max_in_flight {
+                let Some(ready) = queue.take_due(now_ms) else {
+                    break;
+                };
+                in_flight.spawn(self.clone_parts().attempt(ready));
+            }
+            let next_due = queue.next_due_ms().map(|at| {
+                let wait = u64::try_from(at - now_ms).unwrap_or(0);
+                tokio::time::Instant::now() + Duration::from_millis(wait)
+            });
+            let store_retry = more.then(|| tokio::time::Instant::now() + Duration::from_secs(1));
+            tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                _ = self.wake.notified() => refill = true,
+                Some(done) = in_flight.join_next() => self.finish(&mut queue, done),
+                _ = sleep_until_opt(next_due), if in_flight.len() < self.target.max_in_flight => {}
+                _ = sleep_until_opt(store_retry) => {}
+            }
+        }
+        // Clean stop: no new attempts; let those in flight finish within the grace
+        // period. Whatever is cut off stays pending for the next start (invariant 8).
+        let drain = async {
+            while let Some(done) = in_flight.join_next().await {
+                self.finish(&mut queue, done);
+            }
+        };
+        if tokio::time::timeout(self.grace, drain).await.is_err() {
+            tracing::warn!(target_name = %name, cut = in_flight.len(), "grace period over; unfinished deliveries stay pending for the next start");
+            in_flight.abort_all();
+        }
+    }
+
+    async fn load(&self, queue: &Queue) -> Result<Vec<crate::store::Delivery>, StoreError> {
+        let target = self.target.name.clone();
+        let after = queue.loaded_upto();
+        let limit = WINDOW - queue.len();
+        blocking(&self.store, move |s| s.pending(&target, after, limit)).await
+    }
+
+    fn finish(&self, queue: &mut Queue, done: Result<Finished, tokio::task::JoinError>) {
+        match done {
+            Ok(f) => queue.finish(f.seq, f.decision, f.attempts, f.next_at_ms),
+            // An attempt task only ends this way if it panicked; its delivery is still in
+            // the outbox and will be retried after a restart.
+            Err(e) => {
+                tracing::error!(target_name = %self.target.name, error = %e, "delivery task failed")
+            }
+        }
+    }
+
+    fn clone_parts(&self) -> Attempt {
+        Attempt {
+            target: self.target.clone(),
+            store: self.store.clone(),
+            client: self.client.clone(),
+        }
+    }
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What one attempt needs, owned so it can run as its own task.
+struct Attempt {
+    target: Arc<Target>,
+    store: SharedStore,
+    client: reqwest::Client,
+}
+
+impl Attempt {
+    async fn attempt(self, ready: Ready) -> Finished {
+        let seq = ready.seq;
+        let attempt_no = ready.attempts + 1;
+        let body = match ready.body.clone() {
+            Some(b) => b,
+            None => match self.reload(seq).await {
+                Some(b) => b,
+                // Gone from the outbox (replayed or forgotten meanwhile): nothing to send.
+                None => {
+                    return Finished {
+                        seq,
+                        decision: Decision::Ack,
+                        attempts: ready.attempts,
+                        next_at_ms: 0,
+                    }
+                }
+            },
+        };
+        let started = std::time::Instant::now();
+        let outcome = self.send(&ready.event_id, body).await;
+        let policy = RetryPolicy {
+            delays: self.target.retry.clone(),
+        };
+        let decision = policy.decide(attempt_no, &outcome, random_unit());
+        let next_at_ms = match decision {
+            Decision::RetryIn(d) => Utc::now().timestamp_millis() + d.as_millis() as i64,
+            _ => 0,
+        };
+        self.record(
+            &ready,
+            attempt_no,
+            &outcome,
+            decision,
+            next_at_ms,
+            started.elapsed(),
+        )
+        .await;
+        Finished {
+            seq,
+            decision,
+            attempts: attempt_no,
+            next_at_ms,
+        }
+    }
+
+    async fn reload(&self, seq: u64) -> Option<Bytes> {
+        let target = self.target.name.clone();
+        loop {
+            let t = target.clone();
+            match blocking(&self.store, move |s| s.delivery(&t, seq)).await {
+                Ok(d) => return d.map(|d| Bytes::from(d.body)),
+                Err(e) => {
+                    tracing::error!(target_name = %target, seq, error = %e, "cannot read delivery; retrying in 1s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    async fn send(&self, event_id: &str, body: Bytes) -> Outcome {
+        let t = &self.target;
+        let mut req = self
+            .client
+            .post(t.url.clone())
+            .headers(t.headers.clone())
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .header(USER_AGENT, user_agent());
+        // Every attempt gets a fresh timestamp and signature.
+        for (name, value) in t.signer.headers(event_id, Utc::now().timestamp(), &body) {
+            req = req.header(name, value);
+        }
+        if t.signer.scheme() != Scheme::Standard {
+            // Receivers of every scheme can deduplicate on this id.
+            req = req.header("webhook-id", event_id);
+        }
+        match req.body(body).send().await {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let retry_after = resp
+                    .headers()
+                    .get(RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                Outcome::from_status(status, retry_after.as_deref(), Utc::now())
+            }
+            Err(e) => Outcome::Failed {
+                error: describe_send_error(&e, t.timeout),
+                retry_after: None,
+            },
+        }
+    }
+
+    async fn record(
+        &self,
+        ready: &Ready,
+        attempt_no: u32,
+        outcome: &Outcome,
+        decision: Decision,
+        next_at: i64,
+        took: Duration,
+    ) {
+        let t = &self.target;
+        let error = match outcome {
+            Outcome::Delivered => String::new(),
+            Outcome::Failed { error, .. } | Outcome::Gone { error } => error.clone(),
+        };
+        match decision {
+            Decision::Ack => {
+                tracing::debug!(target_name = %t.name, event = %ready.event_id, attempt = attempt_no, took_ms = took.as_millis() as u64, "delivered")
+            }
+            Decision::RetryIn(d) => {
+                tracing::warn!(target_name = %t.name, url = %redact_url(&t.url), event = %ready.event_id, attempt = attempt_no, error = %error, retry_in = %humantime::format_duration(Duration::from_secs(d.as_secs().max(1))), "delivery failed; will retry")
+            }
+            Decision::Bury => {
+                tracing::error!(target_name = %t.name, url = %redact_url(&t.url), event = %ready.event_id, attempts = attempt_no, error = %error, "delivery is dead: no more retries (it stays in the database)")
+            }
+        }
+        let target = t.name.clone();
+        let seq = ready.seq;
+        // The outcome must reach the store: retry store errors rather than drop them, or
+        // an acknowledged delivery would be sent again (harmless) or a failure forgotten.
+        loop {
+            let (tg, err) = (target.clone(), error.clone());
+            let result = blocking(&self.store, move |s| match decision {
+                Decision::Ack => s.ack(&tg, seq),
+                Decision::RetryIn(_) => s.reschedule(&tg, seq, attempt_no, next_at, &err),
+                Decision::Bury => s.bury(&tg, seq, attempt_no, &err),
+            })
+            .await;
+            match result {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::error!(target_name = %target, seq, error = %e, "cannot record delivery outcome; retrying in 1s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+}
+
+/// A transport error in words, without the URL (it may carry a token).
+pub fn describe_send_error(e: &reqwest::Error, timeout: Duration) -> String {
+    if e.is_timeout() {
+        return format!(
+            "no response within {} (timeout)",
+            humantime::format_duration(timeout)
+        );
+    }
+    let kind = if e.is_connect() {
+        "connection failed"
+    } else if e.is_body() || e.is_decode() {
+        "response body failed"
+    } else {
+        "request failed"
+    };
+    let mut msg = kind.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}

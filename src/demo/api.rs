@@ -1,0 +1,135 @@
+//! A sample polling API on 127.0.0.1: a list of items that a caller (the demo, a test,
+//! the fault harness) changes at will, with switchable faults. Serves
+//! `GET /items` as `{"items": [{"id": …, …}, …]}`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+/// How the API misbehaves, until set back to [`Fault::None`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    None,
+    /// Answer with this status and a short body.
+    Status(u16),
+    /// Answer 200 with a body that is not JSON.
+    InvalidJson,
+    /// Answer 200 with valid JSON cut off halfway.
+    Truncated,
+    /// Answer 200 with `{"items": []}`.
+    Empty,
+    /// Answer 200 with a document that lacks the items key.
+    MissingItems,
+    /// Wait this long before answering.
+    Slow(Duration),
+}
+
+struct ApiState {
+    items: BTreeMap<String, Value>,
+    fault: Fault,
+    requests: u64,
+}
+
+/// The running sample API.
+#[derive(Clone)]
+pub struct SampleApi {
+    state: Arc<Mutex<ApiState>>,
+    addr: SocketAddr,
+}
+
+impl SampleApi {
+    /// Starts serving on an ephemeral port until `shutdown`.
+    pub async fn start(shutdown: CancellationToken) -> std::io::Result<SampleApi> {
+        let state = Arc::new(Mutex::new(ApiState {
+            items: BTreeMap::new(),
+            fault: Fault::None,
+            requests: 0,
+        }));
+        let app = Router::new()
+            .route("/items", get(list))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(async move {
+            let serve =
+                axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned());
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "sample API stopped");
+            }
+        });
+        Ok(SampleApi { state, addr })
+    }
+
+    /// The URL to poll.
+    pub fn url(&self) -> String {
+        format!("http://{}/items", self.addr)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ApiState> {
+        // A panic while holding this lock would be a bug in a test helper; the state
+        // is still usable, so take it anyway.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Creates or replaces item `id` (its `"id"` member is set to `id`).
+    pub fn set(&self, id: &str, mut fields: Value) {
+        if let Some(obj) = fields.as_object_mut() {
+            obj.insert("id".into(), json!(id));
+        }
+        self.lock().items.insert(id.to_string(), fields);
+    }
+
+    /// Deletes item `id`.
+    pub fn remove(&self, id: &str) {
+        self.lock().items.remove(id);
+    }
+
+    /// The current items.
+    pub fn items(&self) -> BTreeMap<String, Value> {
+        self.lock().items.clone()
+    }
+
+    pub fn set_fault(&self, fault: Fault) {
+        self.lock().fault = fault;
+    }
+
+    /// Requests served so far.
+    pub fn requests(&self) -> u64 {
+        self.lock().requests
+    }
+}
+
+async fn list(State(state): State<Arc<Mutex<ApiState>>>) -> Response {
+    let (fault, body) = {
+        let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+        s.requests += 1;
+        let items: Vec<&Value> = s.items.values().collect();
+        (s.fault.clone(), json!({ "items": items }).to_string())
+    };
+    let json = |b: String| ([(header::CONTENT_TYPE, "application/json")], b).into_response();
+    match fault {
+        Fault::None => json(body),
+        Fault::Status(code) => (
+            StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            "simulated failure",
+        )
+            .into_response(),
+        Fault::InvalidJson => json("<html>Service Unavailable</html>".into()),
+        Fault::Truncated => json(body[..body.len() / 2].to_string()),
+        Fault::Empty => json("{\"items\": []}".into()),
+        Fault::MissingItems => json("{\"error\": \"maintenance\"}".into()),
+        Fault::Slow(d) => {
+            tokio::time::sleep(d).await;
+            json(body)
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! Events: the JSON envelope every webhook carries, and its stable id.
+//!
+//! The id is derived from what was detected, never from the clock or randomness
+//! (DESIGN invariant 2): the source, the source's commit generation, the item id, the kind
+//! of change and the item's version. A crash before a poll commits leaves the generation
+//! and the stored snapshot as they were, so the next poll re-detects the same change under
+//! the same id. The generation makes a repeated change (v1 → v2 → v1 → v2) a new event.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::diff::{Change, ChangeKind, Hash};
+
+/// An event ready to store and send: its id, type and the exact bytes of its body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub id: String,
+    /// `<source>.created`, `<source>.updated` or `<source>.deleted`.
+    pub event_type: String,
+    pub kind: ChangeKind,
+    pub source: String,
+    pub item_id: String,
+    /// The JSON envelope; these bytes are sent on every attempt to every target.
+    pub body: Vec<u8>,
+}
+
+/// `evt_` and 32 hex digits of SHA-256 over the fields that identify one change.
+pub fn event_id(
+    source: &str,
+    generation: u64,
+    item_id: &str,
+    kind: ChangeKind,
+    version: &Hash,
+) -> String {
+    let mut h = Sha256::new();
+    // Length prefixes keep ("ab","c") and ("a","bc") apart.
+    for part in [
+        source.as_bytes(),
+        item_id.as_bytes(),
+        kind.as_str().as_bytes(),
+    ] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    h.update(generation.to_be_bytes());
+    h.update(version);
+    let digest = h.finalize();
+    let mut id = String::with_capacity(36);
+    id.push_str("evt_");
+    for b in &digest[..16] {
+        id.push_str(&format!("{b:02x}"));
+    }
+    id
+}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    event_type: &'a str,
+    timestamp: String,
+    source: &'a str,
+    data: Data<'a>,
+}
+
+#[derive(Serialize)]
+struct Data<'a> {
+    id: &'a str,
+    object: &'a serde_json::Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    previous: Option<&'a serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    changes: Option<&'a serde_json::Value>,
+}
+
+/// Builds the event for one change detected at `detected` by the poll that will commit
+/// as `generation`.
+pub fn build(source: &str, generation: u64, change: &Change, detected: DateTime<Utc>) -> Event {
+    let id = event_id(source, generation, &change.id, change.kind, &change.version);
+    let event_type = format!("{source}.{}", change.kind.as_str());
+    let envelope = Envelope {
+        id: &id,
+        event_type: &event_type,
+        timestamp: detected.to_rfc3339_opts(SecondsFormat::Secs, true),
+        source,
+        data: Data {
+            id: &change.id,
+            object: &change.object,
+            previous: change.previous.as_ref(),
+            changes: change.changes.as_ref(),
+        },
+    };
+    // Serialising borrowed JSON values into a Vec cannot fail: every map key is a string.
+    let body = serde_json::to_vec(&envelope).unwrap_or_default();
+    Event {
+        id,
+        event_type,
+        kind: change.kind,
+        source: source.to_string(),
+        item_id: change.id.clone(),
+        body,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn change(kind: ChangeKind, id: &str, version: u8) -> Change {
+        Change {
+            kind,
+            id: id.into(),
+            object: json!({"id": id, "name": "n"}),
+            previous: (kind != ChangeKind::Created).then(|| json!({"id": id, "name": "o"})),
+            changes: (kind == ChangeKind::Updated)
+                .then(|| json!([{"op": "replace", "path": "/name", "value": "n"}])),
+            version: [version; 32],
+        }
+    }
+
+    #[test]
+    fn ids_are_stable_and_depend_on_every_field() {
+        let v = [7u8; 32];
+        let base = event_id("s", 1, "42", ChangeKind::Updated, &v);
+        assert_eq!(base, event_id("s", 1, "42", ChangeKind::Updated, &v));
+        assert!(base.starts_with("evt_") && base.len() == 36);
+        assert_ne!(base, event_id("t", 1, "42", ChangeKind::Updated, &v));
+        assert_ne!(base, event_id("s", 2, "42", ChangeKind::Updated, &v));
+        assert_ne!(base, event_id("s", 1, "43", ChangeKind::Updated, &v));
+        assert_ne!(base, event_id("s", 1, "42", ChangeKind::Created, &v));
+        assert_ne!(base, event_id("s", 1, "42", ChangeKind::Updated, &[8; 32]));
+        // Field boundaries matter.
+        assert_ne!(
+            event_id("ab", 1, "c", ChangeKind::Created, &v),
+            event_id("a", 1, "bc", ChangeKind::Created, &v)
+        );
+    }
+
+    #[test]
+    fn envelope_has_the_documented_shape() {
+        let at = DateTime::parse_from_rfc3339("2026-11-26T18:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let e = build("shop", 3, &change(ChangeKind::Updated, "42", 1), at);
+        let v: serde_json::Value = serde_json::from_slice(&e.body).unwrap();
+        assert_eq!(v["id"], e.id.as_str());
+        assert_eq!(v["type"], "shop.updated");
+        assert_eq!(v["timestamp"], "2026-11-26T18:00:00Z");
+        assert_eq!(v["source"], "shop");
+        assert_eq!(v["data"]["id"], "42");
+        assert_eq!(v["data"]["object"]["name"], "n");
+        assert_eq!(v["data"]["previous"]["name"], "o");
+        assert_eq!(v["data"]["changes"][0]["op"], "replace");
+        // Field order as documented: id first, data last.
+        let text = String::from_utf8(e.body).unwrap();
+        assert!(text.starts_with("{\"id\":\"evt_"), "{text}");
+        assert!(text.find("\"type\"") < text.find("\"data\""));
+    }
+
+    #[test]
+    fn created_has_no_previous_or_changes() {
+        let e = build("s", 0, &change(ChangeKind::Created, "1", 1), Utc::now());
+        let v: serde_json::Value = serde_json::from_slice(&e.body).unwrap();
+        assert_eq!(v["type"], "s.created");
+        assert!(v["data"].get("previous").is_none() && v["data"].get("changes").is_none());
+    }
+}

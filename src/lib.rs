@@ -1,0 +1,37 @@
+//! pollhook turns pull-only HTTP APIs into push: it polls sources on a schedule, diffs
+//! what it sees against what it saw last (kept in sled), and delivers each change as a
+//! signed webhook, retrying until the target accepts it.
+//!
+//! The flow, one module a stage (data moves one way):
+//!
+//! ```text
+//! config ─► daemon (schedule per source) ─► poll: source (fetch) ─► extract ─► diff
+//!        ─► event (envelope, stable id) ─► store.commit_poll (one transaction)
+//!        ─► deliver (worker per target: sign, POST, retry policy) ─► target
+//! ```
+//!
+//! - [`config`]: the TOML file, validated completely at load.
+//! - [`schedule`]: intervals with jitter, cron with crontab(5) semantics.
+//! - [`source`]: one HTTP fetch with timeouts and a body cap.
+//! - [`extract`], [`diff`]: items and their ids; created/updated/deleted. Pure.
+//! - [`event`]: the envelope and its stable id. Pure.
+//! - [`store`]: the `Store` trait and its sled implementation.
+//! - [`poll`]: one poll, fetch to commit.
+//! - [`deliver`]: target workers, per-item order, retry policy.
+//! - [`sign`]: Standard Webhooks, GitHub and Stripe signatures, and `verify`.
+//! - [`daemon`]: wiring, signals, clean shutdown.
+//! - [`cli`], [`demo`]: the command line and the offline demo.
+
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod deliver;
+pub mod demo;
+pub mod diff;
+pub mod event;
+pub mod extract;
+pub mod poll;
+pub mod schedule;
+pub mod sign;
+pub mod source;
+pub mod store;

@@ -1,0 +1,172 @@
+//! One poll of one source, start to finish: fetch, parse, extract, diff against the
+//! stored snapshot, build events, commit, wake the targets.
+//!
+//! A poll that fails at any step before the commit changes nothing and emits nothing
+//! (invariant 3): the error is returned, the stored snapshot stays as it was, and the next
+//! poll compares against it again.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::Notify;
+
+use crate::config::{redact_url, Source};
+use crate::diff::{diff, ChangeKind, DiffError};
+use crate::event;
+use crate::extract::{extract, ExtractError};
+use crate::source::{FetchError, Fetcher};
+use crate::store::{blocking, PollCommit, SharedStore, StoreError};
+
+/// Why a poll failed. Nothing was committed.
+#[derive(Debug, thiserror::Error)]
+pub enum PollError {
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error("{url}: response is not valid JSON: {error}")]
+    Json { url: String, error: String },
+    #[error("{url}: {error}")]
+    Extract { url: String, error: ExtractError },
+    #[error("{url}: the response has no items but {previous} were held; refusing to treat them all as deleted (set allow_empty = true on this source if an empty list is real)")]
+    SuddenlyEmpty { url: String, previous: usize },
+    #[error(transparent)]
+    Diff(#[from] DiffError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a poll found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PollReport {
+    /// Items in the response.
+    pub items: usize,
+    pub created: usize,
+    pub updated: usize,
+    pub deleted: usize,
+    /// Events queued (after the source's `events` filter; none on a baseline).
+    pub events: usize,
+    /// This was the source's first committed poll.
+    pub first: bool,
+    /// This poll recorded the first snapshot silently (`baseline = true`).
+    pub baseline: bool,
+}
+
+/// What a poll would commit, before committing it.
+pub struct Plan {
+    pub commit: PollCommit,
+    pub report: PollReport,
+}
+
+/// Polls sources and commits what they changed.
+#[derive(Clone)]
+pub struct Poller {
+    store: SharedStore,
+    fetcher: Fetcher,
+    /// Per target: wakes its worker after a commit queued deliveries for it.
+    wakes: Arc<HashMap<String, Arc<Notify>>>,
+}
+
+impl Poller {
+    pub fn new(
+        store: SharedStore,
+        fetcher: Fetcher,
+        wakes: Arc<HashMap<String, Arc<Notify>>>,
+    ) -> Poller {
+        Poller {
+            store,
+            fetcher,
+            wakes,
+        }
+    }
+
+    /// Polls `source` once and commits the result.
+    pub async fn poll(&self, source: &Arc<Source>) -> Result<PollReport, PollError> {
+        let Plan { commit, report } = self.plan(source, Utc::now()).await?;
+        if report.events > 0 || commit.upserts.len() + commit.removals.len() > 0 || report.first {
+            blocking(&self.store, move |s| s.commit_poll(commit)).await?;
+        }
+        if report.events > 0 {
+            for t in &source.targets {
+                if let Some(w) = self.wakes.get(t) {
+                    w.notify_one();
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Fetches `source` and works out what a commit would write, committing nothing.
+    pub async fn plan(&self, source: &Arc<Source>, now: DateTime<Utc>) -> Result<Plan, PollError> {
+        let body = self.fetcher.fetch(source).await?;
+        let source = source.clone();
+        let store = self.store.clone();
+        // Parsing, extraction and diff are CPU work on possibly large documents, and the
+        // snapshot read blocks: all of it runs off the async workers.
+        tokio::task::spawn_blocking(move || plan_body(&*store, &source, &body, now))
+            .await
+            .map_err(|e| StoreError::Db(format!("poll task stopped: {e}")))?
+    }
+}
+
+fn plan_body(
+    store: &dyn crate::store::Store,
+    source: &Source,
+    body: &[u8],
+    now: DateTime<Utc>,
+) -> Result<Plan, PollError> {
+    let url = redact_url(&source.url);
+    let doc: serde_json::Value = serde_json::from_slice(body).map_err(|e| PollError::Json {
+        url: url.clone(),
+        error: e.to_string(),
+    })?;
+    let items = extract(&doc, &source.items, &source.id).map_err(|error| PollError::Extract {
+        url: url.clone(),
+        error,
+    })?;
+    drop(doc);
+    let state = store.source_state(&source.name)?;
+    let previous = store.snapshot(&source.name)?;
+    if items.is_empty() && !previous.is_empty() && !source.allow_empty {
+        return Err(PollError::SuddenlyEmpty {
+            url,
+            previous: previous.len(),
+        });
+    }
+    let count = items.len();
+    let d = diff(&previous, items, &source.ignore)?;
+    let baseline = !state.initialized && source.baseline;
+    let mut report = PollReport {
+        items: count,
+        first: !state.initialized,
+        baseline,
+        ..PollReport::default()
+    };
+    let generation = state.generation + 1;
+    let mut events = Vec::new();
+    for change in &d.changes {
+        match change.kind {
+            ChangeKind::Created => report.created += 1,
+            ChangeKind::Updated => report.updated += 1,
+            ChangeKind::Deleted => report.deleted += 1,
+        }
+        if !baseline && source.emits(change.kind) {
+            events.push((
+                event::build(&source.name, generation, change, now),
+                source.targets.clone(),
+            ));
+        }
+    }
+    report.events = events.len();
+    Ok(Plan {
+        commit: PollCommit {
+            source: source.name.clone(),
+            expected_generation: state.generation,
+            upserts: d.upserts,
+            removals: d.removals,
+            events,
+            item_count: count as u64,
+            now_ms: now.timestamp_millis(),
+        },
+        report,
+    })
+}

@@ -1,0 +1,281 @@
+//! The sled implementation of [`Store`]. sled is pinned to 0.34 (the 1.0 alphas are a
+//! different engine); its calls block, so async code reaches them via `spawn_blocking`.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+
+use super::records::{
+    decode_delivery, decode_seen, delivery_key, encode_delivery, encode_seen, item_key, prefix,
+    split_delivery_key,
+};
+use super::{Delivery, PollCommit, SourceState, Store, StoreError};
+use crate::diff::Seen;
+
+/// The state database in one directory.
+pub struct SledStore {
+    db: sled::Db,
+    sources: sled::Tree,
+    items: sled::Tree,
+    outbox: sled::Tree,
+    dead: sled::Tree,
+}
+
+fn db_err(e: sled::Error) -> StoreError {
+    StoreError::Db(e.to_string())
+}
+
+impl SledStore {
+    /// Opens (or creates) the database in `dir`. sled locks the directory, so a second
+    /// process on the same `state_dir` fails here with a clear message.
+    pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
+        let open_err = |reason: String| StoreError::Open {
+            path: dir.display().to_string(),
+            reason,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
+        let db = sled::Config::new()
+            .path(dir.join("db"))
+            // Snapshots and outbox records compress well (JSON); keep the default
+            // 500 ms background flush: commit_poll flushes explicitly where it matters.
+            .open()
+            .map_err(|e| open_err(e.to_string()))?;
+        let tree = |name: &str| db.open_tree(name).map_err(|e| open_err(e.to_string()));
+        Ok(SledStore {
+            sources: tree("sources-v1")?,
+            items: tree("items-v1")?,
+            outbox: tree("outbox-v1")?,
+            dead: tree("dead-v1")?,
+            db,
+        })
+    }
+
+    /// Bytes the database takes on disk.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        self.db.size_on_disk().map_err(db_err)
+    }
+
+    fn rewrite(&self, target: &str, seq: u64, f: impl Fn(&mut Delivery)) -> Result<(), StoreError> {
+        let key = delivery_key(target, seq);
+        // A delivery is only touched by its target's worker, so read-modify-write is safe;
+        // it is gone if replay or forget removed it meanwhile, which is not an error.
+        if let Some(v) = self.outbox.get(&key).map_err(db_err)? {
+            let mut d = decode_delivery(&key, &v)?;
+            f(&mut d);
+            self.outbox
+                .insert(key, encode_delivery(&d))
+                .map_err(db_err)?;
+        }
+        Ok(())
+    }
+}
+
+fn read_state(v: Option<sled::IVec>, source: &str) -> Result<SourceState, StoreError> {
+    match v {
+        None => Ok(SourceState::default()),
+        Some(v) => serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
+            key: format!("sources/{source}"),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+impl Store for SledStore {
+    fn source_state(&self, source: &str) -> Result<SourceState, StoreError> {
+        read_state(self.sources.get(source).map_err(db_err)?, source)
+    }
+
+    fn snapshot(&self, source: &str) -> Result<HashMap<String, Seen>, StoreError> {
+        let p = prefix(source);
+        let mut out = HashMap::new();
+        for kv in self.items.scan_prefix(&p) {
+            let (k, v) = kv.map_err(db_err)?;
+            let id = String::from_utf8(k[p.len()..].to_vec()).map_err(|_| StoreError::Corrupt {
+                key: String::from_utf8_lossy(&k).into_owned(),
+                reason: "item id is not UTF-8".into(),
+            })?;
+            out.insert(id, decode_seen(&k, &v)?);
+        }
+        Ok(out)
+    }
+
+    fn commit_poll(&self, c: PollCommit) -> Result<u64, StoreError> {
+        let changed = !(c.upserts.is_empty() && c.removals.is_empty() && c.events.is_empty());
+        let before = self.source_state(&c.source)?;
+        if !changed && before.initialized {
+            // An unchanged poll writes nothing.
+            return Ok(before.generation);
+        }
+        let mut items = sled::Batch::default();
+        for (id, seen) in &c.upserts {
+            items.insert(item_key(&c.source, id), encode_seen(seen));
+        }
+        for id in &c.removals {
+            items.remove(item_key(&c.source, id));
+        }
+        let mut outbox = sled::Batch::default();
+        for (event, targets) in &c.events {
+            // Ids from generate_id increase across restarts, so outbox keys keep detection
+            // order; gaps after a crash are harmless.
+            let seq = self.db.generate_id().map_err(db_err)?;
+            for target in targets {
+                let d = Delivery {
+                    target: target.clone(),
+                    seq,
+                    event_id: event.id.clone(),
+                    event_type: event.event_type.clone(),
+                    source: event.source.clone(),
+                    item_id: event.item_id.clone(),
+                    attempts: 0,
+                    next_at_ms: c.now_ms,
+                    created_ms: c.now_ms,
+                    last_error: None,
+                    body: event.body.clone(),
+                };
+                outbox.insert(delivery_key(target, seq), encode_delivery(&d));
+            }
+        }
+        let expected = c.expected_generation;
+        let source = c.source.as_str();
+        let result = (&self.sources, &self.items, &self.outbox).transaction(
+            |(sources, items_tx, outbox_tx)| {
+                let current = read_state(sources.get(source)?, source)
+                    .map_err(ConflictableTransactionError::Abort)?;
+                if current.generation != expected {
+                    return Err(ConflictableTransactionError::Abort(StoreError::Conflict {
+                        source_name: source.to_string(),
+                        expected,
+                        found: current.generation,
+                    }));
+                }
+                items_tx.apply_batch(&items)?;
+                outbox_tx.apply_batch(&outbox)?;
+                let next = SourceState {
+                    generation: if changed { expected + 1 } else { expected },
+                    initialized: true,
+                    items: c.item_count,
+                };
+                // A struct of integers and bools always serialises.
+                let bytes = serde_json::to_vec(&next).unwrap_or_default();
+                sources.insert(source.as_bytes(), bytes)?;
+                Ok(next.generation)
+            },
+        );
+        let generation = result.map_err(|e| match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => db_err(e),
+        })?;
+        // Durable before anyone may deliver: a crash after this point redelivers, a crash
+        // before it re-detects (DESIGN invariant 1).
+        self.db.flush().map_err(db_err)?;
+        Ok(generation)
+    }
+
+    fn pending(
+        &self,
+        target: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let start = match after {
+            Some(seq) => match seq.checked_add(1) {
+                Some(s) => delivery_key(target, s),
+                None => return Ok(Vec::new()),
+            },
+            None => prefix(target),
+        };
+        let mut end = prefix(target);
+        // The byte after 0x00 bounds every key of this target.
+        if let Some(last) = end.last_mut() {
+            *last = 1;
+        }
+        let mut out = Vec::new();
+        for kv in self.outbox.range(start..end).take(limit) {
+            let (k, v) = kv.map_err(db_err)?;
+            out.push(decode_delivery(&k, &v)?);
+        }
+        Ok(out)
+    }
+
+    fn delivery(&self, target: &str, seq: u64) -> Result<Option<Delivery>, StoreError> {
+        let key = delivery_key(target, seq);
+        match self.outbox.get(&key).map_err(db_err)? {
+            Some(v) => Ok(Some(decode_delivery(&key, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn ack(&self, target: &str, seq: u64) -> Result<(), StoreError> {
+        self.outbox
+            .remove(delivery_key(target, seq))
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    fn reschedule(
+        &self,
+        target: &str,
+        seq: u64,
+        attempts: u32,
+        next_at_ms: i64,
+        last_error: &str,
+    ) -> Result<(), StoreError> {
+        self.rewrite(target, seq, |d| {
+            d.attempts = attempts;
+            d.next_at_ms = next_at_ms;
+            d.last_error = Some(last_error.to_string());
+        })
+    }
+
+    fn bury(
+        &self,
+        target: &str,
+        seq: u64,
+        attempts: u32,
+        last_error: &str,
+    ) -> Result<(), StoreError> {
+        let key = delivery_key(target, seq);
+        let result = (&self.outbox, &self.dead).transaction(|(outbox, dead)| {
+            let Some(v) = outbox.remove(key.as_slice())? else {
+                return Ok(());
+            };
+            let mut d = decode_delivery(&key, &v).map_err(ConflictableTransactionError::Abort)?;
+            d.attempts = attempts;
+            d.last_error = Some(last_error.to_string());
+            dead.insert(key.as_slice(), encode_delivery(&d))?;
+            Ok(())
+        });
+        result.map_err(|e| match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => db_err(e),
+        })
+    }
+
+    fn dead(&self, target: Option<&str>, limit: usize) -> Result<Vec<Delivery>, StoreError> {
+        let iter = match target {
+            Some(t) => self.dead.scan_prefix(prefix(t)),
+            None => self.dead.iter(),
+        };
+        let mut out = Vec::new();
+        for kv in iter.take(limit) {
+            let (k, v) = kv.map_err(db_err)?;
+            out.push(decode_delivery(&k, &v)?);
+        }
+        Ok(out)
+    }
+
+    fn pending_counts(&self) -> Result<HashMap<String, u64>, StoreError> {
+        let mut out = HashMap::new();
+        for k in self.outbox.iter().keys() {
+            let (target, _) = split_delivery_key(&k.map_err(db_err)?)?;
+            *out.entry(target).or_insert(0) += 1;
+        }
+        Ok(out)
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map(|_| ()).map_err(db_err)
+    }
+}
