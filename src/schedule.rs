@@ -303,9 +303,12 @@ fn from_ns(ns: i128) -> DateTime<Utc> {
         .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
-/// A zero interval would never advance; config rejects it, this keeps us from spinning.
+/// A zero interval would never advance; config rejects anything under 100 ms, and this
+/// floor keeps a caller that skipped validation from spinning.
 fn interval_ns(d: Duration) -> i128 {
-    i128::try_from(d.as_nanos()).unwrap_or(i128::MAX).max(NS)
+    i128::try_from(d.as_nanos())
+        .unwrap_or(i128::MAX)
+        .max(NS / 10)
 }
 
 /// Callers promise [0,1); clamp anyway so a bad value cannot push jitter past ±10%.
@@ -650,10 +653,10 @@ mod tests {
     #[test]
     fn degenerate_intervals_do_not_spin_or_panic() {
         let (zero, now) = (Schedule::Interval(Duration::ZERO), at(TEN));
-        let want = [at("2026-11-26T10:00:01Z"), at("2026-11-26T10:00:02Z")];
-        assert_eq!(zero.upcoming(now, 2), want);
+        let tenth = TimeDelta::milliseconds(100);
+        assert_eq!(zero.upcoming(now, 2), [now + tenth, now + tenth * 2]);
         let n = zero.next(at("2000-01-01T00:00:00Z"), now, 0.5);
-        assert!(n > now && n <= now + TimeDelta::seconds(1), "{n}");
+        assert!(n > now && n <= now + tenth, "{n}");
         let huge = Schedule::Interval(Duration::MAX);
         assert_eq!(huge.next(now, now, 0.5), DateTime::<Utc>::MAX_UTC);
         assert!(huge.first(now, 0.5) > now);

@@ -578,9 +578,9 @@ impl Validator<'_> {
                 None
             }
             (Some(i), None) => match parse_duration(i) {
-                Ok(d) if d >= Duration::from_secs(1) => Some(Schedule::Interval(d)),
+                Ok(d) if d >= Duration::from_millis(100) => Some(Schedule::Interval(d)),
                 Ok(_) => {
-                    self.problem(&key.key("interval"), "must be at least 1s");
+                    self.problem(&key.key("interval"), "must be at least 100ms");
                     None
                 }
                 Err(e) => {

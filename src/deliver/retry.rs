@@ -5,11 +5,15 @@
 //! moved is a config problem). `410 Gone` stops retrying that delivery. Everything else,
 //! and every transport error, is retried on the target's schedule with ±20% jitter;
 //! a `Retry-After` on 429/503 is honoured when it asks for longer than the schedule,
-//! capped at the schedule's longest delay.
+//! capped at [`RETRY_AFTER_CAP`] or the schedule's longest delay, whichever is longer
+//! (a target must not park a delivery for a week, nor be hammered when it asks for calm).
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+
+/// The longest wait a `Retry-After` can impose, unless the schedule has longer delays.
+pub const RETRY_AFTER_CAP: Duration = Duration::from_secs(3600);
 
 /// How one attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,7 +94,13 @@ impl RetryPolicy {
             return Decision::Bury;
         };
         let jittered = base.mul_f64(0.8 + 0.4 * rand.clamp(0.0, 1.0));
-        let cap = self.delays.iter().max().copied().unwrap_or_default();
+        let cap = self
+            .delays
+            .iter()
+            .max()
+            .copied()
+            .unwrap_or_default()
+            .max(RETRY_AFTER_CAP);
         let delay = match retry_after {
             Some(ra) if ra > jittered => ra.min(cap.max(jittered)),
             _ => jittered,
@@ -199,6 +209,13 @@ mod tests {
         let d = |ra: u64| p.decide(1, &failed(Some(Duration::from_secs(ra))), 0.5);
         assert_eq!(d(1), Decision::RetryIn(Duration::from_secs(5)));
         assert_eq!(d(60), Decision::RetryIn(Duration::from_secs(60)));
-        assert_eq!(d(100_000), Decision::RetryIn(Duration::from_secs(300)));
+        assert_eq!(d(100_000), Decision::RetryIn(RETRY_AFTER_CAP));
+        let long = RetryPolicy {
+            delays: vec![Duration::from_secs(5), Duration::from_secs(7200)],
+        };
+        assert_eq!(
+            long.decide(1, &failed(Some(Duration::from_secs(100_000))), 0.5),
+            Decision::RetryIn(Duration::from_secs(7200))
+        );
     }
 }

@@ -44,6 +44,8 @@ struct Inner {
     log: Mutex<Vec<Received>>,
     status: AtomicU16,
     delay_ms: AtomicU64,
+    /// Seconds for a Retry-After header on 429/503 answers; 0 sends none.
+    retry_after: AtomicU64,
     fail_item: Mutex<Option<String>>,
     changed: Notify,
     feed: broadcast::Sender<Received>,
@@ -69,6 +71,7 @@ impl Receiver {
             log: Mutex::new(Vec::new()),
             status: AtomicU16::new(200),
             delay_ms: AtomicU64::new(0),
+            retry_after: AtomicU64::new(0),
             fail_item: Mutex::new(None),
             changed: Notify::new(),
             feed: broadcast::channel(1024).0,
@@ -118,6 +121,13 @@ impl Receiver {
             .store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
+    /// Send `Retry-After: <secs>` with 429 and 503 answers (None: send none).
+    pub fn set_retry_after(&self, secs: Option<u64>) {
+        self.inner
+            .retry_after
+            .store(secs.unwrap_or(0), Ordering::SeqCst);
+    }
+
     /// Answer 500 to events of this item (None: stop).
     pub fn fail_item(&self, item: Option<&str>) {
         *lock(&self.inner.fail_item) = item.map(str::to_string);
@@ -151,7 +161,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-async fn hook(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> StatusCode {
+async fn hook(
+    State(inner): State<Arc<Inner>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
     let delay = inner.delay_ms.load(Ordering::SeqCst);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -197,5 +212,11 @@ async fn hook(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) 
     lock(&inner.log).push(r.clone());
     inner.changed.notify_waiters();
     let _ = inner.feed.send(r);
-    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let retry_after = inner.retry_after.load(Ordering::SeqCst);
+    if retry_after > 0 && matches!(status, 429 | 503) {
+        (code, [("retry-after", retry_after.to_string())]).into_response()
+    } else {
+        code.into_response()
+    }
 }

@@ -1,0 +1,16 @@
+//! Integration tests: real HTTP servers on 127.0.0.1 (a sample API the tests change and
+//! a receiver that verifies every signature), a real sled database in a temp dir, and
+//! the daemon run in-process or as the built binary.
+//!
+//! - `support`: the harness (servers, config, daemon start/stop).
+//! - `flow`: baseline, created/updated/deleted, ignored fields, event filters.
+//! - `delivery`: retries keep one id, per-item order, isolation, 410, dead letters.
+//! - `faults`: failed polls change nothing (no false deletions), body cap.
+//! - `process`: the binary: restart after kill -9, clean SIGTERM, secrets never logged,
+//!   `check` and the demo.
+
+mod delivery;
+mod faults;
+mod flow;
+mod process;
+mod support;

@@ -1,0 +1,290 @@
+//! The built binary, where the operator's experience is the point: kill -9 and restart,
+//! SIGTERM, what reaches the logs, `check`, the demo.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::support::{accepted, pending, summary, wait_for, Harness, SECRET, WAIT};
+
+const BIN: &str = env!("CARGO_BIN_EXE_pollhook");
+
+struct Daemon {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn start(config: &Path, log: &Path, envs: &[(&str, &str)]) -> Daemon {
+        let file = std::fs::File::create(log).unwrap();
+        let child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "debug")
+            .envs(envs.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(file))
+            .spawn()
+            .unwrap();
+        Daemon {
+            child,
+            log: log.to_path_buf(),
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} failed");
+    }
+
+    /// Waits for the process to exit; returns its exit code.
+    async fn wait(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pollhook did not exit within {within:?}; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write_config(h: &Harness, source_extra: &str, extra: &str) -> PathBuf {
+    let path = h.dir.path().join("config.toml");
+    std::fs::write(&path, h.config_text(source_extra, extra)).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn kill_9_loses_nothing_and_restart_keeps_the_ids() {
+    let h = Harness::new().await;
+    let config = write_config(&h, "", "");
+    let log = h.dir.path().join("run1.log");
+    let mut d = Daemon::start(&config, &log, &[]);
+    h.polls(2).await;
+    h.rx.set_status(500);
+    h.api.set("1", json!({"v": 1}));
+    h.api.set("2", json!({"v": 1}));
+    // Both changes are committed once any attempt arrives (deliveries come only from
+    // committed outbox entries).
+    let before = h
+        .received("failing attempts", |r| {
+            r.iter().any(|r| r.item_id == "1") && r.iter().any(|r| r.item_id == "2")
+        })
+        .await;
+    d.child.kill().unwrap();
+    d.wait(WAIT).await;
+    h.rx.set_status(200);
+    let first_ids: std::collections::BTreeSet<String> =
+        before.iter().map(|r| r.id.clone()).collect();
+
+    let _d2 = Daemon::start(&config, &h.dir.path().join("run2.log"), &[]);
+    let got = h
+        .received("both after restart", |r| {
+            accepted(r, "s.created").count() >= 2
+        })
+        .await;
+    let accepted_ids: std::collections::BTreeSet<String> =
+        accepted(&got, "s.created").map(|r| r.id.clone()).collect();
+    assert_eq!(
+        accepted_ids,
+        first_ids,
+        "ids changed across the crash: {:#?}",
+        summary(&got)
+    );
+}
+
+#[tokio::test]
+async fn sigterm_finishes_in_flight_deliveries_and_exits_0() {
+    let h = Harness::new().await;
+    let config = write_config(&h, "", "");
+    let mut d = Daemon::start(&config, &h.dir.path().join("run.log"), &[]);
+    h.polls(2).await;
+    h.rx.set_delay(Duration::from_millis(1500));
+    h.api.set("1", json!({"v": 1}));
+    // Once the poll has committed, the delivery starts at once and the receiver holds
+    // it for 1.5 s: SIGTERM comes while it is in flight.
+    wait_for(|| d.log().contains("events=1")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        h.rx.received().is_empty(),
+        "the delivery finished too early for this test"
+    );
+    let sent = Instant::now();
+    d.signal("-TERM");
+    let code = d.wait(Duration::from_secs(6)).await;
+    assert_eq!(code, Some(0), "log:\n{}", d.log());
+    assert!(
+        sent.elapsed() < Duration::from_secs(4),
+        "stop took {:?}",
+        sent.elapsed()
+    );
+    // The in-flight delivery finished before exit and was acknowledged.
+    let got = h.rx.accepted();
+    assert_eq!(
+        got.len(),
+        1,
+        "{:#?}\n{}",
+        summary(&h.rx.received()),
+        d.log()
+    );
+    assert_eq!(pending(&h.store(), "t"), 0);
+
+    // A restart does not send it again.
+    h.rx.set_delay(Duration::ZERO);
+    let _d2 = Daemon::start(&config, &h.dir.path().join("run2.log"), &[]);
+    h.polls(4).await;
+    assert_eq!(h.rx.received().len(), 1, "{:#?}", summary(&h.rx.received()));
+}
+
+#[tokio::test]
+async fn secrets_never_reach_logs_or_check_output() {
+    let h = Harness::new().await;
+    let secret_file = h.dir.path().join("gh-secret");
+    std::fs::write(&secret_file, "file-secret-4711\n").unwrap();
+    // A failing source and failing targets, so errors are logged too.
+    let source_extra = "headers = { Authorization = \"Bearer ${API_TOKEN}\" }";
+    let extra = format!(
+        r#"[targets.gh]
+url = "{rx}?token=url-secret-0815"
+secret_file = {file:?}
+signature = "github"
+retry = ["100ms"]
+
+[targets.stripe]
+url = "http://user:pass-secret-9@127.0.0.1:1/hook"
+secret_env = "STRIPE_SECRET"
+signature = "stripe"
+retry = ["100ms"]
+
+[sources.broken]
+url = "{api}?api_key=${{API_TOKEN}}"
+interval = "200ms"
+items = "/nope"
+"#,
+        rx = h.rx.url(),
+        file = secret_file.display().to_string(),
+        api = h.api.url(),
+    );
+    let config = write_config(&h, source_extra, &extra);
+    let envs = [
+        ("API_TOKEN", "env-token-1234"),
+        ("STRIPE_SECRET", "stripe-secret-5678"),
+    ];
+    let mut d = Daemon::start(&config, &h.dir.path().join("run.log"), &envs);
+    h.polls(2).await;
+    h.rx.set_status(500);
+    h.api.set("1", json!({}));
+    wait_for(|| d.log().contains("delivery is dead")).await;
+    d.signal("-TERM");
+    assert_eq!(d.wait(WAIT).await, Some(0));
+    let check = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&config)
+        .envs(envs)
+        .output()
+        .unwrap();
+    assert!(check.status.success());
+    let check_out = String::from_utf8_lossy(&check.stdout).to_string()
+        + &String::from_utf8_lossy(&check.stderr);
+    let log = d.log();
+    assert!(log.contains("poll failed"), "{log}");
+    for secret in [
+        SECRET,
+        "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        "file-secret-4711",
+        "url-secret-0815",
+        "pass-secret-9",
+        "env-token-1234",
+        "stripe-secret-5678",
+    ] {
+        assert!(!log.contains(secret), "{secret} in the log:\n{log}");
+        assert!(
+            !check_out.contains(secret),
+            "{secret} in check output:\n{check_out}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn check_reports_every_problem_and_exits_nonzero() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[targets.t]\nurl = \"http://127.0.0.1:1/\"\nsecret = \"nope\"\n\n[sources.s]\nurl = \"http://127.0.0.1:1/\"\ncron = \"0 9 * * 8\"\ntargets = [\"x\"]\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("3 problems"), "{err}");
+    assert!(err.contains("bad.toml:3: targets.t.secret"), "{err}");
+    assert!(err.contains("bad.toml:7: sources.s.cron"), "{err}");
+    assert!(err.contains("bad.toml:8: sources.s.targets[0]"), "{err}");
+
+    let good = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&good)
+        .env("GITHUB_TOKEN", "x")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    // Each source with its next three poll times.
+    assert_eq!(text.matches("next polls:").count(), 2, "{text}");
+    assert!(text.contains("T06:30:00Z"), "{text}");
+}
+
+#[tokio::test]
+async fn the_demo_shows_verified_webhooks() {
+    let out = Command::new(BIN)
+        .args(["demo", "--for", "8s"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("demo.created"), "{text}");
+    assert!(text.contains("demo.updated"), "{text}");
+    let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("200 ")).collect();
+    assert!(
+        rows.len() >= 4 && rows.iter().all(|l| l.contains(" yes ")),
+        "{text}"
+    );
+}

@@ -1,0 +1,166 @@
+//! The harness shared by the integration tests.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use pollhook::config::Config;
+use pollhook::demo::api::SampleApi;
+use pollhook::demo::receiver::{Received, Receiver};
+use pollhook::sign::Scheme;
+use pollhook::store::{SledStore, Store};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// Long enough for a loaded CI machine, short enough that a broken test fails fast.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+pub struct Harness {
+    pub api: SampleApi,
+    pub rx: Receiver,
+    pub dir: tempfile::TempDir,
+    servers: CancellationToken,
+    daemon: Option<(CancellationToken, JoinHandle<()>)>,
+}
+
+impl Harness {
+    pub async fn new() -> Harness {
+        let servers = CancellationToken::new();
+        Harness {
+            api: SampleApi::start(servers.clone()).await.unwrap(),
+            rx: Receiver::start(Scheme::Standard, vec![SECRET.into()], servers.clone())
+                .await
+                .unwrap(),
+            dir: tempfile::tempdir().unwrap(),
+            servers,
+            daemon: None,
+        }
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// A config with one source `s` polling the sample API every 200 ms and one target
+    /// `t` posting to the receiver with short retries. `source_extra` and `extra` are
+    /// appended to the source table and to the file.
+    pub fn config_text(&self, source_extra: &str, extra: &str) -> String {
+        format!(
+            r#"state_dir = {state:?}
+shutdown_grace = "3s"
+
+[targets.t]
+url = "{rx}"
+secret = "{SECRET}"
+retry = ["200ms", "200ms", "200ms", "200ms", "200ms", "200ms", "200ms", "200ms", "200ms", "200ms"]
+timeout = "2s"
+
+[sources.s]
+url = "{api}"
+interval = "200ms"
+items = "/items"
+{source_extra}
+{extra}"#,
+            state = self.state_dir().display().to_string(),
+            rx = self.rx.url(),
+            api = self.api.url(),
+        )
+    }
+
+    pub fn config(&self, source_extra: &str, extra: &str) -> Config {
+        let text = self.config_text(source_extra, extra);
+        Config::parse(&text, &self.dir.path().join("config.toml"), &|_| None)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts the daemon in-process.
+    pub fn start(&mut self, config: Config) {
+        assert!(self.daemon.is_none(), "daemon already running");
+        let token = CancellationToken::new();
+        let t = token.clone();
+        let handle = tokio::spawn(async move {
+            pollhook::daemon::run(config, t).await.unwrap();
+        });
+        self.daemon = Some((token, handle));
+    }
+
+    /// Stops the daemon as SIGTERM would and waits for it.
+    pub async fn stop(&mut self) {
+        if let Some((token, handle)) = self.daemon.take() {
+            token.cancel();
+            tokio::time::timeout(WAIT, handle)
+                .await
+                .expect("daemon did not stop")
+                .unwrap();
+        }
+    }
+
+    /// Waits until the API has served `n` more requests than now: that many polls ran.
+    pub async fn polls(&self, n: u64) {
+        let target = self.api.requests() + n;
+        wait_for(|| self.api.requests() >= target).await;
+    }
+
+    /// Opens the stopped daemon's store for inspection.
+    pub fn store(&self) -> SledStore {
+        SledStore::open(&self.state_dir()).unwrap()
+    }
+
+    /// Waits until `pred` holds for the receiver's log; fails the test otherwise.
+    pub async fn received(&self, what: &str, pred: impl Fn(&[Received]) -> bool) -> Vec<Received> {
+        if !self.rx.wait_until(WAIT, pred).await {
+            panic!(
+                "timed out waiting for {what}; received: {:#?}",
+                summary(&self.rx.received())
+            );
+        }
+        self.rx.received()
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.servers.cancel();
+        if let Some((token, _)) = &self.daemon {
+            token.cancel();
+        }
+    }
+}
+
+/// (status, type, item id, event id) of each request, for failure messages.
+pub fn summary(r: &[Received]) -> Vec<(u16, String, String, String)> {
+    r.iter()
+        .map(|r| {
+            (
+                r.status,
+                r.event_type.clone(),
+                r.item_id.clone(),
+                r.id.clone(),
+            )
+        })
+        .collect()
+}
+
+/// Accepted (2xx) events of one type.
+pub fn accepted<'a>(r: &'a [Received], event_type: &'a str) -> impl Iterator<Item = &'a Received> {
+    r.iter()
+        .filter(move |r| (200..300).contains(&r.status) && r.event_type == event_type)
+}
+
+/// Polls `cond` every 20 ms until it holds; fails the test after [`WAIT`].
+pub async fn wait_for(cond: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Pending deliveries left in a store, for all targets.
+pub fn pending(store: &SledStore, target: &str) -> usize {
+    store.pending(target, None, usize::MAX).unwrap().len()
+}
