@@ -96,3 +96,31 @@ async fn items_without_ids_fail_the_poll() {
     assert!(!state.initialized, "a failed poll committed: {state:?}");
     assert!(h.rx.received().is_empty());
 }
+
+/// Invariant 5 for sources: a source that hangs does not delay another.
+#[tokio::test]
+async fn a_hanging_source_does_not_delay_another() {
+    let mut h = Harness::new().await;
+    let slow_api =
+        pollhook::demo::api::SampleApi::start(tokio_util::sync::CancellationToken::new())
+            .await
+            .unwrap();
+    slow_api.set_fault(Fault::Slow(Duration::from_secs(20)));
+    let extra = format!(
+        "[sources.slow]\nurl = \"{}\"\ninterval = \"200ms\"\ntimeout = \"30s\"\nitems = \"/items\"\n",
+        slow_api.url()
+    );
+    h.start(h.config("", &extra));
+    h.polls(2).await;
+    h.api.set("1", json!({}));
+    h.received("the healthy source's event", |r| {
+        accepted(r, "s.created").count() == 1
+    })
+    .await;
+    assert_eq!(
+        slow_api.requests(),
+        1,
+        "the hanging source polled twice at once"
+    );
+    h.stop().await;
+}
