@@ -51,6 +51,7 @@ pub async fn run_with_store(
     store: SharedStore,
     shutdown: CancellationToken,
 ) -> Result<(), DaemonError> {
+    report_backlog(&config, &store).await;
     let tracker = TaskTracker::new();
     let wakes: HashMap<String, Arc<Notify>> = config
         .targets
@@ -90,6 +91,23 @@ pub async fn run_with_store(
     blocking(&store, |s| s.flush()).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Logs what a previous run left pending, and warns about deliveries for targets that
+/// are no longer configured (they wait until the target is configured again).
+async fn report_backlog(config: &Config, store: &SharedStore) {
+    match blocking(store, |s| s.pending_counts()).await {
+        Ok(counts) => {
+            for (target, n) in counts {
+                if config.targets.contains_key(&target) {
+                    tracing::info!(target_name = %target, pending = n, "resuming pending deliveries");
+                } else {
+                    tracing::warn!(target_name = %target, pending = n, "deliveries are pending for a target that is not in the config; they wait until it is configured again");
+                }
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "cannot count pending deliveries"),
+    }
 }
 
 /// Polls one source on its schedule; never two polls at once, missed ticks skipped.

@@ -57,15 +57,7 @@ impl SampleApi {
         let app = Router::new()
             .route("/items", get(list))
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        tokio::spawn(async move {
-            let serve =
-                axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned());
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "sample API stopped");
-            }
-        });
+        let addr = super::serve_loopback(app, shutdown, "sample API").await?;
         Ok(SampleApi { state, addr })
     }
 

@@ -20,6 +20,23 @@ use receiver::Receiver;
 /// The demo's signing secret (Standard Webhooks format). Not a real secret.
 pub const DEMO_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
+/// Serves `app` on an ephemeral port of 127.0.0.1 until `shutdown`; returns the address.
+pub async fn serve_loopback(
+    app: axum::Router,
+    shutdown: CancellationToken,
+    what: &'static str,
+) -> std::io::Result<std::net::SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let serve = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned());
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "{what} stopped");
+        }
+    });
+    Ok(addr)
+}
+
 /// Runs the demo until `shutdown`, printing each webhook the receiver gets to stdout.
 pub async fn run(shutdown: CancellationToken) -> anyhow::Result<()> {
     let api = SampleApi::start(shutdown.clone()).await?;

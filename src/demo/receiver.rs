@@ -79,15 +79,7 @@ impl Receiver {
         let app = Router::new()
             .route("/hook", post(hook))
             .with_state(inner.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        tokio::spawn(async move {
-            let serve =
-                axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned());
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "receiver stopped");
-            }
-        });
+        let addr = super::serve_loopback(app, shutdown, "receiver").await?;
         Ok(Receiver { inner, addr })
     }
 

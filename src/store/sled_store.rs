@@ -38,8 +38,11 @@ impl SledStore {
         std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
         let db = sled::Config::new()
             .path(dir.join("db"))
-            // Snapshots and outbox records compress well (JSON); keep the default
-            // 500 ms background flush: commit_poll flushes explicitly where it matters.
+            // sled's default page cache is 1 GiB; pollhook's working set is the outbox
+            // head and one source's snapshot at a time, so memory stays bounded.
+            .cache_capacity(64 * 1024 * 1024)
+            // The 500 ms background flush stays: commit_poll flushes explicitly where
+            // durability matters, acks may be repeated after a crash (at least once).
             .open()
             .map_err(|e| open_err(e.to_string()))?;
         let tree = |name: &str| db.open_tree(name).map_err(|e| open_err(e.to_string()));

@@ -71,6 +71,14 @@ impl Drop for Daemon {
     }
 }
 
+/// Runs a command that must succeed; returns its stdout.
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{cmd:?} failed:\n{stderr}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn write_config(h: &Harness, source_extra: &str, extra: &str) -> PathBuf {
     let path = h.dir.path().join("config.toml");
     std::fs::write(&path, h.config_text(source_extra, extra)).unwrap();
@@ -250,18 +258,12 @@ async fn check_reports_every_problem_and_exits_nonzero() {
     assert!(err.contains("bad.toml:8: sources.s.targets[0]"), "{err}");
 
     let good = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
-    let out = Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&good)
-        .env("GITHUB_TOKEN", "x")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let text = run_ok(
+        Command::new(BIN)
+            .args(["check", "--config"])
+            .arg(&good)
+            .env("GITHUB_TOKEN", "x"),
     );
-    let text = String::from_utf8_lossy(&out.stdout);
     // Each source with its next three poll times.
     assert_eq!(text.matches("next polls:").count(), 2, "{text}");
     assert!(text.contains("T06:30:00Z"), "{text}");
@@ -269,17 +271,11 @@ async fn check_reports_every_problem_and_exits_nonzero() {
 
 #[tokio::test]
 async fn the_demo_shows_verified_webhooks() {
-    let out = Command::new(BIN)
-        .args(["demo", "--for", "8s"])
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let text = run_ok(
+        Command::new(BIN)
+            .args(["demo", "--for", "8s"])
+            .env("RUST_LOG", "warn"),
     );
-    let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("demo.created"), "{text}");
     assert!(text.contains("demo.updated"), "{text}");
     let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("200 ")).collect();
