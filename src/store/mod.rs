@@ -125,3 +125,6 @@ where
         .await
         .map_err(|e| StoreError::Db(format!("store task stopped: {e}")))?
 }
+
+#[cfg(test)]
+mod tests;

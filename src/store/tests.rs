@@ -1,0 +1,725 @@
+//! Tests of the sled store through the `Store` trait, on a real database in a temporary
+//! directory: what a commit writes and what it must not, durability across a reopen, the
+//! outbox's per-target order and key layout, the delivery lifecycle, and disk use under
+//! churn (DESIGN invariants 1, 4 and 7).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use super::*;
+use crate::diff::{Change, ChangeKind};
+
+/// Detection time of every test commit, unix milliseconds.
+const NOW_MS: i64 = 1_790_000_000_000;
+
+/// Whether `reason` is sled failing to lock a directory that is still (or again) open.
+fn is_lock_error(reason: &str) -> bool {
+    reason.contains("could not acquire lock")
+}
+
+/// Retries `f` while it fails on the directory lock, for at most 10 s. sled's IO threads
+/// can hold the lock file for a moment after the last handle is dropped (sled's own test
+/// build blocks on the lock for this reason), so reopening in-process needs a bounded
+/// wait; any other error is returned at once.
+fn retry_locked<T, E: std::fmt::Debug>(mut f: impl FnMut() -> Result<T, E>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(e) if is_lock_error(&format!("{e:?}")) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(e) => panic!("cannot open the database: {e:?}"),
+        }
+    }
+}
+
+/// Opens the store in `dir`, also right after another handle on it was dropped.
+fn open(dir: &Path) -> SledStore {
+    retry_locked(|| SledStore::open(dir))
+}
+
+fn now() -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(NOW_MS).expect("a valid timestamp")
+}
+
+/// What the snapshot keeps for `object`: its fingerprint and bytes.
+fn seen(object: &Value) -> Seen {
+    let raw = serde_json::to_vec(object).expect("JSON serialises");
+    Seen {
+        hash: Sha256::digest(&raw).into(),
+        raw,
+    }
+}
+
+/// The event for a `kind` change of `object`, as the poller builds it.
+fn event(source: &str, generation: u64, kind: ChangeKind, id: &str, object: Value) -> Event {
+    let change = Change {
+        kind,
+        id: id.to_string(),
+        version: seen(&object).hash,
+        previous: (kind != ChangeKind::Created).then(|| json!({"id": id, "old": true})),
+        changes: None,
+        object,
+    };
+    crate::event::build(source, generation, &change, now())
+}
+
+/// A created event for item `id` of `source`, going to `targets`.
+fn created(source: &str, generation: u64, id: &str, targets: &[&str]) -> (Event, Vec<String>) {
+    let e = event(
+        source,
+        generation,
+        ChangeKind::Created,
+        id,
+        json!({"id": id, "name": format!("item {id}")}),
+    );
+    (e, targets.iter().map(|t| t.to_string()).collect())
+}
+
+/// A commit of `source` from generation `expected` carrying only events.
+fn events_commit(source: &str, expected: u64, events: Vec<(Event, Vec<String>)>) -> PollCommit {
+    PollCommit {
+        source: source.into(),
+        expected_generation: expected,
+        events,
+        now_ms: NOW_MS,
+        ..PollCommit::default()
+    }
+}
+
+fn all_pending(store: &SledStore, target: &str) -> Vec<Delivery> {
+    store.pending(target, None, usize::MAX).unwrap()
+}
+
+fn ids(deliveries: &[Delivery]) -> Vec<&str> {
+    deliveries.iter().map(|d| d.event_id.as_str()).collect()
+}
+
+/// Everything the trait can see for the named sources and targets.
+#[derive(Debug, PartialEq)]
+struct Dump {
+    states: Vec<SourceState>,
+    snapshots: Vec<HashMap<String, Seen>>,
+    pending: Vec<Vec<Delivery>>,
+    counts: HashMap<String, u64>,
+    dead: Vec<Delivery>,
+}
+
+fn dump(store: &SledStore, sources: &[&str], targets: &[&str]) -> Dump {
+    Dump {
+        states: sources
+            .iter()
+            .map(|s| store.source_state(s).unwrap())
+            .collect(),
+        snapshots: sources.iter().map(|s| store.snapshot(s).unwrap()).collect(),
+        pending: targets.iter().map(|t| all_pending(store, t)).collect(),
+        counts: store.pending_counts().unwrap(),
+        dead: store.dead(None, usize::MAX).unwrap(),
+    }
+}
+
+/// CRC32 over every tree's name, keys and values, read with sled itself, so a write the
+/// trait cannot see (another tree, another key) still shows. The store must be closed;
+/// `db` is the directory `SledStore::open` uses inside the state dir.
+fn raw_checksum(dir: &Path) -> u32 {
+    let db = retry_locked(|| sled::open(dir.join("db")));
+    // Guard against checksumming a fresh empty database at a wrong path.
+    assert!(db.tree_names().iter().any(|n| &n[..] == b"sources-v1"));
+    db.checksum().unwrap()
+}
+
+#[test]
+fn commit_poll_writes_items_state_and_deliveries_durably() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = json!({"id": "a", "name": "Ä"});
+    let b = json!({"id": "b", "n": 1});
+    let e1 = created("s", 1, "a", &["hooks", "audit"]);
+    let e2 = created("s", 1, "b", &["hooks", "audit"]);
+    let e3 = created("s", 1, "c", &["audit"]);
+    let events = vec![e1.clone(), e2.clone(), e3.clone()];
+    {
+        let store = open(dir.path());
+        let generation = store
+            .commit_poll(PollCommit {
+                upserts: vec![("a".into(), seen(&a)), ("b".into(), seen(&b))],
+                item_count: 2,
+                ..events_commit("s", 0, events)
+            })
+            .unwrap();
+        assert_eq!(generation, 1);
+    }
+
+    // Everything is there after a restart.
+    let store = open(dir.path());
+    assert_eq!(
+        store.source_state("s").unwrap(),
+        SourceState {
+            generation: 1,
+            initialized: true,
+            items: 2
+        }
+    );
+    let expected: HashMap<String, Seen> = [("a".into(), seen(&a)), ("b".into(), seen(&b))].into();
+    assert_eq!(store.snapshot("s").unwrap(), expected);
+
+    let hooks = all_pending(&store, "hooks");
+    let audit = all_pending(&store, "audit");
+    assert_eq!(ids(&hooks), [e1.0.id.as_str(), e2.0.id.as_str()]);
+    assert_eq!(
+        ids(&audit),
+        [e1.0.id.as_str(), e2.0.id.as_str(), e3.0.id.as_str()]
+    );
+    for d in hooks.iter().chain(&audit) {
+        let (e, _) = [&e1, &e2, &e3]
+            .into_iter()
+            .find(|(e, _)| e.id == d.event_id)
+            .unwrap();
+        assert_eq!(d.event_type, e.event_type);
+        assert_eq!(d.event_type, "s.created");
+        assert_eq!(d.source, "s");
+        assert_eq!(d.item_id, e.item_id);
+        assert_eq!(d.body, e.body, "the stored bytes are the event's bytes");
+        assert_eq!((d.attempts, d.last_error.as_deref()), (0, None));
+        assert_eq!((d.created_ms, d.next_at_ms), (NOW_MS, NOW_MS));
+        assert_eq!(store.delivery(&d.target, d.seq).unwrap().as_ref(), Some(d));
+    }
+    assert!(hooks.iter().all(|d| d.target == "hooks"));
+    assert!(audit.iter().all(|d| d.target == "audit"));
+    assert_eq!(
+        store.pending_counts().unwrap(),
+        HashMap::from([("hooks".to_string(), 2), ("audit".to_string(), 3)])
+    );
+    assert!(store.dead(None, 10).unwrap().is_empty());
+
+    // The next commit builds on the reopened state.
+    let b2 = json!({"id": "b", "n": 2});
+    let generation = store
+        .commit_poll(PollCommit {
+            upserts: vec![("b".into(), seen(&b2))],
+            removals: vec!["a".into()],
+            item_count: 1,
+            ..events_commit("s", 1, Vec::new())
+        })
+        .unwrap();
+    assert_eq!(generation, 2);
+    assert_eq!(
+        store.source_state("s").unwrap(),
+        SourceState {
+            generation: 2,
+            initialized: true,
+            items: 1
+        }
+    );
+    assert_eq!(
+        store.snapshot("s").unwrap(),
+        HashMap::from([("b".to_string(), seen(&b2))])
+    );
+}
+
+#[test]
+fn stale_generation_is_a_conflict_that_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let x1 = json!({"id": "x", "v": 1});
+    {
+        let store = open(dir.path());
+        store
+            .commit_poll(PollCommit {
+                upserts: vec![("x".into(), seen(&x1))],
+                item_count: 1,
+                ..events_commit("s", 0, vec![created("s", 1, "x", &["t"])])
+            })
+            .unwrap();
+    }
+    let sum_before = raw_checksum(dir.path());
+    let store = open(dir.path());
+    let before = dump(&store, &["s", "other"], &["t", "u"]);
+    assert_eq!(before.states[0].generation, 1);
+
+    // Stale (0 < 1), ahead (5 > 1), and a never-polled source expected at 1.
+    for (source, expected, found) in [("s", 0, 1), ("s", 5, 1), ("other", 1, 0)] {
+        let x2 = json!({"id": "x", "v": 2});
+        let y = json!({"id": "y"});
+        let commit = PollCommit {
+            upserts: vec![("x".into(), seen(&x2)), ("y".into(), seen(&y))],
+            removals: vec!["x".into()],
+            item_count: 7,
+            ..events_commit(
+                source,
+                expected,
+                vec![
+                    (
+                        event(source, expected + 1, ChangeKind::Updated, "x", x2),
+                        vec!["t".into(), "u".into()],
+                    ),
+                    created(source, expected + 1, "y", &["u"]),
+                ],
+            )
+        };
+        match store.commit_poll(commit) {
+            Err(StoreError::Conflict {
+                source_name,
+                expected: e,
+                found: f,
+            }) => assert_eq!((source_name.as_str(), e, f), (source, expected, found)),
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+        assert_eq!(dump(&store, &["s", "other"], &["t", "u"]), before);
+    }
+    drop(store);
+    assert_eq!(
+        raw_checksum(dir.path()),
+        sum_before,
+        "a refused commit wrote"
+    );
+
+    // The right generation still commits afterwards.
+    let store = open(dir.path());
+    let generation = store
+        .commit_poll(events_commit("s", 1, vec![created("s", 2, "y", &["u"])]))
+        .unwrap();
+    assert_eq!(generation, 2);
+    assert_eq!(all_pending(&store, "u").len(), 1);
+}
+
+#[test]
+fn unchanged_poll_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let x = json!({"id": "x"});
+    {
+        let store = open(dir.path());
+        let generation = store
+            .commit_poll(PollCommit {
+                upserts: vec![("x".into(), seen(&x))],
+                item_count: 1,
+                ..events_commit("s", 0, vec![created("s", 1, "x", &["t"])])
+            })
+            .unwrap();
+        assert_eq!(generation, 1);
+    }
+    let sum_before = raw_checksum(dir.path());
+    {
+        let store = open(dir.path());
+        let before = dump(&store, &["s"], &["t"]);
+        for _ in 0..3 {
+            let generation = store
+                .commit_poll(PollCommit {
+                    item_count: 1,
+                    ..events_commit("s", 1, Vec::new())
+                })
+                .unwrap();
+            assert_eq!(generation, 1, "an unchanged poll bumped the generation");
+        }
+        assert_eq!(dump(&store, &["s"], &["t"]), before);
+    }
+    assert_eq!(
+        raw_checksum(dir.path()),
+        sum_before,
+        "an unchanged poll wrote"
+    );
+}
+
+#[test]
+fn first_commit_without_changes_records_the_empty_baseline() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        assert_eq!(store.source_state("s").unwrap(), SourceState::default());
+        let generation = store
+            .commit_poll(events_commit("s", 0, Vec::new()))
+            .unwrap();
+        assert_eq!(generation, 0);
+    }
+    let sum_before = raw_checksum(dir.path());
+    {
+        // Survives a restart: the next poll is not a first poll again.
+        let store = open(dir.path());
+        assert_eq!(
+            store.source_state("s").unwrap(),
+            SourceState {
+                generation: 0,
+                initialized: true,
+                items: 0
+            }
+        );
+        assert!(store.snapshot("s").unwrap().is_empty());
+        // And from now on an empty poll is an unchanged one.
+        let generation = store
+            .commit_poll(events_commit("s", 0, Vec::new()))
+            .unwrap();
+        assert_eq!(generation, 0);
+    }
+    assert_eq!(raw_checksum(dir.path()), sum_before);
+}
+
+#[test]
+fn pending_is_per_target_in_detection_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let e1 = created("s", 1, "1", &["t", "t2"]);
+    let e2 = created("s", 1, "2", &["t"]);
+    let e3 = created("s", 2, "3", &["t2"]);
+    let e4 = created("s", 2, "4", &["t2", "t"]);
+    let e5 = created("r", 1, "5", &["t"]);
+    let e6 = created("r", 2, "6", &["t", "t2"]);
+    {
+        let store = open(dir.path());
+        store
+            .commit_poll(events_commit("s", 0, vec![e1.clone(), e2.clone()]))
+            .unwrap();
+        store
+            .commit_poll(events_commit("s", 1, vec![e3.clone(), e4.clone()]))
+            .unwrap();
+        store
+            .commit_poll(events_commit("r", 0, vec![e5.clone()]))
+            .unwrap();
+    }
+    // Sequence numbers keep detection order across a restart: a counter that started
+    // over would sort e6 first, or overwrite e1's delivery.
+    let store = open(dir.path());
+    store
+        .commit_poll(events_commit("r", 1, vec![e6.clone()]))
+        .unwrap();
+
+    let t = all_pending(&store, "t");
+    let t2 = all_pending(&store, "t2");
+    let id = |e: &(Event, Vec<String>)| e.0.id.clone();
+    assert_eq!(ids(&t), [id(&e1), id(&e2), id(&e4), id(&e5), id(&e6)]);
+    assert_eq!(ids(&t2), [id(&e1), id(&e3), id(&e4), id(&e6)]);
+    assert!(t.iter().all(|d| d.target == "t"));
+    assert!(t2.iter().all(|d| d.target == "t2"));
+    assert!(t.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert!(t2.windows(2).all(|w| w[0].seq < w[1].seq));
+    // Names sharing a prefix with the real ones see nothing.
+    assert!(all_pending(&store, "").is_empty());
+    assert!(all_pending(&store, "t1").is_empty());
+    assert!(all_pending(&store, "t22").is_empty());
+
+    let seq = |ds: &[Delivery], e: &(Event, Vec<String>)| {
+        ds.iter().find(|d| d.event_id == e.0.id).unwrap().seq
+    };
+    // `after` is exclusive, even for a sequence number this target does not have.
+    let after = |a: u64, limit: usize| {
+        ids(&store.pending("t", Some(a), limit).unwrap())
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(after(seq(&t, &e2), 100), [id(&e4), id(&e5), id(&e6)]);
+    assert_eq!(after(seq(&t2, &e3), 100), [id(&e4), id(&e5), id(&e6)]);
+    assert_eq!(after(seq(&t, &e1), 2), [id(&e2), id(&e4)]);
+    assert!(after(seq(&t, &e6), 100).is_empty());
+    assert!(after(u64::MAX, 100).is_empty());
+    assert_eq!(
+        ids(&store.pending("t", None, 2).unwrap()),
+        [id(&e1), id(&e2)]
+    );
+    assert!(store.pending("t", None, 0).unwrap().is_empty());
+
+    // delivery() looks up one target's copy only.
+    assert!(store.delivery("t", seq(&t2, &e3)).unwrap().is_none());
+    assert_eq!(
+        store
+            .delivery("t2", seq(&t2, &e3))
+            .unwrap()
+            .unwrap()
+            .event_id,
+        id(&e3)
+    );
+}
+
+/// Commits three events to `t` and `t2` and returns t's deliveries.
+fn three_deliveries(store: &SledStore) -> Vec<Delivery> {
+    let events = ["1", "2", "3"]
+        .iter()
+        .map(|i| created("s", 1, i, &["t", "t2"]))
+        .collect();
+    store.commit_poll(events_commit("s", 0, events)).unwrap();
+    let t = all_pending(store, "t");
+    assert_eq!(t.len(), 3);
+    t
+}
+
+#[test]
+fn ack_removes_exactly_one_delivery() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let t = three_deliveries(&store);
+    let t2 = all_pending(&store, "t2");
+
+    store.ack("t", t[1].seq).unwrap();
+    assert_eq!(all_pending(&store, "t"), [t[0].clone(), t[2].clone()]);
+    assert_eq!(
+        all_pending(&store, "t2"),
+        t2,
+        "the other target's copy stays"
+    );
+    assert!(store.delivery("t", t[1].seq).unwrap().is_none());
+    assert!(store.dead(None, 10).unwrap().is_empty());
+
+    // Acking it again, or acking what never existed, is harmless.
+    store.ack("t", t[1].seq).unwrap();
+    store.ack("t", 999_999).unwrap();
+    store.ack("nobody", t[0].seq).unwrap();
+    assert_eq!(all_pending(&store, "t"), [t[0].clone(), t[2].clone()]);
+    assert_eq!(all_pending(&store, "t2"), t2);
+}
+
+#[test]
+fn reschedule_updates_the_attempt_and_keeps_the_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let t = three_deliveries(&store);
+    let t2 = all_pending(&store, "t2");
+
+    store
+        .reschedule("t", t[0].seq, 1, NOW_MS + 5_000, "HTTP 500")
+        .unwrap();
+    store
+        .reschedule("t", t[0].seq, 2, NOW_MS + 300_000, "timed out")
+        .unwrap();
+    let want = Delivery {
+        attempts: 2,
+        next_at_ms: NOW_MS + 300_000,
+        last_error: Some("timed out".into()),
+        ..t[0].clone()
+    };
+    assert_eq!(store.delivery("t", t[0].seq).unwrap(), Some(want.clone()));
+    // Same position in the queue, same bytes; nothing else touched.
+    assert_eq!(all_pending(&store, "t"), [want, t[1].clone(), t[2].clone()]);
+    assert_eq!(all_pending(&store, "t2"), t2);
+}
+
+#[test]
+fn bury_moves_a_delivery_to_the_dead_letters() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = {
+        let store = open(dir.path());
+        let t = three_deliveries(&store);
+        store
+            .reschedule("t", t[0].seq, 7, NOW_MS + 1_000, "HTTP 503")
+            .unwrap();
+        store.bury("t", t[0].seq, 8, "HTTP 410 Gone").unwrap();
+        // A prefix-named target's dead letter must not show under `t`.
+        store.bury("t2", t[2].seq, 1, "HTTP 404").unwrap();
+        t
+    };
+    let store = open(dir.path());
+    let dead_t = Delivery {
+        attempts: 8,
+        next_at_ms: NOW_MS + 1_000,
+        last_error: Some("HTTP 410 Gone".into()),
+        ..t[0].clone()
+    };
+    assert!(store.delivery("t", t[0].seq).unwrap().is_none());
+    assert_eq!(all_pending(&store, "t"), t[1..]);
+    assert_eq!(ids(&all_pending(&store, "t2")), ids(&t[..2]));
+    // Same bytes, attempts and error as queued; next_at_ms as last rescheduled.
+    assert_eq!(
+        store.dead(Some("t"), 10).unwrap(),
+        std::slice::from_ref(&dead_t)
+    );
+    let dead_t2 = store.dead(Some("t2"), 10).unwrap();
+    assert_eq!(dead_t2.len(), 1);
+    assert_eq!(
+        (
+            dead_t2[0].target.as_str(),
+            dead_t2[0].seq,
+            dead_t2[0].attempts,
+            dead_t2[0].last_error.as_deref()
+        ),
+        ("t2", t[2].seq, 1, Some("HTTP 404"))
+    );
+    let all = store.dead(None, 10).unwrap();
+    assert_eq!(all.len(), 2);
+    assert!(all.contains(&dead_t) && all.contains(&dead_t2[0]));
+    assert_eq!(store.dead(None, 1).unwrap().len(), 1);
+    assert!(store.dead(Some("t1"), 10).unwrap().is_empty());
+    assert_eq!(
+        store.pending_counts().unwrap(),
+        HashMap::from([("t".to_string(), 2), ("t2".to_string(), 2)]),
+        "dead letters are not pending"
+    );
+}
+
+#[test]
+fn updates_of_missing_deliveries_are_not_errors_and_create_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let t = three_deliveries(&store);
+    store.bury("t", t[0].seq, 3, "HTTP 410 Gone").unwrap();
+    store.ack("t", t[1].seq).unwrap();
+    let before = dump(&store, &["s"], &["t", "t2"]);
+
+    for seq in [t[0].seq, t[1].seq, 999_999] {
+        store.reschedule("t", seq, 9, NOW_MS, "late").unwrap();
+        store.bury("t", seq, 9, "late").unwrap();
+        store.ack("t", seq).unwrap();
+    }
+    store
+        .reschedule("ghost", t[2].seq, 9, NOW_MS, "late")
+        .unwrap();
+    store.bury("ghost", t[2].seq, 9, "late").unwrap();
+    // Nothing resurrected, created, or overwritten in the dead letters.
+    assert_eq!(dump(&store, &["s"], &["t", "t2", "ghost"]).pending[2], []);
+    assert_eq!(dump(&store, &["s"], &["t", "t2"]), before);
+}
+
+#[test]
+fn snapshot_is_per_source_and_removals_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let item = |id: &str, v: u32| json!({"id": id, "v": v, "text": "naïve ✓"});
+    // Ids that are prefixes of each other, one with a NUL, in sources that are too.
+    let s_items = [("1", 1), ("10", 1), ("a\0b", 1)];
+    let s2_items = [("1", 2), ("2", 2)];
+    for (source, items) in [("s", &s_items[..]), ("s2", &s2_items[..])] {
+        store
+            .commit_poll(PollCommit {
+                upserts: items
+                    .iter()
+                    .map(|(id, v)| (id.to_string(), seen(&item(id, *v))))
+                    .collect(),
+                item_count: items.len() as u64,
+                ..events_commit(source, 0, Vec::new())
+            })
+            .unwrap();
+    }
+    let map = |items: &[(&str, u32)]| -> HashMap<String, Seen> {
+        items
+            .iter()
+            .map(|(id, v)| (id.to_string(), seen(&item(id, *v))))
+            .collect()
+    };
+    assert_eq!(store.snapshot("s").unwrap(), map(&s_items));
+    assert_eq!(store.snapshot("s2").unwrap(), map(&s2_items));
+    assert!(store.snapshot("").unwrap().is_empty());
+    assert!(store.snapshot("s1").unwrap().is_empty());
+    let stored = &store.snapshot("s").unwrap()["a\0b"];
+    assert_eq!(stored.raw, serde_json::to_vec(&item("a\0b", 1)).unwrap());
+    assert_eq!(stored.hash, seen(&item("a\0b", 1)).hash);
+
+    // Remove "1" from s: not "10", and not s2's "1". Update "10".
+    store
+        .commit_poll(PollCommit {
+            upserts: vec![("10".into(), seen(&item("10", 3)))],
+            removals: vec!["1".into()],
+            item_count: 2,
+            ..events_commit("s", 1, Vec::new())
+        })
+        .unwrap();
+    assert_eq!(store.snapshot("s").unwrap(), map(&[("10", 3), ("a\0b", 1)]));
+    assert_eq!(store.snapshot("s2").unwrap(), map(&s2_items));
+    assert_eq!(store.source_state("s").unwrap().items, 2);
+    assert_eq!(store.source_state("s2").unwrap().generation, 1);
+
+    // Removing every item leaves an empty snapshot.
+    store
+        .commit_poll(PollCommit {
+            removals: vec!["10".into(), "a\0b".into()],
+            ..events_commit("s", 2, Vec::new())
+        })
+        .unwrap();
+    assert!(store.snapshot("s").unwrap().is_empty());
+    assert_eq!(store.snapshot("s2").unwrap(), map(&s2_items));
+}
+
+#[test]
+fn pending_counts_are_per_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    assert!(store.pending_counts().unwrap().is_empty());
+    store
+        .commit_poll(events_commit(
+            "s",
+            0,
+            vec![
+                created("s", 1, "1", &["a", "a2", "b"]),
+                created("s", 1, "2", &["a", "b"]),
+                created("s", 1, "3", &["a"]),
+            ],
+        ))
+        .unwrap();
+    let counts = |store: &SledStore| {
+        let c = store.pending_counts().unwrap();
+        ["a", "a2", "b"].map(|t| c.get(t).copied().unwrap_or(0))
+    };
+    assert_eq!(counts(&store), [3, 1, 2]);
+    assert_eq!(store.pending_counts().unwrap().len(), 3);
+
+    let a = all_pending(&store, "a");
+    store.ack("a", a[0].seq).unwrap();
+    store.bury("a", a[1].seq, 8, "HTTP 500").unwrap();
+    store.ack("a2", a[0].seq).unwrap();
+    assert_eq!(counts(&store), [1, 0, 2]);
+}
+
+/// DESIGN invariant 7: delivered entries are pruned and the database stays bounded under
+/// steady churn. Each round queues 500 events of about 1 KB (and rewrites 500 items),
+/// then delivers and acks them all.
+#[test]
+fn disk_use_stays_bounded_under_outbox_churn() {
+    const ROUNDS: u64 = 20;
+    const EVENTS: usize = 500;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let pad = "x".repeat(900);
+    let mut sizes = Vec::new();
+    let mut last_seq = None;
+    for round in 0..ROUNDS {
+        let mut upserts = Vec::with_capacity(EVENTS);
+        let mut events = Vec::with_capacity(EVENTS);
+        for i in 0..EVENTS {
+            let id = i.to_string();
+            let object = json!({"id": id, "round": round, "pad": pad});
+            upserts.push((id.clone(), seen(&object)));
+            let kind = if round == 0 {
+                ChangeKind::Created
+            } else {
+                ChangeKind::Updated
+            };
+            events.push((
+                event("s", round + 1, kind, &id, object),
+                vec!["t".to_string()],
+            ));
+        }
+        assert!(events[0].0.body.len() > 1_000);
+        let generation = store
+            .commit_poll(PollCommit {
+                upserts,
+                item_count: EVENTS as u64,
+                ..events_commit("s", round, events)
+            })
+            .unwrap();
+        assert_eq!(generation, round + 1);
+
+        let pending = all_pending(&store, "t");
+        assert_eq!(pending.len(), EVENTS);
+        for d in &pending {
+            // Detection order holds across rounds (and past byte boundaries of the seq).
+            assert!(last_seq < Some(d.seq));
+            last_seq = Some(d.seq);
+            store.ack("t", d.seq).unwrap();
+        }
+        store.flush().unwrap();
+        let size = store.size_on_disk().unwrap();
+        eprintln!("churn round {:>2}: size_on_disk {size} bytes", round + 1);
+        sizes.push(size);
+    }
+    assert!(all_pending(&store, "t").is_empty());
+    assert!(store.pending_counts().unwrap().is_empty());
+    assert_eq!(store.snapshot("s").unwrap().len(), EVENTS);
+
+    // Each round writes about 1 MB of outbox and 1 MB of items. Unbounded growth would
+    // make round 20 about 4x round 5; allow 2x for sled's segment reuse lag.
+    let (at5, at20) = (sizes[4], sizes[19]);
+    eprintln!("churn: after round 5 {at5} bytes, after round 20 {at20} bytes");
+    assert!(
+        at20 <= at5 * 2,
+        "disk use grows with churn: {at5} bytes after 5 rounds, {at20} after 20"
+    );
+}
