@@ -51,9 +51,10 @@ impl Cli {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
         match self.command {
             Command::Run(c) => {
-                let config = Config::load(&c.config)?;
+                // Handlers first: a SIGTERM during start-up then stops cleanly too.
                 let token = CancellationToken::new();
                 crate::daemon::cancel_on_signals(token.clone());
+                let config = Config::load(&c.config)?;
                 crate::daemon::run(config, token).await?;
                 Ok(ExitCode::SUCCESS)
             }

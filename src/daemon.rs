@@ -69,7 +69,7 @@ pub async fn run_with_store(
         )?;
         tracker.spawn(worker.run());
     }
-    let poller = Poller::new(store.clone(), Fetcher::new()?, wakes);
+    let poller = Poller::new(store.clone(), Fetcher::new(&config.sources)?, wakes);
     for source in config.sources.values() {
         let lp = SourceLoop {
             source: source.clone(),
@@ -144,28 +144,31 @@ impl SourceLoop {
     }
 }
 
-/// Cancels `token` on SIGTERM or SIGINT.
+/// Cancels `token` on SIGTERM or SIGINT. The handlers are installed before this
+/// returns (not in the spawned task), so a signal right after start-up is not lost.
+/// Must be called inside the tokio runtime.
 pub fn cancel_on_signals(token: CancellationToken) {
-    tokio::spawn(async move {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut term), Ok(mut int)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) else {
-                tracing::error!("cannot install signal handlers; stop pollhook with SIGKILL");
-                return;
-            };
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot install signal handlers; stop pollhook with SIGKILL");
+            return;
+        };
+        tokio::spawn(async move {
             tokio::select! {
                 _ = term.recv() => tracing::info!("SIGTERM received"),
                 _ = int.recv() => tracing::info!("SIGINT received"),
             }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-        }
+            token.cancel();
+        });
+    }
+    #[cfg(not(unix))]
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
         token.cancel();
     });
 }

@@ -2,7 +2,6 @@
 //! and says what was created, updated and deleted. Pure and deterministic: the
 //! same inputs always give the same changes in the same order.
 
-use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
@@ -132,13 +131,36 @@ fn write_json_str(out: &mut Vec<u8>, s: &str) {
 /// stack. (serde_json's own clone, `==` and printing do recurse; they are
 /// bounded by its parser's 128-level limit on the values we get.)
 pub fn canonical_json(v: &Value) -> Vec<u8> {
+    canonical_without(v, &[])
+}
+
+/// [`canonical_json`] of `v` as if every value named by `ignore` (parsed pointers,
+/// each non-empty) had been removed, without cloning `v`: the walk skips those
+/// members and elements. Pointers refer to `v` as given. Only nodes on the path of
+/// some pointer carry the list of pointers still in play; elsewhere it is empty.
+fn canonical_without(v: &Value, ignore: &[Vec<String>]) -> Vec<u8> {
     enum Work<'a> {
-        Value(&'a Value),
+        /// A value, its depth, and the ignore pointers whose prefix is its path.
+        Value(&'a Value, usize, Vec<usize>),
         Key(&'a str),
         Byte(u8),
     }
+    // Which pointers still apply below a child reached by `token`, or None when one
+    // of them names that very child (it is skipped).
+    let descend = |active: &[usize], depth: usize, matches: &dyn Fn(&str) -> bool| {
+        let mut next = Vec::new();
+        for &i in active {
+            if matches(&ignore[i][depth]) {
+                if ignore[i].len() == depth + 1 {
+                    return None;
+                }
+                next.push(i);
+            }
+        }
+        Some(next)
+    };
     let mut out = Vec::new();
-    let mut stack = vec![Work::Value(v)];
+    let mut stack = vec![Work::Value(v, 0, (0..ignore.len()).collect())];
     while let Some(work) = stack.pop() {
         match work {
             Work::Byte(b) => out.push(b),
@@ -146,126 +168,69 @@ pub fn canonical_json(v: &Value) -> Vec<u8> {
                 write_json_str(&mut out, k);
                 out.push(b':');
             }
-            Work::Value(Value::Array(a)) => {
+            Work::Value(Value::Array(a), depth, active) => {
                 out.push(b'[');
+                let kept: Vec<(&Value, Vec<usize>)> = a
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, e)| {
+                        descend(&active, depth, &|t| array_index(t) == Some(i)).map(|n| (e, n))
+                    })
+                    .collect();
                 // Pushed in reverse so they pop in order.
                 stack.push(Work::Byte(b']'));
-                for (i, e) in a.iter().enumerate().rev() {
-                    stack.push(Work::Value(e));
+                for (i, (e, next)) in kept.into_iter().enumerate().rev() {
+                    stack.push(Work::Value(e, depth + 1, next));
                     if i > 0 {
                         stack.push(Work::Byte(b','));
                     }
                 }
             }
-            Work::Value(Value::Object(m)) => {
+            Work::Value(Value::Object(m), depth, active) => {
                 out.push(b'{');
-                let mut members: Vec<(&String, &Value)> = m.iter().collect();
+                let mut members: Vec<(&String, &Value, Vec<usize>)> = m
+                    .iter()
+                    .filter_map(|(k, e)| descend(&active, depth, &|t| t == k).map(|n| (k, e, n)))
+                    .collect();
                 // `str` ordering is byte-wise, i.e. by UTF-8 bytes.
                 members.sort_unstable_by(|a, b| a.0.cmp(b.0));
                 stack.push(Work::Byte(b'}'));
-                for (i, (k, e)) in members.into_iter().enumerate().rev() {
-                    stack.push(Work::Value(e));
+                for (i, (k, e, next)) in members.into_iter().enumerate().rev() {
+                    stack.push(Work::Value(e, depth + 1, next));
                     stack.push(Work::Key(k));
                     if i > 0 {
                         stack.push(Work::Byte(b','));
                     }
                 }
             }
-            Work::Value(Value::String(s)) => write_json_str(&mut out, s),
+            Work::Value(Value::String(s), ..) => write_json_str(&mut out, s),
             // Number's Display is the text serde_json serialises.
-            Work::Value(Value::Number(n)) => out.extend_from_slice(n.to_string().as_bytes()),
-            Work::Value(Value::Bool(b)) => {
+            Work::Value(Value::Number(n), ..) => out.extend_from_slice(n.to_string().as_bytes()),
+            Work::Value(Value::Bool(b), ..) => {
                 out.extend_from_slice(if *b { b"true" } else { b"false" })
             }
-            Work::Value(Value::Null) => out.extend_from_slice(b"null"),
+            Work::Value(Value::Null, ..) => out.extend_from_slice(b"null"),
         }
     }
     out
 }
 
-/// Orders reference tokens so that array indexes compare numerically ("2" < "10").
-fn cmp_token(a: &str, b: &str) -> Ordering {
-    match (array_index(a), array_index(b)) {
-        (Some(x), Some(y)) => x.cmp(&y),
-        (Some(_), None) => Ordering::Less,
-        (None, Some(_)) => Ordering::Greater,
-        (None, None) => a.cmp(b),
-    }
-}
-
-/// Parses the ignore pointers once per diff, in the order removals must run.
-///
-/// Every pointer is meant relative to the item as received, but removing an
-/// array element shifts later ones. Removing in descending order (indexes
-/// numerically) means no removal shifts a path still to be removed; duplicates
-/// are dropped so "/a/0" listed twice doesn't remove two elements. Invalid
-/// pointers and "" (the root cannot be removed) never resolve, so are skipped.
+/// Parses the ignore pointers once per diff. Every pointer refers to the item as
+/// received (skipping happens in one walk, so no removal shifts another's index).
+/// Invalid pointers and "" (the root cannot be ignored) are dropped.
 fn parse_ignores(ignore: &[String]) -> Vec<Vec<String>> {
     let mut parsed: Vec<Vec<String>> = ignore
         .iter()
         .filter_map(|p| pointer_tokens(p).ok())
         .filter(|t| !t.is_empty())
         .collect();
-    parsed.sort_by(|a, b| {
-        let first_diff = a
-            .iter()
-            .zip(b)
-            .map(|(x, y)| cmp_token(x, y))
-            .find(|o| o.is_ne());
-        first_diff.unwrap_or_else(|| a.len().cmp(&b.len()))
-    });
+    parsed.sort();
     parsed.dedup();
-    parsed.reverse();
     parsed
 }
 
-/// The child of `v` named by one reference token, if any.
-fn child<'a>(v: &'a Value, t: &str) -> Option<&'a Value> {
-    match v {
-        Value::Object(m) => m.get(t),
-        Value::Array(a) => a.get(array_index(t)?),
-        _ => None,
-    }
-}
-
-/// Removes the value `tokens` names, if it exists (`tokens` is non-empty).
-fn remove_at(mut v: &mut Value, tokens: &[String]) -> Option<()> {
-    let (last, parents) = tokens.split_last()?;
-    for t in parents {
-        v = match v {
-            Value::Object(m) => m.get_mut(t)?,
-            Value::Array(a) => a.get_mut(array_index(t)?)?,
-            _ => return None,
-        };
-    }
-    match v {
-        // Map::remove may reorder members under preserve_order; canonical
-        // form sorts keys, so that doesn't matter.
-        Value::Object(m) => m.remove(last).map(drop),
-        Value::Array(a) => {
-            let i = array_index(last).filter(|&i| i < a.len())?;
-            a.remove(i);
-            Some(())
-        }
-        _ => None,
-    }
-}
-
 fn fingerprint_parsed(item: &Value, ignore: &[Vec<String>]) -> Hash {
-    // Only clone when something will actually be removed: most items of most
-    // polls carry no ignored field, and cloning 100k items per poll adds up.
-    let resolves = |t: &Vec<String>| t.iter().try_fold(item, |v, t| child(v, t)).is_some();
-    let canonical = if ignore.iter().any(resolves) {
-        let mut pruned = item.clone();
-        for tokens in ignore {
-            // `None` just means this pointer doesn't resolve here: skipped.
-            let _ = remove_at(&mut pruned, tokens);
-        }
-        canonical_json(&pruned)
-    } else {
-        canonical_json(item)
-    };
-    Sha256::digest(&canonical).into()
+    Sha256::digest(canonical_without(item, ignore)).into()
 }
 
 /// sha256 over the canonical form (see [`canonical_json`]) of `item` with each

@@ -2,12 +2,14 @@
 //! gzip decoded, and the body read up to `max_body` bytes. Anything but a complete 2xx
 //! body within the cap is an error, so a bad response can never look like an empty list.
 
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::USER_AGENT;
 
 use crate::config::{redact_url, Source};
-use crate::deliver::{describe_send_error, user_agent};
+use crate::deliver::{describe_send_error, user_agent, Peer};
 
 /// Why a fetch failed. URLs in messages have credentials and query removed.
 #[derive(Debug, thiserror::Error)]
@@ -34,20 +36,35 @@ pub enum FetchError {
     },
 }
 
-/// The HTTP client every source is polled with.
+/// The HTTP clients sources are polled with: one shared by every source that trusts
+/// only the built-in roots, and one for each source with a `ca_file`, since a client's
+/// trusted roots are fixed when it is built.
 #[derive(Clone)]
 pub struct Fetcher {
     client: reqwest::Client,
+    /// Per source name, for the sources that have a `ca_file`.
+    with_ca: Arc<HashMap<String, reqwest::Client>>,
 }
 
 impl Fetcher {
-    pub fn new() -> Result<Fetcher, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .gzip(true)
-            .redirect(reqwest::redirect::Policy::limited(5))
-            .build()?;
-        Ok(Fetcher { client })
+    /// Builds the clients for `sources`, once, before any poll.
+    pub fn new(sources: &BTreeMap<String, Arc<Source>>) -> Result<Fetcher, reqwest::Error> {
+        let mut with_ca = HashMap::new();
+        for source in sources.values().filter(|s| !s.ca.is_empty()) {
+            let builder = source.ca.iter().fold(client_builder(), |b, cert| {
+                b.add_root_certificate(cert.clone())
+            });
+            with_ca.insert(source.name.clone(), builder.build()?);
+        }
+        Ok(Fetcher {
+            client: client_builder().build()?,
+            with_ca: Arc::new(with_ca),
+        })
+    }
+
+    /// The client for `source`: its own if it has a `ca_file`, else the shared one.
+    fn client(&self, source: &Source) -> &reqwest::Client {
+        self.with_ca.get(&source.name).unwrap_or(&self.client)
     }
 
     /// The body of one successful request, at most `source.max_body` bytes.
@@ -57,10 +74,16 @@ impl Fetcher {
         let request_err = |e: reqwest::Error| FetchError::Request {
             method: method.clone(),
             url: url.clone(),
-            detail: describe_send_error(&e, source.timeout),
+            detail: describe_send_error(
+                &e,
+                source.timeout,
+                Peer::Source {
+                    ca_file: source.ca_file.as_deref(),
+                },
+            ),
         };
         let mut resp = self
-            .client
+            .client(source)
             .request(source.method.clone(), source.url.clone())
             .headers(source.headers.clone())
             .header(USER_AGENT, user_agent())
@@ -117,4 +140,12 @@ impl Fetcher {
         }
         Ok(body)
     }
+}
+
+/// Every source client has the same settings; only the trusted roots differ.
+fn client_builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .gzip(true)
+        .redirect(reqwest::redirect::Policy::limited(5))
 }

@@ -5,6 +5,7 @@
 //! reported at once, each with the file, the line and the key, because an operator fixing
 //! a config at 3 a.m. should not have to run `pollhook check` once per typo.
 
+mod ca;
 mod locate;
 mod raw;
 mod values;
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
-use reqwest::{Method, Url};
+use reqwest::{Certificate, Method, Url};
 
 use crate::diff::ChangeKind;
 use crate::schedule::Schedule;
@@ -68,6 +69,10 @@ pub struct Target {
     pub headers: HeaderMap,
     /// Deliveries in flight to this target at once.
     pub max_in_flight: usize,
+    /// `ca_file` as resolved against the config file's directory, if set.
+    pub ca_file: Option<PathBuf>,
+    /// The certificates read from `ca_file`, trusted in addition to the built-in roots.
+    pub ca: Vec<Certificate>,
 }
 
 /// An API to poll and how to read its items.
@@ -95,6 +100,10 @@ pub struct Source {
     pub baseline: bool,
     /// An empty list after a non-empty one is accepted.
     pub allow_empty: bool,
+    /// `ca_file` as resolved against the config file's directory, if set.
+    pub ca_file: Option<PathBuf>,
+    /// The certificates read from `ca_file`, trusted in addition to the built-in roots.
+    pub ca: Vec<Certificate>,
 }
 
 // Debug never shows secrets: URLs lose credentials and query, headers show names only.
@@ -108,6 +117,8 @@ impl fmt::Debug for Target {
             .field("retry", &self.retry)
             .field("headers", &self.headers.keys().collect::<Vec<_>>())
             .field("max_in_flight", &self.max_in_flight)
+            .field("ca_file", &self.ca_file)
+            .field("ca_certificates", &self.ca.len())
             .finish()
     }
 }
@@ -129,6 +140,8 @@ impl fmt::Debug for Source {
             .field("targets", &self.targets)
             .field("baseline", &self.baseline)
             .field("allow_empty", &self.allow_empty)
+            .field("ca_file", &self.ca_file)
+            .field("ca_certificates", &self.ca.len())
             .finish()
     }
 }
@@ -236,7 +249,7 @@ impl Config {
         .map_err(|e| ConfigError::Syntax {
             path: path.to_path_buf(),
             line: e.span().map(|s| line_of(text, s.start)),
-            message: e.message().trim().to_string(),
+            message: syntax_message(text, &e),
         })?;
         let mut v = Validator {
             locator: &locator,
@@ -258,6 +271,25 @@ impl Config {
             })
         }
     }
+}
+
+/// The parser's message; for the few errors it leaves without one (a control character,
+/// a value cut off at the end of the file), a description of what to look for. The
+/// parser's own Display is not used: it quotes the line, which may hold a secret.
+fn syntax_message(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim();
+    if !message.is_empty() {
+        return message.to_string();
+    }
+    let column = e
+        .span()
+        .map(|s| {
+            let start = s.start.min(text.len());
+            let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+            text[line_start..start].chars().count() + 1
+        })
+        .unwrap_or(1);
+    format!("TOML syntax error at column {column}: a value is missing or unfinished, or there is a character TOML does not allow (control characters are not allowed anywhere, even in comments)")
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -483,6 +515,29 @@ impl Validator<'_> {
         }
     }
 
+    /// `ca_file`: the path resolved like `secret_file`, and the certificates in it. A file
+    /// that cannot be used is a problem; the placeholder is no extra roots.
+    fn ca_file(
+        &mut self,
+        key: &KeyPath,
+        file: Option<&str>,
+    ) -> (Option<PathBuf>, Vec<Certificate>) {
+        let Some(file) = file else {
+            return (None, Vec::new());
+        };
+        let Some(expanded) = self.expand(key, file) else {
+            return (None, Vec::new());
+        };
+        let path = self.base.join(expanded);
+        match ca::load(&path) {
+            Ok(certs) => (Some(path), certs),
+            Err(e) => {
+                self.problem(key, e);
+                (Some(path), Vec::new())
+            }
+        }
+    }
+
     fn target(&mut self, key: &KeyPath, name: &str, t: RawTarget) -> Option<Target> {
         let url = self.url(&key.key("url"), t.url.as_deref());
         let scheme = match t.signature.as_deref().map(str::parse::<Scheme>) {
@@ -527,6 +582,7 @@ impl Validator<'_> {
                 .collect(),
         };
         let headers = self.headers(&key.key("headers"), &t.headers);
+        let (ca_file, ca) = self.ca_file(&key.key("ca_file"), t.ca_file.as_deref());
         let max_in_flight = match t.max_in_flight {
             None => DEFAULT_MAX_IN_FLIGHT,
             Some(n) if (1..=1024).contains(&n) => n as usize,
@@ -543,6 +599,8 @@ impl Validator<'_> {
             retry,
             headers,
             max_in_flight,
+            ca_file,
+            ca,
         })
     }
 
@@ -620,6 +678,7 @@ impl Validator<'_> {
                 DEFAULT_MAX_BODY
             }
         };
+        let (ca_file, ca) = self.ca_file(&key.key("ca_file"), s.ca_file.as_deref());
         let items = s.items.unwrap_or_default();
         let id = s.id.unwrap_or_else(|| "/id".to_string());
         self.pointer(&key.key("items"), &items);
@@ -694,6 +753,8 @@ impl Validator<'_> {
             targets,
             baseline: s.baseline.unwrap_or(true),
             allow_empty: s.allow_empty.unwrap_or(false),
+            ca_file,
+            ca,
         })
     }
 

@@ -54,6 +54,7 @@ pub struct RawTarget {
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
     pub max_in_flight: Option<i64>,
+    pub ca_file: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -74,4 +75,5 @@ pub struct RawSource {
     pub targets: Option<Vec<String>>,
     pub baseline: Option<bool>,
     pub allow_empty: Option<bool>,
+    pub ca_file: Option<String>,
 }

@@ -216,6 +216,18 @@ fn syntax_errors_name_file_and_line() {
 }
 
 #[test]
+fn syntax_errors_without_a_parser_message_still_explain() {
+    for text in [
+        "0=",
+        "[targets.a]\n# a \0 comment\nurl = \"x\"\n",
+        "[targets.a]\nurl =",
+    ] {
+        let err = parse(text).unwrap_err().to_string();
+        assert!(err.contains("TOML syntax error at column"), "{err:?}");
+    }
+}
+
+#[test]
 fn empty_config_says_what_is_missing() {
     let text = parse("").unwrap_err().to_string();
     assert!(
@@ -279,4 +291,123 @@ fn the_example_configs_parse() {
         }
     }
     assert!(seen >= 2, "no example configs found in {}", dir.display());
+}
+
+/// A CA certificate in PEM, made fresh: the tests must not depend on a checked-in
+/// certificate that expires.
+fn ca_pem() -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.self_signed(&key).unwrap().pem()
+}
+
+#[test]
+fn ca_file_is_read_relative_to_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = format!("{}{}", ca_pem(), ca_pem());
+    std::fs::write(dir.path().join("ca.pem"), &bundle).unwrap();
+    let text = GOOD
+        .replace(
+            "max_in_flight = 4",
+            "max_in_flight = 4\nca_file = \"ca.pem\"",
+        )
+        .replace(
+            "allow_empty = true",
+            "allow_empty = true\nca_file = \"ca.pem\"",
+        );
+    let c = Config::parse(&text, &dir.path().join("config.toml"), &env).unwrap();
+    let gh = &c.targets["gh"];
+    assert_eq!(
+        gh.ca_file.as_deref(),
+        Some(dir.path().join("ca.pem").as_path())
+    );
+    assert_eq!(gh.ca.len(), 2, "both certificates of the bundle");
+    assert_eq!(c.sources["weekly"].ca.len(), 2);
+    // Without the key: no extra roots.
+    assert!(c.targets["hooks"].ca.is_empty() && c.targets["hooks"].ca_file.is_none());
+    assert!(c.sources["things"].ca.is_empty());
+    // Debug names the file and counts the certificates, nothing more.
+    let dbg = format!("{gh:?}");
+    assert!(
+        dbg.contains("ca.pem") && dbg.contains("ca_certificates: 2"),
+        "{dbg}"
+    );
+    assert!(!dbg.contains("BEGIN CERTIFICATE"), "{dbg}");
+}
+
+#[test]
+fn an_unusable_ca_file_is_a_problem_with_key_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+    write(
+        "key.pem",
+        "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIBv0\n-----END PRIVATE KEY-----\n",
+    );
+    write("empty.pem", "");
+    write(
+        "damaged.pem",
+        "-----BEGIN CERTIFICATE-----\n!!! not base64 !!!\n-----END CERTIFICATE-----\n",
+    );
+    // Valid PEM armour around bytes that are not a certificate.
+    write(
+        "not-x509.pem",
+        "-----BEGIN CERTIFICATE-----\naGVsbG8gd29ybGQ=\n-----END CERTIFICATE-----\n",
+    );
+    let text = r#"
+[targets.t]
+url = "https://127.0.0.1:1/h"
+secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+ca_file = "missing.pem"
+
+[targets.u]
+url = "https://127.0.0.1:1/h"
+secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+ca_file = "key.pem"
+
+[sources.a]
+url = "https://127.0.0.1:1/s"
+interval = "1m"
+ca_file = "empty.pem"
+
+[sources.b]
+url = "https://127.0.0.1:1/s"
+interval = "1m"
+ca_file = "damaged.pem"
+
+[sources.c]
+url = "https://127.0.0.1:1/s"
+interval = "1m"
+ca_file = "not-x509.pem"
+"#;
+    let problems = Config::parse(text, &dir.path().join("config.toml"), &env)
+        .unwrap_err()
+        .problems();
+    let find = |key: &str| {
+        problems
+            .iter()
+            .find(|p| p.key == key)
+            .unwrap_or_else(|| panic!("no problem for {key} in {problems:#?}"))
+    };
+    let missing = find("targets.t.ca_file");
+    assert_eq!(missing.line, Some(5));
+    assert!(
+        missing.message.contains("cannot read") && missing.message.contains("missing.pem"),
+        "{missing:?}"
+    );
+    let key = find("targets.u.ca_file");
+    assert_eq!(key.line, Some(10));
+    assert!(key.message.contains("holds no certificate"), "{key:?}");
+    let empty = find("sources.a.ca_file");
+    assert_eq!(empty.line, Some(15));
+    assert!(empty.message.contains("holds no certificate"), "{empty:?}");
+    let damaged = find("sources.b.ca_file");
+    assert_eq!(damaged.line, Some(20));
+    assert!(damaged.message.contains("not a valid PEM"), "{damaged:?}");
+    let not_x509 = find("sources.c.ca_file");
+    assert_eq!(not_x509.line, Some(25));
+    assert!(
+        not_x509.message.contains("certificate 1 of 1") && not_x509.message.contains("X.509"),
+        "{not_x509:?}"
+    );
 }

@@ -11,6 +11,7 @@
 mod queue;
 pub mod retry;
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -66,12 +67,16 @@ impl TargetWorker {
         shutdown: CancellationToken,
         grace: Duration,
     ) -> Result<TargetWorker, reqwest::Error> {
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(target.timeout.min(Duration::from_secs(10)))
             .timeout(target.timeout)
-            .pool_max_idle_per_host(target.max_in_flight)
-            .build()?;
+            .pool_max_idle_per_host(target.max_in_flight);
+        // `ca_file`: trusted in addition to the built-in roots, not instead of them.
+        for cert in &target.ca {
+            builder = builder.add_root_certificate(cert.clone());
+        }
+        let client = builder.build()?;
         Ok(TargetWorker {
             target,
             store,
@@ -268,7 +273,13 @@ impl Attempt {
                 Outcome::from_status(status, retry_after.as_deref(), Utc::now())
             }
             Err(e) => Outcome::Failed {
-                error: describe_send_error(&e, t.timeout),
+                error: describe_send_error(
+                    &e,
+                    t.timeout,
+                    Peer::Target {
+                        ca_file: t.ca_file.as_deref(),
+                    },
+                ),
                 retry_after: None,
             },
         }
@@ -322,8 +333,24 @@ impl Attempt {
     }
 }
 
-/// A transport error in words, without the URL (it may carry a token).
-pub fn describe_send_error(e: &reqwest::Error, timeout: Duration) -> String {
+/// Which end of pollhook a request went to, for the advice in its error message.
+#[derive(Debug, Clone, Copy)]
+pub enum Peer<'a> {
+    Source { ca_file: Option<&'a Path> },
+    Target { ca_file: Option<&'a Path> },
+}
+
+/// How rustls words a server certificate it rejected: `invalid peer certificate: <why>`.
+///
+/// This is matched as text because the typed way is closed to us: rustls is not a direct
+/// dependency (reqwest does not re-export it), and a downcast to `rustls::Error` would
+/// need one pinned to exactly the rustls reqwest uses. The wording has been the same since
+/// rustls 0.20; tests/tls.rs fails if a reqwest or rustls upgrade changes it.
+const REJECTED_CERTIFICATE: &str = "invalid peer certificate: ";
+
+/// A transport error in words, without the URL (it may carry a token). A server
+/// certificate that is not trusted says so first and names the fix.
+pub fn describe_send_error(e: &reqwest::Error, timeout: Duration, peer: Peer<'_>) -> String {
     if e.is_timeout() {
         return format!(
             "no response within {} (timeout)",
@@ -337,12 +364,44 @@ pub fn describe_send_error(e: &reqwest::Error, timeout: Duration) -> String {
     } else {
         "request failed"
     };
-    let mut msg = kind.to_string();
+    let mut chain = Vec::new();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
+        chain.push(s.to_string());
         source = s.source();
     }
+    if let Some(why) = chain
+        .iter()
+        .find_map(|s| s.strip_prefix(REJECTED_CERTIFICATE))
+    {
+        return format!("{kind}: {}", certificate_advice(why, peer));
+    }
+    let mut msg = kind.to_string();
+    for s in chain {
+        msg.push_str(": ");
+        msg.push_str(&s);
+    }
     msg
+}
+
+/// What a rejected server certificate means and what to do, for an operator who has
+/// just been paged. `why` is rustls's reason.
+fn certificate_advice(why: &str, peer: Peer<'_>) -> String {
+    let (what, ca_file) = match peer {
+        Peer::Source { ca_file } => ("source", ca_file),
+        Peer::Target { ca_file } => ("target", ca_file),
+    };
+    // UnknownIssuer: no chain to a trusted root. Other reasons (expired, wrong name,
+    // revoked) are not fixed by trusting another CA, so they get no ca_file advice.
+    if !why.starts_with("UnknownIssuer") {
+        return format!("TLS certificate rejected: {why}");
+    }
+    let fix = match ca_file {
+        None => format!("set ca_file for this {what} to the PEM file of the CA that signed the server's certificate"),
+        Some(path) => format!(
+            "ca_file {} is set but does not hold the CA that signed the server's certificate",
+            path.display()
+        ),
+    };
+    format!("TLS certificate not trusted (self-signed or unknown CA): {fix} ({REJECTED_CERTIFICATE}{why})")
 }

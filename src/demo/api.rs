@@ -31,6 +31,12 @@ pub enum Fault {
     MissingItems,
     /// Wait this long before answering.
     Slow(Duration),
+    /// Answer 302 pointing back at itself, forever.
+    RedirectLoop,
+    /// Answer 200 with the normal document padded to about this many bytes.
+    Huge(usize),
+    /// Answer 200 with these bytes and `Content-Encoding: gzip` (e.g. a gzip bomb).
+    Gzip(bytes::Bytes),
 }
 
 struct ApiState {
@@ -123,5 +129,23 @@ async fn list(State(state): State<Arc<Mutex<ApiState>>>) -> Response {
             tokio::time::sleep(d).await;
             json(body)
         }
+        Fault::RedirectLoop => (
+            StatusCode::FOUND,
+            [(header::LOCATION, "/items")],
+            "see /items",
+        )
+            .into_response(),
+        Fault::Huge(size) => {
+            let pad = "x".repeat(size.saturating_sub(body.len()));
+            json(format!("{{\"pad\": \"{pad}\", \"items\": []}}"))
+        }
+        Fault::Gzip(bytes) => (
+            [
+                (header::CONTENT_TYPE, "application/json"),
+                (header::CONTENT_ENCODING, "gzip"),
+            ],
+            bytes,
+        )
+            .into_response(),
     }
 }

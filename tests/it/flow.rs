@@ -176,7 +176,7 @@ async fn a_change_redetected_after_a_crash_keeps_its_id() {
     let store: SharedStore = Arc::new(SledStore::open(&h.state_dir()).unwrap());
     let poller = Poller::new(
         store.clone(),
-        Fetcher::new().unwrap(),
+        Fetcher::new(&config.sources).unwrap(),
         Arc::new(HashMap::new()),
     );
     let ids = |plan: &pollhook::poll::Plan| -> Vec<String> {

@@ -1,0 +1,42 @@
+//! `ca_file`: extra CA certificates a source or target trusts, for servers whose
+//! certificate a public CA did not sign (self-signed, or a company's internal CA).
+//!
+//! The file is read and checked at load, so a wrong path or a key file given by mistake
+//! is a config problem with its key and line, not a failed poll hours later.
+
+use std::path::Path;
+
+use reqwest::Certificate;
+
+/// The certificates in the PEM file at `path` (one or more `BEGIN CERTIFICATE` blocks),
+/// each checked to be one a TLS client can trust. The error says what is wrong with the
+/// file, naming it.
+pub fn load(path: &Path) -> Result<Vec<Certificate>, String> {
+    let shown = path.display();
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    let certs = Certificate::from_pem_bundle(&pem)
+        .map_err(|_| format!("{shown} is not a valid PEM file (a certificate block is damaged)"))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{shown} holds no certificate: ca_file takes the CA's certificate in PEM form \
+             (\"-----BEGIN CERTIFICATE-----\"), not a key or a DER file"
+        ));
+    }
+    for (i, cert) in certs.iter().enumerate() {
+        // `from_pem_bundle` only decodes the PEM armour; whether the block is an X.509
+        // certificate shows when a client takes it as a root. Building one without the
+        // built-in roots is cheap and is exactly the check the real clients will make.
+        reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(cert.clone())
+            .build()
+            .map_err(|_| {
+                format!(
+                    "certificate {} of {} in {shown} is not a valid X.509 certificate",
+                    i + 1,
+                    certs.len()
+                )
+            })?;
+    }
+    Ok(certs)
+}

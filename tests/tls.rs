@@ -1,0 +1,375 @@
+//! TLS (issue 3): server certificates are verified by default, for sources and targets
+//! alike; a server whose certificate no public CA signed is refused with an error that
+//! says what is wrong and what to set, unless the config names its CA in `ca_file`.
+//!
+//! Each test makes a fresh CA and a server certificate for 127.0.0.1 and localhost with
+//! rcgen, and puts a TLS front on 127.0.0.1 before the demo's sample API or receiver: the
+//! front completes the handshake and passes the plain bytes through, so what sits behind
+//! HTTPS is the same code the other integration tests use (and the receiver still
+//! verifies every signature).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pollhook::config::Config;
+use pollhook::demo::api::SampleApi;
+use pollhook::demo::receiver::Receiver;
+use pollhook::poll::Poller;
+use pollhook::sign::Scheme;
+use pollhook::source::Fetcher;
+use pollhook::store::{SharedStore, SledStore, Store};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose,
+};
+use serde_json::json;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio_rustls::rustls::{crypto::ring, ServerConfig};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+/// Long enough for a loaded CI machine, short enough that a broken test fails fast.
+const WAIT: Duration = Duration::from_secs(15);
+/// What an operator reads when a server's certificate does not chain to a trusted root.
+const NOT_TRUSTED: &str = "TLS certificate not trusted (self-signed or unknown CA)";
+
+/// A private CA: its certificate in PEM (what `ca_file` holds), and a server certificate
+/// it signed for 127.0.0.1 and localhost, ready to serve.
+struct TestCa {
+    pem: String,
+    server: Arc<ServerConfig>,
+}
+
+impl TestCa {
+    fn new(name: &str) -> TestCa {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        // Distinct names: a trust anchor is found by subject name, and two test CAs
+        // with the same one would fail as a bad signature rather than an unknown issuer.
+        ca.distinguished_name.push(DnType::CommonName, name);
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+
+        let key = KeyPair::generate().unwrap();
+        let mut leaf =
+            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+        leaf.distinguished_name
+            .push(DnType::CommonName, "localhost");
+        leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let leaf_cert = leaf.signed_by(&key, &ca_cert, &ca_key).unwrap();
+
+        let server = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![leaf_cert.der().clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            )
+            .unwrap();
+        TestCa {
+            pem: ca_cert.pem(),
+            server: Arc::new(server),
+        }
+    }
+}
+
+/// Serves HTTPS on 127.0.0.1 for the plain HTTP server at `plain` (an `http://` URL),
+/// until `shutdown`; returns the same URL with `https` and the front's port. A failed
+/// handshake (the client refused the certificate) ends only that connection.
+async fn https_front(plain: &str, ca: &TestCa, shutdown: CancellationToken) -> String {
+    let mut url = reqwest::Url::parse(plain).unwrap();
+    let upstream: SocketAddr = format!(
+        "{}:{}",
+        url.host_str().unwrap(),
+        url.port_or_known_default().unwrap()
+    )
+    .parse()
+    .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let acceptor = TlsAcceptor::from(ca.server.clone());
+    tokio::spawn(async move {
+        loop {
+            let tcp = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, _)) => tcp,
+                    Err(_) => continue,
+                },
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                if let Ok(mut plain) = TcpStream::connect(upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                }
+            });
+        }
+    });
+    url.set_scheme("https").unwrap();
+    url.set_port(Some(port)).unwrap();
+    url.to_string()
+}
+
+/// The servers and files one test needs: the sample API and the receiver, each also
+/// behind HTTPS with a certificate from `ca`, and a directory for the config, the CA
+/// file and the state.
+struct Setup {
+    api: SampleApi,
+    rx: Receiver,
+    /// The sample API over HTTPS.
+    api_tls: String,
+    /// The receiver over HTTPS.
+    rx_tls: String,
+    dir: tempfile::TempDir,
+    servers: CancellationToken,
+}
+
+impl Setup {
+    async fn new(ca: &TestCa) -> Setup {
+        let servers = CancellationToken::new();
+        let api = SampleApi::start(servers.clone()).await.unwrap();
+        let rx = Receiver::start(Scheme::Standard, vec![SECRET.into()], servers.clone())
+            .await
+            .unwrap();
+        api.set("1", json!({"name": "apple"}));
+        Setup {
+            api_tls: https_front(&api.url(), ca, servers.clone()).await,
+            rx_tls: https_front(&rx.url(), ca, servers.clone()).await,
+            api,
+            rx,
+            dir: tempfile::tempdir().unwrap(),
+            servers,
+        }
+    }
+
+    /// Writes `pem` to `name` beside the config.
+    fn write_ca(&self, name: &str, pem: &str) {
+        std::fs::write(self.dir.path().join(name), pem).unwrap();
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// A config with target `t` posting to `target_url` and source `s` polling
+    /// `source_url` every 200 ms; `target_extra`, `source_extra` and `extra` are appended
+    /// to the target's table, the source's table and the file.
+    fn config(
+        &self,
+        target_url: &str,
+        target_extra: &str,
+        source_url: &str,
+        source_extra: &str,
+        extra: &str,
+    ) -> Config {
+        let text = format!(
+            r#"state_dir = {state:?}
+shutdown_grace = "3s"
+
+[targets.t]
+url = "{target_url}"
+secret = "{SECRET}"
+retry = ["200ms", "200ms", "200ms", "200ms", "200ms", "200ms", "200ms", "200ms"]
+timeout = "2s"
+{target_extra}
+
+[sources.s]
+url = "{source_url}"
+interval = "200ms"
+items = "/items"
+baseline = false
+{source_extra}
+{extra}"#,
+            state = self.state_dir().display().to_string(),
+        );
+        Config::parse(&text, &self.dir.path().join("config.toml"), &|_| None)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn open_store(&self) -> SharedStore {
+        Arc::new(SledStore::open(&self.state_dir()).unwrap())
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        self.servers.cancel();
+    }
+}
+
+/// Polls every source of `config` once, in-process, with the daemon's fetcher.
+async fn poll_all(config: &Config, store: &SharedStore) -> HashMap<String, Result<usize, String>> {
+    let poller = Poller::new(
+        store.clone(),
+        Fetcher::new(&config.sources).unwrap(),
+        Arc::new(HashMap::new()),
+    );
+    let mut out = HashMap::new();
+    for (name, source) in &config.sources {
+        let result = poller.poll(source).await;
+        out.insert(
+            name.clone(),
+            result.map(|r| r.items).map_err(|e| e.to_string()),
+        );
+    }
+    out
+}
+
+/// Runs the daemon on `config` until `done` holds for the store (checked every 20 ms),
+/// then stops it; fails the test after [`WAIT`].
+async fn run_daemon_until(config: Config, store: &SharedStore, done: impl Fn(&dyn Store) -> bool) {
+    let token = CancellationToken::new();
+    let daemon = tokio::spawn(pollhook::daemon::run_with_store(
+        config,
+        store.clone(),
+        token.clone(),
+    ));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !done(&**store) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    token.cancel();
+    tokio::time::timeout(WAIT, daemon)
+        .await
+        .expect("daemon did not stop")
+        .unwrap()
+        .unwrap();
+}
+
+/// The last error recorded on target `t`'s pending deliveries, if an attempt failed.
+fn last_error(store: &dyn Store) -> Option<String> {
+    store
+        .pending("t", None, 10)
+        .unwrap()
+        .into_iter()
+        .find_map(|d| d.last_error)
+}
+
+/// (a) A source served with a certificate from an unknown CA, no `ca_file`: the poll
+/// fails with the TLS error and its fix, the URL's token stays out of it, and nothing
+/// is committed (invariant 3).
+#[tokio::test]
+async fn a_source_with_an_untrusted_certificate_fails_clearly_and_commits_nothing() {
+    let ca = TestCa::new("pollhook test CA");
+    let s = Setup::new(&ca).await;
+    let source_url = format!("{}?token=s3cret", s.api_tls);
+    let config = s.config(&s.rx.url(), "", &source_url, "", "");
+    let store = s.open_store();
+
+    let results = poll_all(&config, &store).await;
+    let err = results["s"].as_ref().unwrap_err();
+    assert!(err.contains(NOT_TRUSTED), "{err}");
+    assert!(err.contains("set ca_file for this source"), "{err}");
+    assert!(!err.contains("s3cret"), "the URL's query leaked: {err}");
+
+    // The handshake stopped it: the API behind the front never saw a request.
+    assert_eq!(s.api.requests(), 0);
+    assert!(!store.source_state("s").unwrap().initialized);
+    assert!(store.snapshot("s").unwrap().is_empty());
+    assert!(store.pending_counts().unwrap().is_empty());
+}
+
+/// (b) The same source with `ca_file` naming the CA polls normally. The roots are the
+/// source's own: another source polling the same server without `ca_file` is still
+/// refused, so one source's CA never widens what the others trust.
+#[tokio::test]
+async fn a_source_with_ca_file_polls_and_only_that_source_trusts_the_ca() {
+    let ca = TestCa::new("pollhook test CA");
+    let s = Setup::new(&ca).await;
+    s.write_ca("ca.pem", &ca.pem);
+    let strict = format!(
+        "[sources.strict]\nurl = \"{}\"\ninterval = \"1m\"\nitems = \"/items\"\n",
+        s.api_tls
+    );
+    let config = s.config(&s.rx.url(), "", &s.api_tls, "ca_file = \"ca.pem\"", &strict);
+    let store = s.open_store();
+
+    let results = poll_all(&config, &store).await;
+    assert_eq!(results["s"], Ok(1), "{results:?}");
+    assert!(store.source_state("s").unwrap().initialized);
+    assert_eq!(
+        store.pending("t", None, 10).unwrap().len(),
+        1,
+        "the new item is queued for delivery"
+    );
+    let err = results["strict"].as_ref().unwrap_err();
+    assert!(err.contains(NOT_TRUSTED), "{err}");
+    assert!(!store.source_state("strict").unwrap().initialized);
+}
+
+/// A `ca_file` holding some other CA: the error says the file is set but wrong, rather
+/// than telling the operator to set what they already set.
+#[tokio::test]
+async fn a_ca_file_with_the_wrong_ca_says_so() {
+    let ca = TestCa::new("pollhook test CA");
+    let s = Setup::new(&ca).await;
+    s.write_ca("other.pem", &TestCa::new("some other CA").pem);
+    let config = s.config(&s.rx.url(), "", &s.api_tls, "ca_file = \"other.pem\"", "");
+    let store = s.open_store();
+
+    let results = poll_all(&config, &store).await;
+    let err = results["s"].as_ref().unwrap_err();
+    assert!(err.contains(NOT_TRUSTED), "{err}");
+    assert!(
+        err.contains("other.pem is set but does not hold the CA"),
+        "{err}"
+    );
+}
+
+/// (c) A target served with a certificate from an unknown CA, no `ca_file`: the delivery
+/// fails with the TLS error and its fix, stays pending for its retries, and the receiver
+/// behind the front gets nothing.
+#[tokio::test]
+async fn a_target_with_an_untrusted_certificate_fails_clearly() {
+    let ca = TestCa::new("pollhook test CA");
+    let s = Setup::new(&ca).await;
+    let target_url = format!("{}?key=s3cret", s.rx_tls);
+    let config = s.config(&target_url, "", &s.api.url(), "", "");
+    let store = s.open_store();
+
+    run_daemon_until(config, &store, |st| last_error(st).is_some()).await;
+    let err = last_error(&*store).unwrap();
+    assert!(err.contains(NOT_TRUSTED), "{err}");
+    assert!(err.contains("set ca_file for this target"), "{err}");
+    assert!(!err.contains("s3cret"), "the URL's query leaked: {err}");
+    assert!(s.rx.received().is_empty(), "{:?}", s.rx.received());
+    assert_eq!(store.pending_counts().unwrap().get("t"), Some(&1));
+}
+
+/// (d) The same target with `ca_file` naming the CA: the webhook is delivered, signed,
+/// and leaves the outbox.
+#[tokio::test]
+async fn a_target_with_ca_file_gets_its_webhooks() {
+    let ca = TestCa::new("pollhook test CA");
+    let s = Setup::new(&ca).await;
+    let ca_path = s.dir.path().join("ca.pem");
+    s.write_ca("ca.pem", &ca.pem);
+    // An absolute path this time; (b) uses one relative to the config file.
+    let target_extra = format!("ca_file = {:?}", ca_path.display().to_string());
+    let config = s.config(&s.rx_tls, &target_extra, &s.api.url(), "", "");
+    let store = s.open_store();
+    let rx = s.rx.clone();
+
+    run_daemon_until(config, &store, |st| {
+        !rx.accepted().is_empty() && st.pending("t", None, 10).unwrap().is_empty()
+    })
+    .await;
+    let got = s.rx.accepted();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].event_type, "s.created");
+    assert!(got[0].verified, "signature did not verify");
+}
