@@ -102,13 +102,15 @@ impl Poller {
         let store = self.store.clone();
         // Parsing, extraction and diff are CPU work on possibly large documents, and the
         // snapshot read blocks: all of it runs off the async workers.
-        tokio::task::spawn_blocking(move || plan_body(&*store, &source, &body, now))
+        tokio::task::spawn_blocking(move || plan_response(&*store, &source, &body, now))
             .await
             .map_err(|e| StoreError::Db(format!("poll task stopped: {e}")))?
     }
 }
 
-fn plan_body(
+/// Works out what a poll that got `body` would commit: parse, extract, diff against the
+/// stored snapshot, build events. Blocking (store reads, CPU work on the document).
+pub fn plan_response(
     store: &dyn crate::store::Store,
     source: &Source,
     body: &[u8],

@@ -527,10 +527,12 @@ async fn churn_until(src: Source, rx: Receiver, items: usize, stop: Cancellation
         src.create();
     }
     loop {
-        let outstanding = {
+        // One lock at a time: the receiver takes its own book, then the source's.
+        let made = {
             let b = src.book.lock().unwrap();
-            (b.created + b.updated).saturating_sub(rx.accepted())
+            b.created + b.updated
         };
+        let outstanding = made.saturating_sub(rx.accepted());
         if outstanding < 4 * items as u64 {
             for id in src.live() {
                 src.update(id);

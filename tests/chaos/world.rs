@@ -256,6 +256,7 @@ impl Receiver {
     /// Items where this receiver's copy differs from the source now, except items it
     /// answered 410 for (their deliveries are dead by request).
     pub fn mismatches(&self) -> Vec<u64> {
+        // Lock order everywhere: the receiver's book, then the source's.
         let book = self.inner.book.lock().unwrap();
         let src = self.inner.source.lock().unwrap();
         let mut out: Vec<u64> = src
@@ -380,6 +381,14 @@ async fn hook(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) 
     } else {
         behaviour.status
     };
+    // Looked up before the receiver's own lock is taken: never hold both.
+    let changed_at = inner
+        .source
+        .lock()
+        .unwrap()
+        .changed_at
+        .get(&(item, version))
+        .copied();
     let mut b = inner.book.lock().unwrap();
     b.requests += 1;
     if !verified {
@@ -406,7 +415,7 @@ async fn hook(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) 
             // and the replica are judged on first deliveries only.
             b.duplicates += 1;
         } else {
-            apply(&mut b, &inner, &kind, item, version);
+            apply(&mut b, changed_at, &kind, item, version);
         }
     }
     drop(b);
@@ -420,7 +429,7 @@ async fn hook(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) 
 }
 
 /// Applies a first delivery to the receiver's copy, checking per-item order.
-fn apply(b: &mut Book, inner: &Inner, kind: &str, item: u64, version: u64) {
+fn apply(b: &mut Book, changed_at: Option<Instant>, kind: &str, item: u64, version: u64) {
     let seen = b.replica.get(&item).copied();
     if let Some((_, last)) = seen {
         if version < last {
@@ -448,13 +457,7 @@ fn apply(b: &mut Book, inner: &Inner, kind: &str, item: u64, version: u64) {
         other => b.violations.push(format!("unknown event kind {other:?}")),
     }
     if kind != "deleted" && seen.map(|(_, v)| v) != Some(version) {
-        if let Some(at) = inner
-            .source
-            .lock()
-            .unwrap()
-            .changed_at
-            .get(&(item, version))
-        {
+        if let Some(at) = changed_at {
             b.latencies.push(at.elapsed());
         }
     }
