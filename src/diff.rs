@@ -99,6 +99,11 @@ pub struct Diff {
     pub upserts: Vec<(String, Seen)>,
     /// Ids to delete from the store, ascending.
     pub removals: Vec<String>,
+    /// Changes found of each kind, including those not kept in `changes` (see
+    /// [`Differ::keep_only`]).
+    pub created: usize,
+    pub updated: usize,
+    pub deleted: usize,
 }
 
 /// Why a diff could not be computed.
@@ -265,34 +270,90 @@ pub fn diff(
     current: Vec<Item>,
     ignore: &[String],
 ) -> Result<Diff, DiffError> {
-    let ignore = parse_ignores(ignore);
-    let mut out = Diff::default();
-    let mut present: HashSet<String> = HashSet::with_capacity(current.len());
+    let mut differ = Differ::new(previous, ignore);
+    for item in current {
+        differ.push(item)?;
+    }
+    differ.finish()
+}
 
-    for Item { id, value } in current {
-        if !present.insert(id.clone()) {
-            continue;
+/// [`diff`] one item at a time, so a large poll holds only the items that changed
+/// (see [`crate::extract::extract_each`]).
+pub struct Differ<'a> {
+    previous: &'a HashMap<String, Seen>,
+    ignore: Vec<Vec<String>>,
+    /// Ids of `previous` seen in this poll (borrowed: no copy per item).
+    present: HashSet<&'a str>,
+    /// New ids seen in this poll, so a repeated one counts once.
+    created: HashSet<String>,
+    /// Which kinds of change to return in `changes` (all by default).
+    keep: Vec<ChangeKind>,
+    out: Diff,
+}
+
+impl<'a> Differ<'a> {
+    pub fn new(previous: &'a HashMap<String, Seen>, ignore: &[String]) -> Differ<'a> {
+        Differ {
+            previous,
+            ignore: parse_ignores(ignore),
+            present: HashSet::with_capacity(previous.len()),
+            created: HashSet::new(),
+            keep: vec![
+                ChangeKind::Created,
+                ChangeKind::Updated,
+                ChangeKind::Deleted,
+            ],
+            out: Diff::default(),
         }
-        let hash = fingerprint_parsed(&value, &ignore);
-        let (kind, old) = match previous.get(&id) {
-            None => (ChangeKind::Created, None),
-            Some(seen) if seen.hash == hash => continue,
-            Some(seen) => {
+    }
+
+    /// Returns only changes of these kinds in `changes`; the others still update the
+    /// store (upserts, removals) and the counts. A baseline keeps none, so a first poll
+    /// of a large source does not hold every item as a parsed value.
+    pub fn keep_only(mut self, kinds: &[ChangeKind]) -> Self {
+        self.keep = kinds.to_vec();
+        self
+    }
+
+    /// Compares one item of this poll with what was seen before.
+    pub fn push(&mut self, Item { id, value }: Item) -> Result<(), DiffError> {
+        let hash = fingerprint_parsed(&value, &self.ignore);
+        let (kind, old) = match self.previous.get_key_value(&id) {
+            None => {
+                if !self.created.insert(id.clone()) {
+                    return Ok(());
+                }
+                (ChangeKind::Created, None)
+            }
+            Some((key, seen)) => {
+                if !self.present.insert(key.as_str()) {
+                    return Ok(());
+                }
+                if seen.hash == hash {
+                    return Ok(());
+                }
                 let old = parse_seen(&id, seen)?;
-                if fingerprint_parsed(&old, &ignore) == hash {
+                if fingerprint_parsed(&old, &self.ignore) == hash {
                     let raw = value.to_string().into_bytes();
-                    out.upserts.push((id, Seen { hash, raw }));
-                    continue;
+                    self.out.upserts.push((id, Seen { hash, raw }));
+                    return Ok(());
                 }
                 (ChangeKind::Updated, Some(old))
             }
         };
-        // Value's Display is compact serde_json output, i.e. `to_vec`, minus
-        // the impossible error case.
+        // Value's Display is compact serde_json output, i.e. `to_vec`, minus the
+        // impossible error case.
         let raw = value.to_string().into_bytes();
-        out.upserts.push((id.clone(), Seen { hash, raw }));
+        self.out.upserts.push((id.clone(), Seen { hash, raw }));
+        match kind {
+            ChangeKind::Created => self.out.created += 1,
+            _ => self.out.updated += 1,
+        }
+        if !self.keep.contains(&kind) {
+            return Ok(());
+        }
         let changes = old.as_ref().map(|o| Value::Array(json_patch(o, &value)));
-        out.changes.push(Change {
+        self.out.changes.push(Change {
             kind,
             id,
             object: value,
@@ -300,27 +361,36 @@ pub fn diff(
             changes,
             version: hash,
         });
+        Ok(())
     }
 
-    // HashMap iteration order is random; sort for deterministic output.
-    let mut gone: Vec<(&String, &Seen)> = previous
-        .iter()
-        .filter(|(id, _)| !present.contains(id.as_str()))
-        .collect();
-    gone.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    for (id, seen) in gone {
-        let last = parse_seen(id, seen)?;
-        out.changes.push(Change {
-            kind: ChangeKind::Deleted,
-            id: id.clone(),
-            object: last.clone(),
-            previous: Some(last),
-            changes: None,
-            version: seen.hash,
-        });
-        out.removals.push(id.clone());
+    /// The changes: what was pushed, then a deletion for every previous item not seen.
+    pub fn finish(mut self) -> Result<Diff, DiffError> {
+        // HashMap iteration order is random; sort for deterministic output.
+        let mut gone: Vec<(&String, &Seen)> = self
+            .previous
+            .iter()
+            .filter(|(id, _)| !self.present.contains(id.as_str()))
+            .collect();
+        gone.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        for (id, seen) in gone {
+            self.out.removals.push(id.clone());
+            self.out.deleted += 1;
+            if !self.keep.contains(&ChangeKind::Deleted) {
+                continue;
+            }
+            let last = parse_seen(id, seen)?;
+            self.out.changes.push(Change {
+                kind: ChangeKind::Deleted,
+                id: id.clone(),
+                object: last.clone(),
+                previous: Some(last),
+                changes: None,
+                version: seen.hash,
+            });
+        }
+        Ok(self.out)
     }
-    Ok(out)
 }
 
 /// Escapes a reference token for a JSON Pointer (RFC 6901): `~`→`~0`, `/`→`~1`.

@@ -12,9 +12,9 @@ use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 
 use crate::config::{redact_url, Source};
-use crate::diff::{diff, ChangeKind, DiffError};
+use crate::diff::{ChangeKind, DiffError, Differ};
 use crate::event;
-use crate::extract::{extract, ExtractError};
+use crate::extract::{extract_each, EachError, ExtractError};
 use crate::source::{FetchError, Fetcher};
 use crate::store::{blocking, PollCommit, SharedStore, StoreError};
 
@@ -117,26 +117,34 @@ pub fn plan_response(
     now: DateTime<Utc>,
 ) -> Result<Plan, PollError> {
     let url = redact_url(&source.url);
-    let doc: serde_json::Value = serde_json::from_slice(body).map_err(|e| PollError::Json {
-        url: url.clone(),
-        error: e.to_string(),
-    })?;
-    let items = extract(&doc, &source.items, &source.id).map_err(|error| PollError::Extract {
-        url: url.clone(),
-        error,
-    })?;
-    drop(doc);
     let state = store.source_state(&source.name)?;
     let previous = store.snapshot(&source.name)?;
-    if items.is_empty() && !previous.is_empty() && !source.allow_empty {
+    // Items are diffed as they are parsed: memory holds the changed items, not the
+    // whole document.
+    let baseline = !state.initialized && source.baseline;
+    let emit: &[ChangeKind] = if baseline { &[] } else { &source.events };
+    let mut differ = Differ::new(&previous, &source.ignore).keep_only(emit);
+    let count = extract_each(body, &source.items, &source.id, &mut |item| {
+        differ.push(item)
+    })
+    .map_err(|e| match e {
+        EachError::Json(e) => PollError::Json {
+            url: url.clone(),
+            error: e.to_string(),
+        },
+        EachError::Extract(error) => PollError::Extract {
+            url: url.clone(),
+            error,
+        },
+        EachError::Stopped(e) => PollError::Diff(e),
+    })?;
+    if count == 0 && !previous.is_empty() && !source.allow_empty {
         return Err(PollError::SuddenlyEmpty {
             url,
             previous: previous.len(),
         });
     }
-    let count = items.len();
-    let d = diff(&previous, items, &source.ignore)?;
-    let baseline = !state.initialized && source.baseline;
+    let d = differ.finish()?;
     let mut report = PollReport {
         items: count,
         first: !state.initialized,
@@ -145,18 +153,12 @@ pub fn plan_response(
     };
     let generation = state.generation + 1;
     let mut events = Vec::new();
+    (report.created, report.updated, report.deleted) = (d.created, d.updated, d.deleted);
     for change in &d.changes {
-        match change.kind {
-            ChangeKind::Created => report.created += 1,
-            ChangeKind::Updated => report.updated += 1,
-            ChangeKind::Deleted => report.deleted += 1,
-        }
-        if !baseline && source.emits(change.kind) {
-            events.push((
-                event::build(&source.name, generation, change, now),
-                source.targets.clone(),
-            ));
-        }
+        events.push((
+            event::build(&source.name, generation, change, now),
+            source.targets.clone(),
+        ));
     }
     report.events = events.len();
     Ok(Plan {

@@ -2,7 +2,12 @@
 //! later release migrate by reading old trees and writing new ones.
 //!
 //! - `sources-v1`: source name → [`SourceState`] as JSON.
-//! - `items-v1`: source name, 0x00, item id → 32-byte fingerprint, then the item's JSON.
+//! - `snap-v1`: source name, 0x00, bucket (u16 big-endian) → the items of that bucket:
+//!   repeated `u32 id length, id, 32-byte fingerprint, u32 JSON length, item JSON`, sorted
+//!   by id. An item's bucket is FNV-1a-64 of its id modulo [`BUCKETS`]. Buckets, not one
+//!   key per item, because sled 0.34 holds several KiB of memory per key written: a
+//!   100,000-item baseline as single keys took over 500 MiB; as 1,024 buckets it takes a
+//!   fraction, and reading a snapshot is 1,024 reads instead of 100,000.
 //! - `outbox-v1` and `dead-v1`: target name, 0x00, sequence (u64 big-endian, so keys sort
 //!   in detection order) → u32 big-endian header length, header JSON, event body bytes.
 //!
@@ -66,10 +71,84 @@ pub(super) fn prefix(name: &str) -> Vec<u8> {
     k
 }
 
-pub(super) fn item_key(source: &str, id: &str) -> Vec<u8> {
+/// Buckets per source. Part of the on-disk layout: changing it needs a new tree version.
+pub(super) const BUCKETS: u64 = 1024;
+
+/// The bucket of an item id: FNV-1a 64-bit, stable across releases and platforms.
+pub(super) fn bucket_of(id: &str) -> u16 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in id.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % BUCKETS) as u16
+}
+
+pub(super) fn bucket_key(source: &str, bucket: u16) -> Vec<u8> {
     let mut k = prefix(source);
-    k.extend_from_slice(id.as_bytes());
+    k.extend_from_slice(&bucket.to_be_bytes());
     k
+}
+
+/// One item as stored in a bucket, borrowed from the bucket's bytes or a commit.
+pub(super) type Entry<'a> = (&'a [u8; 32], &'a [u8]);
+
+/// Appends the entries of bucket `value` (read under `key`) to `out`.
+pub(super) fn decode_bucket<'a>(
+    key: &[u8],
+    value: &'a [u8],
+    out: &mut impl Extend<(&'a str, Entry<'a>)>,
+) -> Result<(), StoreError> {
+    let corrupt = |reason: &str| StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason: reason.to_string(),
+    };
+    fn take<'a>(rest: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        let (head, tail) = (rest.get(..n)?, rest.get(n..)?);
+        *rest = tail;
+        Some(head)
+    }
+    fn take_len(rest: &mut &[u8]) -> Option<usize> {
+        let b = take(rest, 4)?;
+        Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    }
+    let mut rest = value;
+    let mut items = Vec::new();
+    while !rest.is_empty() {
+        let cut = || corrupt("bucket record cut short");
+        let id_len = take_len(&mut rest).ok_or_else(cut)?;
+        let id = take(&mut rest, id_len).ok_or_else(cut)?;
+        let id = std::str::from_utf8(id).map_err(|_| corrupt("item id is not UTF-8"))?;
+        let hash: &[u8; 32] = take(&mut rest, 32)
+            .and_then(|h| h.try_into().ok())
+            .ok_or_else(cut)?;
+        let raw_len = take_len(&mut rest).ok_or_else(cut)?;
+        let raw = take(&mut rest, raw_len).ok_or_else(cut)?;
+        items.push((id, (hash, raw)));
+    }
+    out.extend(items);
+    Ok(())
+}
+
+/// Encodes the entries of one bucket (an iterator in id order).
+pub(super) fn encode_bucket<'a>(entries: impl Iterator<Item = (&'a str, Entry<'a>)>) -> Vec<u8> {
+    let mut v = Vec::new();
+    for (id, (hash, raw)) in entries {
+        v.extend_from_slice(&(id.len() as u32).to_be_bytes());
+        v.extend_from_slice(id.as_bytes());
+        v.extend_from_slice(hash);
+        v.extend_from_slice(&(raw.len() as u32).to_be_bytes());
+        v.extend_from_slice(raw);
+    }
+    v
+}
+
+/// An owned [`Seen`] from a stored entry.
+pub(super) fn to_seen((hash, raw): Entry<'_>) -> Seen {
+    Seen {
+        hash: *hash,
+        raw: raw.to_vec(),
+    }
 }
 
 pub(super) fn delivery_key(target: &str, seq: u64) -> Vec<u8> {
@@ -93,28 +172,6 @@ pub(super) fn split_delivery_key(key: &[u8]) -> Result<(String, u64), StoreError
         .map_err(|_| corrupt("sequence is not 8 bytes"))?;
     let target = std::str::from_utf8(&key[..zero]).map_err(|_| corrupt("target is not UTF-8"))?;
     Ok((target.to_string(), u64::from_be_bytes(seq)))
-}
-
-pub(super) fn encode_seen(seen: &Seen) -> Vec<u8> {
-    let mut v = Vec::with_capacity(32 + seen.raw.len());
-    v.extend_from_slice(&seen.hash);
-    v.extend_from_slice(&seen.raw);
-    v
-}
-
-pub(super) fn decode_seen(key: &[u8], value: &[u8]) -> Result<Seen, StoreError> {
-    if value.len() < 32 {
-        return Err(StoreError::Corrupt {
-            key: String::from_utf8_lossy(key).into_owned(),
-            reason: "item record shorter than its fingerprint".into(),
-        });
-    }
-    let mut hash = [0u8; 32];
-    hash.copy_from_slice(&value[..32]);
-    Ok(Seen {
-        hash,
-        raw: value[32..].to_vec(),
-    })
 }
 
 pub(super) fn encode_delivery(d: &Delivery) -> Vec<u8> {
@@ -177,6 +234,21 @@ pub(super) fn decode_delivery(key: &[u8], value: &[u8]) -> Result<Delivery, Stor
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn buckets_round_trip_and_reject_truncation() {
+        let (h1, h2) = ([1u8; 32], [2u8; 32]);
+        let entries = vec![("a", (&h1, &b"{}"[..])), ("b\0c", (&h2, &b"[1]"[..]))];
+        let blob = encode_bucket(entries.clone().into_iter());
+        let mut back: Vec<(&str, Entry<'_>)> = Vec::new();
+        decode_bucket(b"k", &blob, &mut back).unwrap();
+        assert_eq!(back, entries);
+        let mut none: Vec<(&str, Entry<'_>)> = Vec::new();
+        assert!(decode_bucket(b"k", &blob[..blob.len() - 1], &mut none).is_err());
+        // The bucket function is part of the layout: pin it.
+        assert_eq!(bucket_of(""), (0xcbf2_9ce4_8422_2325u64 % BUCKETS) as u16);
+        assert_eq!(bucket_of("42"), bucket_of("42"));
+    }
 
     #[test]
     fn delivery_round_trips_and_keys_sort_by_sequence() {

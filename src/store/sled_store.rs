@@ -1,24 +1,27 @@
 //! The sled implementation of [`Store`]. sled is pinned to 0.34 (the 1.0 alphas are a
 //! different engine); its calls block, so async code reaches them via `spawn_blocking`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
 use super::records::{
-    decode_delivery, decode_seen, delivery_key, encode_delivery, encode_seen, item_key, prefix,
-    split_delivery_key,
+    bucket_key, bucket_of, decode_bucket, decode_delivery, delivery_key, encode_bucket,
+    encode_delivery, prefix, split_delivery_key, to_seen, Entry,
 };
 use super::{Delivery, PollCommit, SourceState, Store, StoreError};
 use crate::diff::Seen;
+
+/// What one commit changes in one bucket: items written, ids removed.
+type BucketChange<'a> = (Vec<(&'a str, Entry<'a>)>, Vec<&'a str>);
 
 /// The state database in one directory.
 pub struct SledStore {
     db: sled::Db,
     sources: sled::Tree,
-    items: sled::Tree,
+    snap: sled::Tree,
     outbox: sled::Tree,
     dead: sled::Tree,
 }
@@ -48,7 +51,7 @@ impl SledStore {
         let tree = |name: &str| db.open_tree(name).map_err(|e| open_err(e.to_string()));
         Ok(SledStore {
             sources: tree("sources-v1")?,
-            items: tree("items-v1")?,
+            snap: tree("snap-v1")?,
             outbox: tree("outbox-v1")?,
             dead: tree("dead-v1")?,
             db,
@@ -91,15 +94,16 @@ impl Store for SledStore {
     }
 
     fn snapshot(&self, source: &str) -> Result<HashMap<String, Seen>, StoreError> {
-        let p = prefix(source);
         let mut out = HashMap::new();
-        for kv in self.items.scan_prefix(&p) {
+        for kv in self.snap.scan_prefix(prefix(source)) {
             let (k, v) = kv.map_err(db_err)?;
-            let id = String::from_utf8(k[p.len()..].to_vec()).map_err(|_| StoreError::Corrupt {
-                key: String::from_utf8_lossy(&k).into_owned(),
-                reason: "item id is not UTF-8".into(),
-            })?;
-            out.insert(id, decode_seen(&k, &v)?);
+            let mut entries: Vec<(&str, Entry<'_>)> = Vec::new();
+            decode_bucket(&k, &v, &mut entries)?;
+            out.extend(
+                entries
+                    .into_iter()
+                    .map(|(id, e)| (id.to_string(), to_seen(e))),
+            );
         }
         Ok(out)
     }
@@ -111,12 +115,18 @@ impl Store for SledStore {
             // An unchanged poll writes nothing.
             return Ok(before.generation);
         }
-        let mut items = sled::Batch::default();
+        // What changes in each touched bucket: upserts (borrowed from the commit) and
+        // removals. The buckets themselves are read inside the transaction.
+        let mut touched: BTreeMap<u16, BucketChange<'_>> = BTreeMap::new();
         for (id, seen) in &c.upserts {
-            items.insert(item_key(&c.source, id), encode_seen(seen));
+            touched
+                .entry(bucket_of(id))
+                .or_default()
+                .0
+                .push((id, (&seen.hash, &seen.raw)));
         }
         for id in &c.removals {
-            items.remove(item_key(&c.source, id));
+            touched.entry(bucket_of(id)).or_default().1.push(id);
         }
         let mut outbox = sled::Batch::default();
         for (event, targets) in &c.events {
@@ -142,18 +152,34 @@ impl Store for SledStore {
         }
         let expected = c.expected_generation;
         let source = c.source.as_str();
-        let result = (&self.sources, &self.items, &self.outbox).transaction(
-            |(sources, items_tx, outbox_tx)| {
-                let current = read_state(sources.get(source)?, source)
-                    .map_err(ConflictableTransactionError::Abort)?;
+        let result =
+            (&self.sources, &self.snap, &self.outbox).transaction(|(sources, snap, outbox_tx)| {
+                let abort = ConflictableTransactionError::Abort;
+                let current = read_state(sources.get(source)?, source).map_err(abort)?;
                 if current.generation != expected {
-                    return Err(ConflictableTransactionError::Abort(StoreError::Conflict {
+                    return Err(abort(StoreError::Conflict {
                         source_name: source.to_string(),
                         expected,
                         found: current.generation,
                     }));
                 }
-                items_tx.apply_batch(&items)?;
+                for (bucket, (upserts, removals)) in &touched {
+                    let key = bucket_key(source, *bucket);
+                    let old = snap.get(&key)?;
+                    let mut items: BTreeMap<&str, Entry<'_>> = BTreeMap::new();
+                    if let Some(old) = &old {
+                        decode_bucket(&key, old, &mut items).map_err(abort)?;
+                    }
+                    items.extend(upserts.iter().copied());
+                    for id in removals {
+                        items.remove(id);
+                    }
+                    if items.is_empty() {
+                        snap.remove(key)?;
+                    } else {
+                        snap.insert(key, encode_bucket(items.into_iter()))?;
+                    }
+                }
                 outbox_tx.apply_batch(&outbox)?;
                 let next = SourceState {
                     generation: if changed { expected + 1 } else { expected },
@@ -164,8 +190,7 @@ impl Store for SledStore {
                 let bytes = serde_json::to_vec(&next).unwrap_or_default();
                 sources.insert(source.as_bytes(), bytes)?;
                 Ok(next.generation)
-            },
-        );
+            });
         let generation = result.map_err(|e| match e {
             TransactionError::Abort(e) => e,
             TransactionError::Storage(e) => db_err(e),

@@ -4,6 +4,9 @@
 
 use std::collections::HashMap;
 
+mod stream;
+pub use stream::{extract_each, EachError};
+
 use serde_json::Value;
 
 /// One item of a poll: its id (unique within the response) and its full JSON.
@@ -216,6 +219,41 @@ fn describe(v: &Value) -> String {
     }
 }
 
+/// The id of the array element at `index`: the string or number at `id_ptr` inside it.
+fn item_id(
+    index: usize,
+    element: &Value,
+    id_ptr: &str,
+    id_tokens: &[String],
+) -> Result<String, ExtractError> {
+    let id_value =
+        resolve(element, id_ptr, id_tokens).map_err(|detail| ExtractError::MissingId {
+            index,
+            id_ptr: id_ptr.to_string(),
+            detail: format!("inside the item, {detail}"),
+        })?;
+    let id = match id_value {
+        Value::String(s) => s.clone(),
+        // A number's id is its JSON text, so 1 and "1" collide (duplicates are caught
+        // by the callers) while 1 and 1.0 stay distinct.
+        Value::Number(n) => n.to_string(),
+        other => {
+            return Err(ExtractError::BadIdType {
+                index,
+                id_ptr: id_ptr.to_string(),
+                found: describe(other),
+            })
+        }
+    };
+    if id.is_empty() {
+        return Err(ExtractError::EmptyId {
+            index,
+            id_ptr: id_ptr.to_string(),
+        });
+    }
+    Ok(id)
+}
+
 /// Extracts the items of `doc`.
 ///
 /// `items_ptr` resolves to an array (each element is an item; its id is at
@@ -248,32 +286,7 @@ pub fn extract(doc: &Value, items_ptr: &str, id_ptr: &str) -> Result<Vec<Item>, 
         Value::Array(elements) => {
             items.reserve(elements.len());
             for (index, element) in elements.iter().enumerate() {
-                let id_value = resolve(element, id_ptr, &id_tokens).map_err(|detail| {
-                    ExtractError::MissingId {
-                        index,
-                        id_ptr: id_ptr.to_string(),
-                        detail: format!("inside the item, {detail}"),
-                    }
-                })?;
-                let id = match id_value {
-                    Value::String(s) => s.clone(),
-                    // A number's id is its JSON text, so 1 and "1" collide
-                    // (caught below) while 1 and 1.0 stay distinct.
-                    Value::Number(n) => n.to_string(),
-                    other => {
-                        return Err(ExtractError::BadIdType {
-                            index,
-                            id_ptr: id_ptr.to_string(),
-                            found: describe(other),
-                        })
-                    }
-                };
-                if id.is_empty() {
-                    return Err(ExtractError::EmptyId {
-                        index,
-                        id_ptr: id_ptr.to_string(),
-                    });
-                }
+                let id = item_id(index, element, id_ptr, &id_tokens)?;
                 if let Some(&first) = first_index.get(&id) {
                     return Err(ExtractError::DuplicateId {
                         id,
