@@ -271,7 +271,10 @@ impl Drop for Bridge {
 }
 
 async fn throughput(n: usize) -> Result<()> {
-    let concurrency = 16;
+    let concurrency: usize = std::env::var("CONC")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(16);
     let doc = Doc::default();
     doc.set(items_doc(n, 0, |_| false));
     let doc_addr = doc.serve().await?;
@@ -298,6 +301,7 @@ async fn throughput(n: usize) -> Result<()> {
         let client = reqwest::Client::new();
         let next = Arc::new(AtomicU64::new(0));
         let started = Instant::now();
+        let cpu0 = cpu_ticks(std::process::id());
         let mut tasks = Vec::new();
         for _ in 0..concurrency {
             let (client, next, bodies) = (client.clone(), next.clone(), bodies.clone());
@@ -322,12 +326,14 @@ async fn throughput(n: usize) -> Result<()> {
         }
         counter.wait_for(n as u64, Duration::from_secs(600)).await?;
         let secs = started.elapsed().as_secs_f64();
+        let cpu = (cpu_ticks(std::process::id()) - cpu0) as f64 / 100.0 / secs;
         baseline_rates.push(n as f64 / secs);
         println!(
-            "{:<34}{:.2}s, {:.0} events/s",
+            "{:<34}{:.2}s, {:.0} events/s, CPU {:.0}% (of 200%)",
             format!("baseline (reqwest loop) run {}", round + 1),
             secs,
-            n as f64 / secs
+            n as f64 / secs,
+            cpu * 100.0
         );
         if round == 0 {
             // pollhook between the two baseline runs, so drift shows.
@@ -342,19 +348,22 @@ async fn throughput(n: usize) -> Result<()> {
             let started = Instant::now();
             let (ids, committed) = bridge.poll().await?;
             let poll_secs = started.elapsed().as_secs_f64();
+            let cpu0 = cpu_ticks(std::process::id());
             counter
                 .wait_for(ids.len() as u64, Duration::from_secs(600))
                 .await?;
             let secs = committed.elapsed().as_secs_f64();
+            let cpu = (cpu_ticks(std::process::id()) - cpu0) as f64 / 100.0 / secs;
             println!(
                 "{:<34}{poll_secs:.2}s (fetch, diff, commit of {} events)",
                 "pollhook poll",
                 ids.len()
             );
             println!(
-                "{:<34}{secs:.2}s after the commit, {:.0} events/s",
+                "{:<34}{secs:.2}s after the commit, {:.0} events/s, CPU {:.0}% (of 200%)",
                 "pollhook delivery",
-                n as f64 / secs
+                n as f64 / secs,
+                cpu * 100.0
             );
             baseline_rates.push(-(n as f64 / secs));
         }
@@ -434,6 +443,38 @@ async fn large_poll(n: usize) -> Result<()> {
             );
         }
     }
+    let snap = median(
+        (0..5)
+            .map(|_| {
+                time(&mut || {
+                    std::hint::black_box(store.snapshot("s").map(|m| m.len()))
+                        .map(drop)
+                        .unwrap_or(())
+                })
+            })
+            .collect(),
+    );
+    let hash = median(
+        (0..5)
+            .map(|_| {
+                time(&mut || {
+                    let mut n = 0;
+                    let _ = pollhook::extract::extract_each::<()>(
+                        &body,
+                        "/items",
+                        "/id",
+                        &mut |item| {
+                            n += pollhook::diff::fingerprint(&item.value, &[])[0] as usize;
+                            Ok(())
+                        },
+                    );
+                    std::hint::black_box(n);
+                })
+            })
+            .collect(),
+    );
+    println!("{:<34}{snap:.0} ms", "  of which: reading the snapshot");
+    println!("{:<34}{hash:.0} ms", "  streaming parse + fingerprints");
     let before = store.source_state("s")?;
     let (unchanged, writes) = whole_poll(&body)?;
     let after = store.source_state("s")?;

@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::io::Write;
 use std::str::FromStr;
 
 use serde_json::{Map, Value};
@@ -144,6 +145,13 @@ pub fn canonical_json(v: &Value) -> Vec<u8> {
 /// members and elements. Pointers refer to `v` as given. Only nodes on the path of
 /// some pointer carry the list of pointers still in play; elsewhere it is empty.
 fn canonical_without(v: &Value, ignore: &[Vec<String>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    canonical_into(v, ignore, &mut out);
+    out
+}
+
+/// [`canonical_without`], appending to `out`.
+fn canonical_into(v: &Value, ignore: &[Vec<String>], out: &mut Vec<u8>) {
     enum Work<'a> {
         /// A value, its depth, and the ignore pointers whose prefix is its path.
         Value(&'a Value, usize, Vec<usize>),
@@ -164,13 +172,12 @@ fn canonical_without(v: &Value, ignore: &[Vec<String>]) -> Vec<u8> {
         }
         Some(next)
     };
-    let mut out = Vec::new();
     let mut stack = vec![Work::Value(v, 0, (0..ignore.len()).collect())];
     while let Some(work) = stack.pop() {
         match work {
             Work::Byte(b) => out.push(b),
             Work::Key(k) => {
-                write_json_str(&mut out, k);
+                write_json_str(out, k);
                 out.push(b':');
             }
             Work::Value(Value::Array(a), depth, active) => {
@@ -197,8 +204,11 @@ fn canonical_without(v: &Value, ignore: &[Vec<String>]) -> Vec<u8> {
                     .iter()
                     .filter_map(|(k, e)| descend(&active, depth, &|t| t == k).map(|n| (k, e, n)))
                     .collect();
-                // `str` ordering is byte-wise, i.e. by UTF-8 bytes.
-                members.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                // `str` ordering is byte-wise, i.e. by UTF-8 bytes. serde_json's map
+                // is usually sorted already; checking is cheaper than sorting.
+                if !members.is_sorted_by(|a, b| a.0 <= b.0) {
+                    members.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                }
                 stack.push(Work::Byte(b'}'));
                 for (i, (k, e, next)) in members.into_iter().enumerate().rev() {
                     stack.push(Work::Value(e, depth + 1, next));
@@ -208,16 +218,18 @@ fn canonical_without(v: &Value, ignore: &[Vec<String>]) -> Vec<u8> {
                     }
                 }
             }
-            Work::Value(Value::String(s), ..) => write_json_str(&mut out, s),
+            Work::Value(Value::String(s), ..) => write_json_str(out, s),
             // Number's Display is the text serde_json serialises.
-            Work::Value(Value::Number(n), ..) => out.extend_from_slice(n.to_string().as_bytes()),
+            Work::Value(Value::Number(n), ..) => {
+                // Writing to a Vec cannot fail.
+                let _ = write!(out, "{n}");
+            }
             Work::Value(Value::Bool(b), ..) => {
                 out.extend_from_slice(if *b { b"true" } else { b"false" })
             }
             Work::Value(Value::Null, ..) => out.extend_from_slice(b"null"),
         }
     }
-    out
 }
 
 /// Parses the ignore pointers once per diff. Every pointer refers to the item as
@@ -235,7 +247,16 @@ fn parse_ignores(ignore: &[String]) -> Vec<Vec<String>> {
 }
 
 fn fingerprint_parsed(item: &Value, ignore: &[Vec<String>]) -> Hash {
-    Sha256::digest(canonical_without(item, ignore)).into()
+    thread_local! {
+        // One buffer per thread, reused: a poll fingerprints every item it sees.
+        static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    BUF.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        buf.clear();
+        canonical_into(item, ignore, &mut buf);
+        Sha256::digest(&buf[..]).into()
+    })
 }
 
 /// sha256 over the canonical form (see [`canonical_json`]) of `item` with each

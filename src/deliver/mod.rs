@@ -34,9 +34,14 @@ pub use retry::{Decision, Outcome, RetryPolicy};
 /// this bounds memory while letting thousands of failing items retry side by side.
 const WINDOW: usize = 16_384;
 
+/// Acknowledgements written in one store call at most, and how long the first of a
+/// batch may wait for others. A crash loses at most these (they are sent again).
+const ACK_BATCH: usize = 512;
+const ACK_DELAY: Duration = Duration::from_millis(20);
+
 /// The `User-Agent` of every request pollhook makes.
-pub fn user_agent() -> String {
-    format!("pollhook/{}", env!("CARGO_PKG_VERSION"))
+pub fn user_agent() -> &'static str {
+    concat!("pollhook/", env!("CARGO_PKG_VERSION"))
 }
 
 /// Sends one target's webhooks until shutdown.
@@ -93,22 +98,48 @@ impl TargetWorker {
         let name = self.target.name.clone();
         let mut queue = Queue::default();
         let mut in_flight: JoinSet<Finished> = JoinSet::new();
+        // Acknowledgements are written in batches, one store call for many deliveries:
+        // while one batch is written the next accumulates. A crash before a batch lands
+        // only repeats those deliveries (at least once), as an unflushed single write would.
+        let mut acks: Vec<u64> = Vec::new();
+        let mut writing: Option<AckBatch> = None;
         // The first pass loads whatever a previous run left pending.
         let mut refill = true;
         let mut more = false;
+        let mut load_retry: Option<tokio::time::Instant> = None;
+        // One timer for the whole loop, moved only when the next due time changes:
+        // creating a timer per iteration costs more than the bookkeeping it waits for.
+        let timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(timer);
+        let mut armed: Option<tokio::time::Instant> = None;
+        // When the oldest unwritten acknowledgement arrived: a batch is written once it
+        // holds ACK_BATCH or has waited ACK_DELAY, so one store write (and one wake-up of
+        // a blocking thread) serves many deliveries.
+        let mut acks_since: Option<tokio::time::Instant> = None;
         loop {
-            if (refill || more) && queue.len() < WINDOW / 2 {
-                match self.load(&queue).await {
+            let ack_due = acks_since.map(|t| t + ACK_DELAY);
+            if writing.is_none()
+                && (acks.len() >= ACK_BATCH
+                    || ack_due.is_some_and(|t| t <= tokio::time::Instant::now()))
+            {
+                writing = Some(self.write_acks(std::mem::take(&mut acks)));
+                acks_since = None;
+            }
+            let may_load = load_retry.is_none_or(|at| at <= tokio::time::Instant::now());
+            if (refill || more) && may_load && queue.len() < WINDOW / 2 {
+                let loaded = self.load(&queue).await;
+                match loaded {
                     Ok(batch) => {
                         more = batch.len() == WINDOW - queue.len();
                         for d in batch {
                             queue.push(d);
                         }
                         refill = false;
+                        load_retry = None;
                     }
                     Err(e) => {
                         tracing::error!(target_name = %name, error = %e, "cannot read pending deliveries; retrying in 1s");
-                        more = true;
+                        load_retry = Some(tokio::time::Instant::now() + Duration::from_secs(1));
                     }
                 }
             }
@@ -119,30 +150,83 @@ impl TargetWorker {
                 };
                 in_flight.spawn(self.clone_parts().attempt(ready));
             }
-            let next_due = queue.next_due_ms().map(|at| {
-                let wait = u64::try_from(at - now_ms).unwrap_or(0);
-                tokio::time::Instant::now() + Duration::from_millis(wait)
-            });
-            let store_retry = more.then(|| tokio::time::Instant::now() + Duration::from_secs(1));
+            // Wake for the next due delivery (when there is room to start it) or for a
+            // load to retry, whichever comes first.
+            let next_due = queue
+                .next_due_ms()
+                .filter(|_| in_flight.len() < self.target.max_in_flight)
+                .map(|at| {
+                    let wait = u64::try_from(at - now_ms).unwrap_or(0);
+                    tokio::time::Instant::now() + Duration::from_millis(wait)
+                });
+            let ack_due = acks_since
+                .filter(|_| writing.is_none())
+                .map(|t| t + ACK_DELAY);
+            let deadline = [next_due, load_retry, ack_due].into_iter().flatten().min();
+            if deadline != armed {
+                if let Some(at) = deadline {
+                    timer.as_mut().reset(at);
+                }
+                armed = deadline;
+            }
             tokio::select! {
                 _ = self.shutdown.cancelled() => break,
                 _ = self.wake.notified() => refill = true,
-                Some(done) = in_flight.join_next() => self.finish(&mut queue, done),
-                _ = sleep_until_opt(next_due), if in_flight.len() < self.target.max_in_flight => {}
-                _ = sleep_until_opt(store_retry) => {}
+                Some(done) = in_flight.join_next() => {
+                    self.finish(&mut queue, &mut acks, done);
+                    // Take every other finished attempt too before starting new ones.
+                    while let Some(done) = in_flight.try_join_next() {
+                        self.finish(&mut queue, &mut acks, done);
+                    }
+                    if !acks.is_empty() && acks_since.is_none() {
+                        acks_since = Some(tokio::time::Instant::now());
+                    }
+                }
+                written = wait_opt(&mut writing) => {
+                    writing = None;
+                    if let Err((e, seqs)) = written {
+                        tracing::error!(target_name = %name, error = %e, "cannot record acknowledgements; retrying");
+                        acks.extend(seqs);
+                        acks_since.get_or_insert_with(tokio::time::Instant::now);
+                    }
+                }
+                _ = &mut timer, if armed.is_some() => armed = None,
             }
         }
         // Clean stop: no new attempts; let those in flight finish within the grace
         // period. Whatever is cut off stays pending for the next start (invariant 8).
         let drain = async {
             while let Some(done) = in_flight.join_next().await {
-                self.finish(&mut queue, done);
+                self.finish(&mut queue, &mut acks, done);
             }
         };
         if tokio::time::timeout(self.grace, drain).await.is_err() {
             tracing::warn!(target_name = %name, cut = in_flight.len(), "grace period over; unfinished deliveries stay pending for the next start");
             in_flight.abort_all();
         }
+        // What was acknowledged must be recorded before the daemon flushes and exits,
+        // or a clean stop would repeat it.
+        if let Some(batch) = writing.take() {
+            if let Err((_, seqs)) = wait_opt(&mut Some(batch)).await {
+                acks.extend(seqs);
+            }
+        }
+        if !acks.is_empty() {
+            let seqs = std::mem::take(&mut acks);
+            if let Err((e, _)) = wait_opt(&mut Some(self.write_acks(seqs))).await {
+                tracing::error!(target_name = %name, error = %e, "cannot record acknowledgements at shutdown; they will be sent again");
+            }
+        }
+    }
+
+    /// Starts writing a batch of acknowledgements.
+    fn write_acks(&self, seqs: Vec<u64>) -> AckBatch {
+        let store = self.store.clone();
+        let target = self.target.name.clone();
+        tokio::task::spawn_blocking(move || match store.ack_many(&target, &seqs) {
+            Ok(()) => Ok(()),
+            Err(e) => Err((e, seqs)),
+        })
     }
 
     async fn load(&self, queue: &Queue) -> Result<Vec<crate::store::Delivery>, StoreError> {
@@ -152,9 +236,19 @@ impl TargetWorker {
         blocking(&self.store, move |s| s.pending(&target, after, limit)).await
     }
 
-    fn finish(&self, queue: &mut Queue, done: Result<Finished, tokio::task::JoinError>) {
+    fn finish(
+        &self,
+        queue: &mut Queue,
+        acks: &mut Vec<u64>,
+        done: Result<Finished, tokio::task::JoinError>,
+    ) {
         match done {
-            Ok(f) => queue.finish(f.seq, f.decision, f.attempts, f.next_at_ms),
+            Ok(f) => {
+                if f.decision == Decision::Ack {
+                    acks.push(f.seq);
+                }
+                queue.finish(f.seq, f.decision, f.attempts, f.next_at_ms)
+            }
             // An attempt task only ends this way if it panicked; its delivery is still in
             // the outbox and will be retried after a restart.
             Err(e) => {
@@ -172,9 +266,19 @@ impl TargetWorker {
     }
 }
 
-async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
+/// A batch of acknowledgements being written; on failure, the error and the batch.
+type AckBatch = tokio::task::JoinHandle<Result<(), (StoreError, Vec<u64>)>>;
+
+/// Waits for the batch being written, if any (never resolves when there is none).
+async fn wait_opt(batch: &mut Option<AckBatch>) -> Result<(), (StoreError, Vec<u64>)> {
+    match batch {
+        Some(handle) => match handle.await {
+            Ok(result) => result,
+            Err(e) => Err((
+                StoreError::Db(format!("acknowledgement task stopped: {e}")),
+                Vec::new(),
+            )),
+        },
         None => std::future::pending().await,
     }
 }
@@ -310,14 +414,18 @@ impl Attempt {
                 tracing::error!(target_name = %t.name, url = %redact_url(&t.url), event = %ready.event_id, attempts = attempt_no, error = %error, "delivery is dead: no more retries (it stays in the database)")
             }
         }
+        if decision == Decision::Ack {
+            // Acknowledgements are written in batches by the worker.
+            return;
+        }
         let target = t.name.clone();
         let seq = ready.seq;
         // The outcome must reach the store: retry store errors rather than drop them, or
-        // an acknowledged delivery would be sent again (harmless) or a failure forgotten.
+        // a failure would be forgotten and the delivery retried at once after a restart.
         loop {
             let (tg, err) = (target.clone(), error.clone());
             let result = blocking(&self.store, move |s| match decision {
-                Decision::Ack => s.ack(&tg, seq),
+                Decision::Ack => Ok(()),
                 Decision::RetryIn(_) => s.reschedule(&tg, seq, attempt_no, next_at, &err),
                 Decision::Bury => s.bury(&tg, seq, attempt_no, &err),
             })

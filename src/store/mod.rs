@@ -80,7 +80,12 @@ pub trait Store: Send + Sync + 'static {
     fn delivery(&self, target: &str, seq: u64) -> Result<Option<Delivery>, StoreError>;
 
     /// The target accepted it: remove it from the outbox.
-    fn ack(&self, target: &str, seq: u64) -> Result<(), StoreError>;
+    fn ack(&self, target: &str, seq: u64) -> Result<(), StoreError> {
+        self.ack_many(target, &[seq])
+    }
+
+    /// The target accepted these: remove them from the outbox in one write.
+    fn ack_many(&self, target: &str, seqs: &[u64]) -> Result<(), StoreError>;
 
     /// The attempt failed and another comes at `next_at_ms`.
     fn reschedule(

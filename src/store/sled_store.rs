@@ -235,11 +235,12 @@ impl Store for SledStore {
         }
     }
 
-    fn ack(&self, target: &str, seq: u64) -> Result<(), StoreError> {
-        self.outbox
-            .remove(delivery_key(target, seq))
-            .map_err(db_err)?;
-        Ok(())
+    fn ack_many(&self, target: &str, seqs: &[u64]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for seq in seqs {
+            batch.remove(delivery_key(target, *seq));
+        }
+        self.outbox.apply_batch(batch).map_err(db_err)
     }
 
     fn reschedule(
