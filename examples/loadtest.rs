@@ -647,7 +647,9 @@ async fn many_sources(k: usize, secs: u64) -> Result<()> {
 
 async fn latency(secs: u64) -> Result<()> {
     let items = 1000;
-    let per_poll = 10;
+    // Each poll marks a window of 5 items and un-marks the previous window's 5: 10
+    // changes per poll, a poll every 10 ms, 1,000 changes per second.
+    let per_poll = 5;
     let doc = Doc::default();
     doc.set(items_doc(items, 0, |_| false));
     let doc_addr = doc.serve().await?;
@@ -661,7 +663,6 @@ async fn latency(secs: u64) -> Result<()> {
     while started.elapsed() < Duration::from_secs(secs) {
         tick.tick().await;
         rev += 1;
-        // 10 changes every 10 ms: 1,000 changes per second.
         let first = (rev as usize * per_poll) % items;
         doc.set(items_doc(items, rev, |i| {
             i >= first && i < first + per_poll

@@ -2,12 +2,14 @@
 //! later release migrate by reading old trees and writing new ones.
 //!
 //! - `sources-v1`: source name → [`SourceState`] as JSON.
-//! - `snap-v1`: source name, 0x00, bucket (u16 big-endian) → the items of that bucket:
+//! - `snap-v1`: source name, 0x00, bucket (u32 big-endian) → the items of that bucket:
 //!   repeated `u32 id length, id, 32-byte fingerprint, u32 JSON length, item JSON`, sorted
-//!   by id. An item's bucket is FNV-1a-64 of its id modulo [`BUCKETS`]. Buckets, not one
-//!   key per item, because sled 0.34 holds several KiB of memory per key written: a
-//!   100,000-item baseline as single keys took over 500 MiB; as 1,024 buckets it takes a
-//!   fraction, and reading a snapshot is 1,024 reads instead of 100,000.
+//!   by id. An item's bucket is FNV-1a-64 of its id modulo the source's bucket count
+//!   ([`SourceState::buckets`], chosen by [`buckets_for`] at its first commit). Buckets,
+//!   not one key per item, because sled 0.34 holds several KiB of memory per key written:
+//!   a 100,000-item baseline as single keys took over 500 MiB. Buckets of about 32 items
+//!   keep the rewrite of a poll that changes 1% of a large source to a few MB, and a
+//!   small source is one key.
 //! - `outbox-v1` and `dead-v1`: target name, 0x00, sequence (u64 big-endian, so keys sort
 //!   in detection order) → u32 big-endian header length, header JSON, event body bytes.
 //!
@@ -28,6 +30,21 @@ pub struct SourceState {
     pub initialized: bool,
     /// Items held after the last commit.
     pub items: u64,
+    /// Snapshot buckets, fixed at the first commit (0 in states written before buckets
+    /// were sized: read as [`DEFAULT_BUCKETS`]).
+    #[serde(default)]
+    pub buckets: u32,
+}
+
+impl SourceState {
+    /// The bucket count this source's snapshot uses.
+    pub fn bucket_count(&self) -> u32 {
+        if self.buckets == 0 {
+            DEFAULT_BUCKETS
+        } else {
+            self.buckets
+        }
+    }
 }
 
 /// One event queued for one target.
@@ -71,20 +88,27 @@ pub(super) fn prefix(name: &str) -> Vec<u8> {
     k
 }
 
-/// Buckets per source. Part of the on-disk layout: changing it needs a new tree version.
-pub(super) const BUCKETS: u64 = 1024;
+/// Buckets of a source whose state predates sized buckets.
+pub const DEFAULT_BUCKETS: u32 = 1024;
+
+/// Buckets for a source first seen with `items` items: about 32 items a bucket, a
+/// power of two up to 65,536 (a small source is one key). Fixed afterwards; a source
+/// that grows tenfold has buckets of about 320 items (100 KB), still cheap to rewrite.
+pub fn buckets_for(items: u64) -> u32 {
+    (items / 32).next_power_of_two().clamp(1, 65_536) as u32
+}
 
 /// The bucket of an item id: FNV-1a 64-bit, stable across releases and platforms.
-pub(super) fn bucket_of(id: &str) -> u16 {
+pub(super) fn bucket_of(id: &str, buckets: u32) -> u32 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in id.as_bytes() {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    (h % BUCKETS) as u16
+    (h % u64::from(buckets.max(1))) as u32
 }
 
-pub(super) fn bucket_key(source: &str, bucket: u16) -> Vec<u8> {
+pub(super) fn bucket_key(source: &str, bucket: u32) -> Vec<u8> {
     let mut k = prefix(source);
     k.extend_from_slice(&bucket.to_be_bytes());
     k
@@ -246,8 +270,16 @@ mod tests {
         let mut none: Vec<(&str, Entry<'_>)> = Vec::new();
         assert!(decode_bucket(b"k", &blob[..blob.len() - 1], &mut none).is_err());
         // The bucket function is part of the layout: pin it.
-        assert_eq!(bucket_of(""), (0xcbf2_9ce4_8422_2325u64 % BUCKETS) as u16);
-        assert_eq!(bucket_of("42"), bucket_of("42"));
+        assert_eq!(
+            bucket_of("", 1024),
+            (0xcbf2_9ce4_8422_2325u64 % 1024) as u32
+        );
+        assert!((0..1000).all(|i| bucket_of(&i.to_string(), 64) < 64));
+        assert_eq!(
+            (buckets_for(0), buckets_for(10), buckets_for(100_000)),
+            (1, 1, 4_096)
+        );
+        assert_eq!(buckets_for(u64::MAX), 65_536);
     }
 
     #[test]

@@ -8,8 +8,8 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
 use super::records::{
-    bucket_key, bucket_of, decode_bucket, decode_delivery, delivery_key, encode_bucket,
-    encode_delivery, prefix, split_delivery_key, to_seen, Entry,
+    bucket_key, bucket_of, buckets_for, decode_bucket, decode_delivery, delivery_key,
+    encode_bucket, encode_delivery, prefix, split_delivery_key, to_seen, Entry,
 };
 use super::{Delivery, PollCommit, SourceState, Store, StoreError};
 use crate::diff::Seen;
@@ -117,16 +117,27 @@ impl Store for SledStore {
         }
         // What changes in each touched bucket: upserts (borrowed from the commit) and
         // removals. The buckets themselves are read inside the transaction.
-        let mut touched: BTreeMap<u16, BucketChange<'_>> = BTreeMap::new();
+        // The bucket count is fixed by the first commit; the generation check below
+        // makes sure `before` is still the state this commit builds on.
+        let buckets = if before.initialized {
+            before.bucket_count()
+        } else {
+            buckets_for(c.item_count)
+        };
+        let mut touched: BTreeMap<u32, BucketChange<'_>> = BTreeMap::new();
         for (id, seen) in &c.upserts {
             touched
-                .entry(bucket_of(id))
+                .entry(bucket_of(id, buckets))
                 .or_default()
                 .0
                 .push((id, (&seen.hash, &seen.raw)));
         }
         for id in &c.removals {
-            touched.entry(bucket_of(id)).or_default().1.push(id);
+            touched
+                .entry(bucket_of(id, buckets))
+                .or_default()
+                .1
+                .push(id);
         }
         let mut outbox = sled::Batch::default();
         for (event, targets) in &c.events {
@@ -156,7 +167,7 @@ impl Store for SledStore {
             (&self.sources, &self.snap, &self.outbox).transaction(|(sources, snap, outbox_tx)| {
                 let abort = ConflictableTransactionError::Abort;
                 let current = read_state(sources.get(source)?, source).map_err(abort)?;
-                if current.generation != expected {
+                if current.generation != expected || current.initialized != before.initialized {
                     return Err(abort(StoreError::Conflict {
                         source_name: source.to_string(),
                         expected,
@@ -185,6 +196,7 @@ impl Store for SledStore {
                     generation: if changed { expected + 1 } else { expected },
                     initialized: true,
                     items: c.item_count,
+                    buckets,
                 };
                 // A struct of integers and bools always serialises.
                 let bytes = serde_json::to_vec(&next).unwrap_or_default();

@@ -162,7 +162,8 @@ fn commit_poll_writes_items_state_and_deliveries_durably() {
         SourceState {
             generation: 1,
             initialized: true,
-            items: 2
+            items: 2,
+            buckets: 1
         }
     );
     let expected: HashMap<String, Seen> = [("a".into(), seen(&a)), ("b".into(), seen(&b))].into();
@@ -213,7 +214,8 @@ fn commit_poll_writes_items_state_and_deliveries_durably() {
         SourceState {
             generation: 2,
             initialized: true,
-            items: 1
+            items: 1,
+            buckets: 1
         }
     );
     assert_eq!(
@@ -344,7 +346,8 @@ fn first_commit_without_changes_records_the_empty_baseline() {
             SourceState {
                 generation: 0,
                 initialized: true,
-                items: 0
+                items: 0,
+                buckets: 1
             }
         );
         assert!(store.snapshot("s").unwrap().is_empty());
