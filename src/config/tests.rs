@@ -1,4 +1,5 @@
 use super::*;
+use crate::sign::Scheme;
 
 fn env(name: &str) -> Option<String> {
     match name {

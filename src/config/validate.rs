@@ -1,0 +1,477 @@
+//! Turning the config as written into a [`Config`]: every value checked, every problem
+//! collected with its key and line, defaults filled in, secrets and CA files read.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::{Certificate, Method, Url};
+
+use super::raw::{self, RawConfig, RawSource, RawTarget};
+use super::{
+    ca, expand_env, parse_duration, parse_size, redact_url, Config, KeyPath, Locator, Problem,
+    Source, Target, DEFAULT_GRACE, DEFAULT_MAX_BODY, DEFAULT_MAX_IN_FLIGHT, DEFAULT_RETRY,
+    DEFAULT_SOURCE_TIMEOUT, DEFAULT_TARGET_TIMEOUT,
+};
+use crate::diff::ChangeKind;
+use crate::schedule::Schedule;
+use crate::sign::{Scheme, Signer};
+
+/// Collects problems while building a [`Config`]; values with problems get placeholders
+/// so validation can go on and find the rest.
+pub(super) struct Validator<'a> {
+    pub(super) locator: &'a Locator,
+    pub(super) problems: Vec<Problem>,
+    pub(super) env: &'a dyn Fn(&str) -> Option<String>,
+    pub(super) base: PathBuf,
+}
+
+impl Validator<'_> {
+    pub(super) fn problem(&mut self, key: &KeyPath, message: impl Into<String>) {
+        self.problems.push(Problem {
+            key: key.to_string(),
+            line: self.locator.line(key),
+            message: message.into(),
+        });
+    }
+
+    pub(super) fn config(&mut self, raw: RawConfig, path: &Path) -> Config {
+        let root = KeyPath::root();
+        let state_dir = match &raw.state_dir {
+            Some(dir) => self.base.join(dir),
+            None => match (self.env)("STATE_DIRECTORY").filter(|s| !s.is_empty()) {
+                // systemd may pass several directories separated by ':'; ours is the first.
+                Some(dirs) => PathBuf::from(dirs.split(':').next().unwrap_or_default()),
+                None => PathBuf::from("./pollhook-state"),
+            },
+        };
+        let shutdown_grace = self.duration(
+            &root.key("shutdown_grace"),
+            raw.shutdown_grace.as_deref(),
+            DEFAULT_GRACE,
+        );
+        if raw.targets.is_empty() {
+            self.problem(
+                &root,
+                "no targets: add a [targets.<name>] table with the url that receives the webhooks",
+            );
+        }
+        if raw.sources.is_empty() {
+            self.problem(
+                &root,
+                "no sources: add a [sources.<name>] table with the url to poll",
+            );
+        }
+        let target_names: Vec<String> = raw.targets.keys().cloned().collect();
+        let mut targets = BTreeMap::new();
+        for (name, t) in raw.targets {
+            let key = root.key("targets").key(&name);
+            self.name(&key, &name);
+            if let Some(t) = self.target(&key, &name, t) {
+                targets.insert(name, Arc::new(t));
+            }
+        }
+        let mut sources = BTreeMap::new();
+        for (name, s) in raw.sources {
+            let key = root.key("sources").key(&name);
+            self.name(&key, &name);
+            if let Some(s) = self.source(&key, &name, s, &target_names) {
+                sources.insert(name, Arc::new(s));
+            }
+        }
+        Config {
+            file: path.to_path_buf(),
+            state_dir,
+            shutdown_grace,
+            targets,
+            sources,
+        }
+    }
+
+    fn name(&mut self, key: &KeyPath, name: &str) {
+        let ok = !name.is_empty()
+            && name.len() <= 64
+            && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        if !ok {
+            self.problem(key, "names must be 1-64 characters of letters, digits, '_', '-' or '.', starting with a letter or digit (they appear in event types and database keys)");
+        }
+    }
+
+    fn duration(&mut self, key: &KeyPath, text: Option<&str>, default: Duration) -> Duration {
+        match text.map(parse_duration) {
+            None => default,
+            Some(Ok(d)) => d,
+            Some(Err(e)) => {
+                self.problem(key, e);
+                default
+            }
+        }
+    }
+
+    fn expand(&mut self, key: &KeyPath, text: &str) -> Option<String> {
+        match expand_env(text, self.env) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                self.problem(key, e);
+                None
+            }
+        }
+    }
+
+    fn url(&mut self, key: &KeyPath, text: Option<&str>) -> Option<Url> {
+        let Some(text) = text else {
+            self.problem(key, "missing: every target and source needs a url");
+            return None;
+        };
+        let expanded = self.expand(key, text)?;
+        match Url::parse(&expanded) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Some(u),
+            Ok(u) => {
+                self.problem(
+                    key,
+                    format!("{} is not an http(s) URL with a host", redact_url(&u)),
+                );
+                None
+            }
+            // The URL may hold a token, so the message names the problem, not the text.
+            Err(e) => {
+                self.problem(key, format!("not a valid URL: {e}"));
+                None
+            }
+        }
+    }
+
+    fn headers(&mut self, key: &KeyPath, raw: &BTreeMap<String, String>) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in raw {
+            let hkey = key.key(name);
+            let Ok(hname) = HeaderName::from_bytes(name.as_bytes()) else {
+                self.problem(&hkey, "not a valid HTTP header name");
+                continue;
+            };
+            let Some(value) = self.expand(&hkey, value) else {
+                continue;
+            };
+            match HeaderValue::from_str(&value) {
+                Ok(mut v) => {
+                    // Marks the value as secret for anything that prints headers.
+                    v.set_sensitive(true);
+                    map.append(hname, v);
+                }
+                Err(_) => self.problem(&hkey, "header value has characters HTTP does not allow (control characters or non-ASCII)"),
+            }
+        }
+        map
+    }
+
+    fn secrets(&mut self, key: &KeyPath, t: &RawTarget) -> Option<Vec<String>> {
+        let given = [
+            t.secret.is_some(),
+            t.secret_env.is_some(),
+            t.secret_file.is_some(),
+        ];
+        match given.iter().filter(|g| **g).count() {
+            0 => {
+                self.problem(key, "missing secret: set exactly one of secret, secret_env (an environment variable name) or secret_file (a path)");
+                return None;
+            }
+            1 => {}
+            _ => {
+                self.problem(key, "set only one of secret, secret_env and secret_file");
+                return None;
+            }
+        }
+        let mut out = Vec::new();
+        if let Some(s) = t.secret.clone() {
+            out = s.into_vec();
+        } else if let Some(names) = t.secret_env.clone() {
+            for (i, name) in names.into_vec().into_iter().enumerate() {
+                match (self.env)(&name).filter(|v| !v.trim().is_empty()) {
+                    Some(v) => out.push(v.trim().to_string()),
+                    None => self.problem(
+                        &key.key("secret_env"),
+                        format!(
+                            "environment variable {name} (secret {}) is not set or empty",
+                            i + 1
+                        ),
+                    ),
+                }
+            }
+        } else if let Some(files) = t.secret_file.clone() {
+            for file in files.into_vec() {
+                let expanded = self.expand(&key.key("secret_file"), &file)?;
+                let path = self.base.join(&expanded);
+                match std::fs::read_to_string(&path) {
+                    Ok(v) if !v.trim().is_empty() => out.push(v.trim().to_string()),
+                    Ok(_) => self.problem(
+                        &key.key("secret_file"),
+                        format!("{} is empty", path.display()),
+                    ),
+                    Err(e) => self.problem(
+                        &key.key("secret_file"),
+                        format!("cannot read {}: {e}", path.display()),
+                    ),
+                }
+            }
+        }
+        if out.is_empty() {
+            None
+        } else {
+            Some(out)
+        }
+    }
+
+    /// `ca_file`: the path resolved like `secret_file`, and the certificates in it. A file
+    /// that cannot be used is a problem; the placeholder is no extra roots.
+    fn ca_file(
+        &mut self,
+        key: &KeyPath,
+        file: Option<&str>,
+    ) -> (Option<PathBuf>, Vec<Certificate>) {
+        let Some(file) = file else {
+            return (None, Vec::new());
+        };
+        let Some(expanded) = self.expand(key, file) else {
+            return (None, Vec::new());
+        };
+        let path = self.base.join(expanded);
+        match ca::load(&path) {
+            Ok(certs) => (Some(path), certs),
+            Err(e) => {
+                self.problem(key, e);
+                (Some(path), Vec::new())
+            }
+        }
+    }
+
+    fn target(&mut self, key: &KeyPath, name: &str, t: RawTarget) -> Option<Target> {
+        let url = self.url(&key.key("url"), t.url.as_deref());
+        let scheme = match t.signature.as_deref().map(str::parse::<Scheme>) {
+            None => Some(Scheme::Standard),
+            Some(Ok(s)) => Some(s),
+            Some(Err(e)) => {
+                self.problem(&key.key("signature"), e.to_string());
+                None
+            }
+        };
+        let secrets = self.secrets(key, &t);
+        let signer = match (scheme, secrets) {
+            (Some(scheme), Some(secrets)) => match Signer::new(scheme, &secrets) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    let k = ["secret", "secret_env", "secret_file"]
+                        .into_iter()
+                        .zip([
+                            t.secret.is_some(),
+                            t.secret_env.is_some(),
+                            t.secret_file.is_some(),
+                        ])
+                        .find(|(_, given)| *given)
+                        .map_or(key.clone(), |(k, _)| key.key(k));
+                    self.problem(&k, e.to_string());
+                    None
+                }
+            },
+            _ => None,
+        };
+        let timeout = self.duration(
+            &key.key("timeout"),
+            t.timeout.as_deref(),
+            DEFAULT_TARGET_TIMEOUT,
+        );
+        let retry = match &t.retry {
+            None => DEFAULT_RETRY.to_vec(),
+            Some(list) => list
+                .iter()
+                .enumerate()
+                .map(|(i, d)| self.duration(&key.key("retry").index(i), Some(d), Duration::ZERO))
+                .collect(),
+        };
+        let headers = self.headers(&key.key("headers"), &t.headers);
+        let (ca_file, ca) = self.ca_file(&key.key("ca_file"), t.ca_file.as_deref());
+        let max_in_flight = match t.max_in_flight {
+            None => DEFAULT_MAX_IN_FLIGHT,
+            Some(n) if (1..=1024).contains(&n) => n as usize,
+            Some(_) => {
+                self.problem(&key.key("max_in_flight"), "must be between 1 and 1024");
+                DEFAULT_MAX_IN_FLIGHT
+            }
+        };
+        Some(Target {
+            name: name.to_string(),
+            url: url?,
+            signer: signer?,
+            timeout,
+            retry,
+            headers,
+            max_in_flight,
+            ca_file,
+            ca,
+        })
+    }
+
+    fn source(
+        &mut self,
+        key: &KeyPath,
+        name: &str,
+        s: RawSource,
+        target_names: &[String],
+    ) -> Option<Source> {
+        let url = self.url(&key.key("url"), s.url.as_deref());
+        let method = match s.method.as_deref() {
+            None => Some(Method::GET),
+            Some(m) => match Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
+                Ok(m) => Some(m),
+                Err(_) => {
+                    self.problem(&key.key("method"), format!("{m:?} is not an HTTP method"));
+                    None
+                }
+            },
+        };
+        let headers = self.headers(&key.key("headers"), &s.headers);
+        let schedule = match (&s.interval, &s.cron) {
+            (Some(_), Some(_)) => {
+                self.problem(&key.key("cron"), "set either interval or cron, not both");
+                None
+            }
+            (None, None) => {
+                self.problem(
+                    key,
+                    "missing schedule: set interval = \"1m\" or cron = \"*/5 * * * *\"",
+                );
+                None
+            }
+            (Some(i), None) => match parse_duration(i) {
+                Ok(d) if d >= Duration::from_millis(100) => Some(Schedule::Interval(d)),
+                Ok(_) => {
+                    self.problem(&key.key("interval"), "must be at least 100ms");
+                    None
+                }
+                Err(e) => {
+                    self.problem(&key.key("interval"), e);
+                    None
+                }
+            },
+            (None, Some(c)) => match Schedule::cron(c) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    self.problem(&key.key("cron"), e.to_string());
+                    None
+                }
+            },
+        };
+        let timeout = self.duration(
+            &key.key("timeout"),
+            s.timeout.as_deref(),
+            DEFAULT_SOURCE_TIMEOUT,
+        );
+        let max_body = match &s.max_body {
+            None => DEFAULT_MAX_BODY,
+            Some(raw::RawSize::Bytes(n)) if *n > 0 => *n,
+            Some(raw::RawSize::Text(t)) => match parse_size(t) {
+                Ok(n) if n > 0 => n,
+                Ok(_) => {
+                    self.problem(&key.key("max_body"), "must be more than 0 bytes");
+                    DEFAULT_MAX_BODY
+                }
+                Err(e) => {
+                    self.problem(&key.key("max_body"), e);
+                    DEFAULT_MAX_BODY
+                }
+            },
+            Some(_) => {
+                self.problem(&key.key("max_body"), "must be more than 0 bytes");
+                DEFAULT_MAX_BODY
+            }
+        };
+        let (ca_file, ca) = self.ca_file(&key.key("ca_file"), s.ca_file.as_deref());
+        let items = s.items.unwrap_or_default();
+        let id = s.id.unwrap_or_else(|| "/id".to_string());
+        self.pointer(&key.key("items"), &items);
+        self.pointer(&key.key("id"), &id);
+        for (i, p) in s.ignore.iter().enumerate() {
+            self.pointer(&key.key("ignore").index(i), p);
+        }
+        let events = match s.events {
+            None => vec![
+                ChangeKind::Created,
+                ChangeKind::Updated,
+                ChangeKind::Deleted,
+            ],
+            Some(list) => {
+                if list.is_empty() {
+                    self.problem(&key.key("events"), "lists no events; remove the key for all three, or name some of created, updated, deleted");
+                }
+                let mut kinds = Vec::new();
+                for (i, e) in list.iter().enumerate() {
+                    match e.parse::<ChangeKind>() {
+                        Ok(k) if !kinds.contains(&k) => kinds.push(k),
+                        Ok(_) => {}
+                        Err(_) => self.problem(
+                            &key.key("events").index(i),
+                            format!("{e:?} is not an event kind; use created, updated or deleted"),
+                        ),
+                    }
+                }
+                kinds
+            }
+        };
+        let targets = match s.targets {
+            None => target_names.to_vec(),
+            Some(list) => {
+                if list.is_empty() {
+                    self.problem(&key.key("targets"), "lists no targets, so nothing would be sent; remove the key to send to every target");
+                }
+                for (i, t) in list.iter().enumerate() {
+                    if !target_names.contains(t) {
+                        let known = if target_names.is_empty() {
+                            "none are configured".to_string()
+                        } else {
+                            format!("known targets: {}", target_names.join(", "))
+                        };
+                        self.problem(
+                            &key.key("targets").index(i),
+                            format!("unknown target {t:?} ({known})"),
+                        );
+                    }
+                }
+                let mut uniq: Vec<String> = Vec::new();
+                for t in list {
+                    if !uniq.contains(&t) {
+                        uniq.push(t);
+                    }
+                }
+                uniq
+            }
+        };
+        Some(Source {
+            name: name.to_string(),
+            url: url?,
+            method: method?,
+            headers,
+            schedule: schedule?,
+            timeout,
+            max_body,
+            items,
+            id,
+            ignore: s.ignore,
+            events,
+            targets,
+            baseline: s.baseline.unwrap_or(true),
+            allow_empty: s.allow_empty.unwrap_or(false),
+            ca_file,
+            ca,
+        })
+    }
+
+    fn pointer(&mut self, key: &KeyPath, p: &str) {
+        if let Err(e) = crate::extract::validate_pointer(p) {
+            self.problem(key, format!("{p:?} is not a JSON Pointer (RFC 6901): {e}; pointers look like \"/data/items\", or \"\" for the whole document"));
+        }
+    }
+}
