@@ -149,10 +149,10 @@ impl fmt::Debug for Source {
 }
 
 impl Source {
-    /// The schedule as the user wrote it: `every 1m` or `cron "*/5 * * * *"`.
+    /// The schedule in words: `every 1m ±10%` or `cron "*/5 * * * *" (UTC)`.
     pub fn schedule_text(&self) -> String {
         match &self.schedule {
-            Schedule::Interval(d) => format!("every {}", humantime::format_duration(*d)),
+            Schedule::Interval(d) => format!("every {} ±10%", humantime::format_duration(*d)),
             Schedule::Cron(c) => format!("cron \"{}\" (UTC)", c.expr()),
         }
     }
