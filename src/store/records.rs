@@ -5,7 +5,8 @@
 //! - `snap-v1`: source name, 0x00, bucket (u32 big-endian) → the items of that bucket:
 //!   repeated `u32 id length, id, 32-byte fingerprint, u32 JSON length, item JSON`, sorted
 //!   by id. An item's bucket is FNV-1a-64 of its id modulo the source's bucket count
-//!   ([`SourceState::buckets`], chosen by [`buckets_for`] at its first commit). Buckets,
+//!   ([`SourceState::buckets`], chosen by [`buckets_for`] at its first commit and raised
+//!   when the source outgrows them). Buckets,
 //!   not one key per item, because sled 0.34 holds several KiB of memory per key written:
 //!   a 100,000-item baseline as single keys took over 500 MiB. Buckets of about 32 items
 //!   keep the rewrite of a poll that changes 1% of a large source to a few MB, and a
@@ -30,8 +31,8 @@ pub struct SourceState {
     pub initialized: bool,
     /// Items held after the last commit.
     pub items: u64,
-    /// Snapshot buckets, fixed at the first commit (0 in states written before buckets
-    /// were sized: read as [`DEFAULT_BUCKETS`]).
+    /// Snapshot buckets, set at the first commit and raised as the source grows (0 in
+    /// states written before buckets were sized: read as [`DEFAULT_BUCKETS`]).
     #[serde(default)]
     pub buckets: u32,
 }
@@ -92,11 +93,15 @@ pub(super) fn prefix(name: &str) -> Vec<u8> {
 pub const DEFAULT_BUCKETS: u32 = 1024;
 
 /// Buckets for a source first seen with `items` items: about 32 items a bucket, a
-/// power of two up to 65,536 (a small source is one key). Fixed afterwards; a source
-/// that grows tenfold has buckets of about 320 items (100 KB), still cheap to rewrite.
+/// power of two up to 65,536 (a small source is one key). Raised again when the source
+/// outgrows [`MAX_PER_BUCKET`].
 pub fn buckets_for(items: u64) -> u32 {
     (items / 32).next_power_of_two().clamp(1, 65_536) as u32
 }
+
+/// Items a bucket may average before the source's buckets are multiplied (rewritten
+/// once, at the commit that crosses it).
+pub(super) const MAX_PER_BUCKET: u64 = 256;
 
 /// The bucket of an item id: FNV-1a 64-bit, stable across releases and platforms.
 pub(super) fn bucket_of(id: &str, buckets: u32) -> u32 {

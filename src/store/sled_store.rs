@@ -9,7 +9,7 @@ use sled::Transactional;
 
 use super::records::{
     bucket_key, bucket_of, buckets_for, decode_bucket, decode_delivery, delivery_key,
-    encode_bucket, encode_delivery, prefix, split_delivery_key, to_seen, Entry,
+    encode_bucket, encode_delivery, prefix, split_delivery_key, to_seen, Entry, MAX_PER_BUCKET,
 };
 use super::{Delivery, PollCommit, SourceState, Store, StoreError};
 use crate::diff::Seen;
@@ -115,15 +115,21 @@ impl Store for SledStore {
             // An unchanged poll writes nothing.
             return Ok(before.generation);
         }
+        // The bucket count is set by the first commit and raised when a source has grown
+        // to more than MAX_PER_BUCKET items a bucket (all its buckets are then rewritten
+        // once). The generation check below makes sure `before` is still the state this
+        // commit builds on.
+        let old_buckets = before.bucket_count();
+        let buckets = if !before.initialized {
+            buckets_for(c.item_count)
+        } else if c.item_count > u64::from(old_buckets) * MAX_PER_BUCKET {
+            buckets_for(c.item_count).max(old_buckets)
+        } else {
+            old_buckets
+        };
+        let rebucket = before.initialized && buckets != old_buckets;
         // What changes in each touched bucket: upserts (borrowed from the commit) and
         // removals. The buckets themselves are read inside the transaction.
-        // The bucket count is fixed by the first commit; the generation check below
-        // makes sure `before` is still the state this commit builds on.
-        let buckets = if before.initialized {
-            before.bucket_count()
-        } else {
-            buckets_for(c.item_count)
-        };
         let mut touched: BTreeMap<u32, BucketChange<'_>> = BTreeMap::new();
         for (id, seen) in &c.upserts {
             touched
@@ -174,7 +180,37 @@ impl Store for SledStore {
                         found: current.generation,
                     }));
                 }
-                for (bucket, (upserts, removals)) in &touched {
+                if rebucket {
+                    let mut olds = Vec::new();
+                    for b in 0..old_buckets {
+                        let key = bucket_key(source, b);
+                        if let Some(v) = snap.get(&key)? {
+                            olds.push((key, v));
+                        }
+                    }
+                    let mut items: BTreeMap<&str, Entry<'_>> = BTreeMap::new();
+                    for (key, v) in &olds {
+                        decode_bucket(key, v, &mut items).map_err(abort)?;
+                        snap.remove(key.as_slice())?;
+                    }
+                    for (upserts, removals) in touched.values() {
+                        items.extend(upserts.iter().copied());
+                        for id in removals {
+                            items.remove(id);
+                        }
+                    }
+                    let mut regrouped: BTreeMap<u32, Vec<(&str, Entry<'_>)>> = BTreeMap::new();
+                    for (id, e) in items {
+                        regrouped
+                            .entry(bucket_of(id, buckets))
+                            .or_default()
+                            .push((id, e));
+                    }
+                    for (b, entries) in regrouped {
+                        snap.insert(bucket_key(source, b), encode_bucket(entries.into_iter()))?;
+                    }
+                }
+                for (bucket, (upserts, removals)) in touched.iter().filter(|_| !rebucket) {
                     let key = bucket_key(source, *bucket);
                     let old = snap.get(&key)?;
                     let mut items: BTreeMap<&str, Entry<'_>> = BTreeMap::new();

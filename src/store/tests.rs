@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use super::records::buckets_for;
 use super::*;
 use crate::diff::{Change, ChangeKind};
 
@@ -725,4 +726,48 @@ fn disk_use_stays_bounded_under_outbox_churn() {
         at20 <= at5 * 2,
         "disk use grows with churn: {at5} bytes after 5 rounds, {at20} after 20"
     );
+}
+
+/// A source that starts small and grows gets more buckets, rewritten once, without
+/// losing or changing an item; a later small change touches only its buckets.
+#[test]
+fn a_growing_source_is_rebucketed_without_losing_items() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let item = |i: usize| (format!("id-{i}"), seen(&json!({"id": i, "v": 1})));
+    let commit = |expected: u64, upserts: Vec<(String, Seen)>, count: u64| PollCommit {
+        source: "s".into(),
+        expected_generation: expected,
+        upserts,
+        item_count: count,
+        now_ms: NOW_MS,
+        ..PollCommit::default()
+    };
+    // First commit: 10 items, one bucket.
+    store
+        .commit_poll(commit(0, (0..10).map(item).collect(), 10))
+        .unwrap();
+    assert_eq!(store.source_state("s").unwrap().buckets, 1);
+    // The source grows past 256 items per bucket: buckets are multiplied.
+    let generation = store
+        .commit_poll(commit(1, (10..1000).map(item).collect(), 1000))
+        .unwrap();
+    let state = store.source_state("s").unwrap();
+    assert_eq!(state.buckets, buckets_for(1000));
+    assert!(state.buckets > 1);
+    let expected: HashMap<String, Seen> = (0..1000).map(item).collect();
+    assert_eq!(store.snapshot("s").unwrap(), expected);
+    // Later commits use the new buckets; a removal and an update land correctly.
+    let mut upd = item(5);
+    upd.1 = seen(&json!({"id": 5, "v": 2}));
+    let c = PollCommit {
+        removals: vec!["id-7".into()],
+        ..commit(generation, vec![upd.clone()], 999)
+    };
+    store.commit_poll(c).unwrap();
+    let snap = store.snapshot("s").unwrap();
+    assert_eq!(snap.len(), 999);
+    assert_eq!(snap["id-5"], upd.1);
+    assert!(!snap.contains_key("id-7"));
+    assert_eq!(store.source_state("s").unwrap().buckets, buckets_for(1000));
 }
