@@ -185,9 +185,11 @@ impl TargetWorker {
                 written = wait_opt(&mut writing) => {
                     writing = None;
                     if let Err((e, seqs)) = written {
-                        tracing::error!(target_name = %name, error = %e, "cannot record acknowledgements; retrying");
+                        tracing::error!(target_name = %name, error = %e, "cannot record acknowledgements; retrying in 1s");
                         acks.extend(seqs);
-                        acks_since.get_or_insert_with(tokio::time::Instant::now);
+                        // Due again in a second, not in ACK_DELAY: a failing store is not
+                        // hammered (or the log flooded) fifty times a second.
+                        acks_since = Some(tokio::time::Instant::now() + Duration::from_secs(1));
                     }
                 }
                 _ = &mut timer, if armed.is_some() => armed = None,
