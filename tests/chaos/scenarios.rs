@@ -151,6 +151,17 @@ impl Drop for Setup {
     }
 }
 
+/// Starts a mutator on `src`; cancel the token to stop it, then await the handle.
+fn start_mutator(
+    src: &Source,
+    churn: Churn,
+    receivers: Vec<Receiver>,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let stop = CancellationToken::new();
+    let handle = tokio::spawn(mutate(src.clone(), churn, receivers, stop.clone()));
+    (stop, handle)
+}
+
 /// Stops the daemon with SIGTERM and checks it exits 0 within the grace period.
 async fn stop(d: &mut Daemon, ledger: &mut Ledger) -> Duration {
     d.sigterm();
@@ -222,19 +233,16 @@ async fn crash_loop(mode: Mode) -> Ledger {
     let src = Source::start(setup.servers.clone(), 40).await;
     let rx = Receiver::start("t", &src, setup.servers.clone()).await;
     let config = setup.config(&src.api.url(), "", &[("t", rx.url(), "")]);
-    let stop_mutator = CancellationToken::new();
-    let churn = Churn {
-        tick: Duration::from_millis(15),
-        max_items: 150,
-        deletes: true,
-        update_all: false,
-    };
-    let mutator = tokio::spawn(mutate(
-        src.clone(),
-        churn,
+    let (stop_mutator, mutator) = start_mutator(
+        &src,
+        Churn {
+            tick: Duration::from_millis(15),
+            max_items: 150,
+            deletes: true,
+            update_all: false,
+        },
         vec![rx.clone()],
-        stop_mutator.clone(),
-    ));
+    );
     let mut peak = 0;
     let mut at_startup = 0;
     for _ in 0..kills {
@@ -288,19 +296,16 @@ async fn receiver_faults(mode: Mode) -> Ledger {
             ("b", b.url(), ""),
         ],
     );
-    let stop_mutator = CancellationToken::new();
-    let churn = Churn {
-        tick: Duration::from_millis(25),
-        max_items: 120,
-        deletes: true,
-        update_all: false,
-    };
-    let mutator = tokio::spawn(mutate(
-        src.clone(),
-        churn,
+    let (stop_mutator, mutator) = start_mutator(
+        &src,
+        Churn {
+            tick: Duration::from_millis(25),
+            max_items: 120,
+            deletes: true,
+            update_all: false,
+        },
         vec![a.clone(), b.clone()],
-        stop_mutator.clone(),
-    ));
+    );
     let mut d = Daemon::start(&config, &setup.log());
     let ok = Behaviour::default;
     let phases: Vec<(&str, Behaviour, NetFault, Duration)> = vec![
@@ -425,20 +430,17 @@ async fn source_faults(mode: Mode) -> Ledger {
         "max_body = \"1MiB\"\ntimeout = \"1s\"",
         &[("t", rx.url(), "")],
     );
-    let stop_mutator = CancellationToken::new();
     // No deletions at the source: any deleted event is a false deletion.
-    let churn = Churn {
-        tick: Duration::from_millis(30),
-        max_items: 100,
-        deletes: false,
-        update_all: false,
-    };
-    let mutator = tokio::spawn(mutate(
-        src.clone(),
-        churn,
+    let (stop_mutator, mutator) = start_mutator(
+        &src,
+        Churn {
+            tick: Duration::from_millis(30),
+            max_items: 100,
+            deletes: false,
+            update_all: false,
+        },
         vec![rx.clone()],
-        stop_mutator.clone(),
-    ));
+    );
     let started = Instant::now();
     let bomb = gzip_bomb(bomb);
     ledger.line(
