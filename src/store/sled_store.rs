@@ -17,6 +17,9 @@ use crate::diff::Seen;
 /// What one commit changes in one bucket: items written, ids removed.
 type BucketChange<'a> = (Vec<(&'a str, Entry<'a>)>, Vec<&'a str>);
 
+/// How long `open` waits for a directory lock that is still held.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// The state database in one directory.
 pub struct SledStore {
     db: sled::Db,
@@ -39,15 +42,31 @@ impl SledStore {
             reason,
         };
         std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir.join("db"))
             // sled's default page cache is 1 GiB; pollhook's working set is the outbox
             // head and one source's snapshot at a time, so memory stays bounded.
-            .cache_capacity(64 * 1024 * 1024)
-            // The 500 ms background flush stays: commit_poll flushes explicitly where
-            // durability matters, acks may be repeated after a crash (at least once).
-            .open()
-            .map_err(|e| open_err(e.to_string()))?;
+            .cache_capacity(64 * 1024 * 1024);
+        // The 500 ms background flush stays: commit_poll flushes explicitly where
+        // durability matters, acks may be repeated after a crash (at least once).
+        //
+        // sled's IO threads hold the directory lock for a moment after the last handle
+        // is dropped, so a restart in the same process (or right after the previous
+        // process exited) may find it still taken: wait a little before concluding that
+        // another pollhook owns the directory. sled reports this only as text.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(e)
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(open_err(e.to_string())),
+            }
+        };
         let tree = |name: &str| db.open_tree(name).map_err(|e| open_err(e.to_string()));
         Ok(SledStore {
             sources: tree("sources-v1")?,
@@ -56,6 +75,14 @@ impl SledStore {
             dead: tree("dead-v1")?,
             db,
         })
+    }
+
+    /// CRC32 over every tree, for tests that must see any write at all.
+    #[cfg(test)]
+    pub(crate) fn checksum(&self) -> u32 {
+        // Guard against checksumming a fresh empty database at a wrong path.
+        assert!(self.db.tree_names().iter().any(|n| &n[..] == b"sources-v1"));
+        self.db.checksum().expect("checksum")
     }
 
     /// Bytes the database takes on disk.

@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
@@ -18,31 +17,10 @@ use crate::diff::{Change, ChangeKind};
 /// Detection time of every test commit, unix milliseconds.
 const NOW_MS: i64 = 1_790_000_000_000;
 
-/// Whether `reason` is sled failing to lock a directory that is still (or again) open.
-fn is_lock_error(reason: &str) -> bool {
-    reason.contains("could not acquire lock")
-}
-
-/// Retries `f` while it fails on the directory lock, for at most 10 s. sled's IO threads
-/// can hold the lock file for a moment after the last handle is dropped (sled's own test
-/// build blocks on the lock for this reason), so reopening in-process needs a bounded
-/// wait; any other error is returned at once.
-fn retry_locked<T, E: std::fmt::Debug>(mut f: impl FnMut() -> Result<T, E>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match f() {
-            Ok(v) => return v,
-            Err(e) if is_lock_error(&format!("{e:?}")) && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(10))
-            }
-            Err(e) => panic!("cannot open the database: {e:?}"),
-        }
-    }
-}
-
-/// Opens the store in `dir`, also right after another handle on it was dropped.
+/// Opens the store in `dir`, also right after another handle on it was dropped (open
+/// waits for the directory lock sled's threads may still hold).
 fn open(dir: &Path) -> SledStore {
-    retry_locked(|| SledStore::open(dir))
+    SledStore::open(dir).unwrap_or_else(|e| panic!("cannot open the database: {e}"))
 }
 
 fn now() -> DateTime<Utc> {
@@ -126,13 +104,9 @@ fn dump(store: &SledStore, sources: &[&str], targets: &[&str]) -> Dump {
 }
 
 /// CRC32 over every tree's name, keys and values, read with sled itself, so a write the
-/// trait cannot see (another tree, another key) still shows. The store must be closed;
-/// `db` is the directory `SledStore::open` uses inside the state dir.
+/// trait cannot see (another tree, another key) still shows. The store must be closed.
 fn raw_checksum(dir: &Path) -> u32 {
-    let db = retry_locked(|| sled::open(dir.join("db")));
-    // Guard against checksumming a fresh empty database at a wrong path.
-    assert!(db.tree_names().iter().any(|n| &n[..] == b"sources-v1"));
-    db.checksum().unwrap()
+    open(dir).checksum()
 }
 
 #[test]

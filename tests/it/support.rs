@@ -102,20 +102,9 @@ items = "/items"
         wait_for(|| self.api.requests() >= target).await;
     }
 
-    /// Opens the stopped daemon's store for inspection. sled's background threads may
-    /// hold the directory lock for a moment after the daemon dropped its handle.
+    /// Opens the stopped daemon's store for inspection.
     pub fn store(&self) -> SledStore {
-        let deadline = std::time::Instant::now() + WAIT;
-        loop {
-            match SledStore::open(&self.state_dir()) {
-                Ok(s) => return s,
-                Err(e) if std::time::Instant::now() < deadline => {
-                    eprintln!("store still locked ({e}); retrying");
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                Err(e) => panic!("{e}"),
-            }
-        }
+        SledStore::open(&self.state_dir()).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Waits until `pred` holds for the receiver's log; fails the test otherwise.
