@@ -1,5 +1,5 @@
 //! A minimal webhook receiver: verifies each request's signature with pollhook's own
-//! `verify` and prints the event. A starting point for your own endpoint, and a target to
+//! `verify_request` and prints the event. A starting point for your own endpoint, and a target to
 //! point a config at while trying pollhook out.
 //!
 //! ```text
@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use pollhook::sign::{verify, Scheme};
+use pollhook::sign::{verify_request, Scheme};
 
 struct Settings {
     scheme: Scheme,
@@ -57,22 +57,19 @@ async fn main() -> Result<()> {
 }
 
 async fn receive(State(s): State<Arc<Settings>>, headers: HeaderMap, body: Bytes) -> StatusCode {
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
     let now = chrono::Utc::now().timestamp();
     // Verify the raw bytes before parsing anything; allow 5 minutes of clock skew.
-    if let Err(e) = verify(s.scheme, &s.secrets, &header, &body, now, 300) {
+    if let Err(e) = verify_request(s.scheme, &s.secrets, &headers, &body, now, 300) {
         println!("REJECTED ({e})");
         return StatusCode::UNAUTHORIZED;
     }
     let event: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     println!(
         "{} {} item {} ({})",
-        header("webhook-id").unwrap_or_default(),
+        headers
+            .get("webhook-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default(),
         event["type"].as_str().unwrap_or("?"),
         event["data"]["id"].as_str().unwrap_or("?"),
         event["timestamp"].as_str().unwrap_or("?"),

@@ -265,6 +265,26 @@ pub enum VerifyError {
     Secret(#[from] SecretError),
 }
 
+/// [`verify`] over the headers of an HTTP request, as axum, hyper and reqwest hand them
+/// over (they share the `http` crate's `HeaderMap`, which looks names up
+/// case-insensitively). This is what a Rust receiver calls.
+pub fn verify_request(
+    scheme: Scheme,
+    secrets: &[String],
+    headers: &reqwest::header::HeaderMap,
+    body: &[u8],
+    now: i64,
+    tolerance_secs: i64,
+) -> Result<(), VerifyError> {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    verify(scheme, secrets, &header, body, now, tolerance_secs)
+}
+
 /// Verifies a received webhook. `header(name)` must look names up
 /// case-insensitively; lowercase names are passed. Timestamps (standard,
 /// stripe) must be within `tolerance_secs` of `now` (300 is the usual value).

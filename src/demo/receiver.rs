@@ -17,7 +17,7 @@ use serde_json::Value;
 use tokio::sync::{broadcast, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::sign::{verify, Scheme};
+use crate::sign::{verify_request, Scheme};
 
 /// One request the receiver got.
 #[derive(Debug, Clone)]
@@ -170,10 +170,10 @@ async fn hook(
             .map(str::to_string)
     };
     let now = Utc::now();
-    let verified = verify(
+    let verified = verify_request(
         inner.scheme,
         &inner.secrets,
-        &header,
+        &headers,
         &body,
         now.timestamp(),
         300,

@@ -14,7 +14,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use pollhook::demo::api::SampleApi;
-use pollhook::sign::{verify, Scheme};
+use pollhook::sign::{verify_request, Scheme};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -345,15 +345,8 @@ async fn hook(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) 
             .map(str::to_string)
     };
     let now = chrono::Utc::now().timestamp();
-    let verified = verify(
-        Scheme::Standard,
-        &[SECRET.to_string()],
-        &header,
-        &body,
-        now,
-        300,
-    )
-    .is_ok();
+    let secrets = [SECRET.to_string()];
+    let verified = verify_request(Scheme::Standard, &secrets, &headers, &body, now, 300).is_ok();
     let event: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let id = header("webhook-id").unwrap_or_default();
     let kind = event["type"]
