@@ -13,7 +13,7 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
-use super::{array_index, item_id, pointer_tokens, ExtractError, Item};
+use super::{array_index, describe, item_id, pointer_tokens, ExtractError, Item};
 
 /// Why [`extract_each`] stopped.
 #[derive(Debug)]
@@ -169,12 +169,6 @@ impl<E> At<'_, '_, E> {
     }
 }
 
-fn preview(s: &str) -> String {
-    let p: String = s.chars().take(40).collect();
-    let more = if p.len() < s.len() { "..." } else { "" };
-    format!("a string ({p:?}{more})")
-}
-
 impl<'de, E> Visitor<'de> for At<'_, '_, E> {
     type Value = ();
 
@@ -183,32 +177,32 @@ impl<'de, E> Visitor<'de> for At<'_, '_, E> {
     }
 
     fn visit_bool<X: de::Error>(self, v: bool) -> Result<(), X> {
-        self.scalar(format!("a boolean ({v})"));
+        self.scalar(describe(&Value::Bool(v)));
         Ok(())
     }
 
     fn visit_i64<X: de::Error>(self, v: i64) -> Result<(), X> {
-        self.scalar(format!("a number ({v})"));
+        self.scalar(describe(&Value::from(v)));
         Ok(())
     }
 
     fn visit_u64<X: de::Error>(self, v: u64) -> Result<(), X> {
-        self.scalar(format!("a number ({v})"));
+        self.scalar(describe(&Value::from(v)));
         Ok(())
     }
 
     fn visit_f64<X: de::Error>(self, v: f64) -> Result<(), X> {
-        self.scalar(format!("a number ({v})"));
+        self.scalar(describe(&Value::from(v)));
         Ok(())
     }
 
     fn visit_str<X: de::Error>(self, v: &str) -> Result<(), X> {
-        self.scalar(preview(v));
+        self.scalar(describe(&Value::String(v.to_string())));
         Ok(())
     }
 
     fn visit_unit<X: de::Error>(self) -> Result<(), X> {
-        self.scalar("null".into());
+        self.scalar(describe(&Value::Null));
         Ok(())
     }
 
