@@ -154,10 +154,12 @@ pub fn plan_response(
     let generation = state.generation + 1;
     let mut events = Vec::new();
     (report.created, report.updated, report.deleted) = (d.created, d.updated, d.deleted);
+    // Every event of a poll goes to the same targets: one shared list, not a copy each.
+    let targets: Arc<[String]> = source.targets.clone().into();
     for change in &d.changes {
         events.push((
             event::build(&source.name, generation, change, now),
-            source.targets.clone(),
+            targets.clone(),
         ));
     }
     report.events = events.len();

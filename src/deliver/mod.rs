@@ -314,7 +314,7 @@ impl Attempt {
         let started = std::time::Instant::now();
         let outcome = self.send(&ready.event_id, body).await;
         let policy = RetryPolicy {
-            delays: self.target.retry.clone(),
+            delays: &self.target.retry,
         };
         let decision = policy.decide(attempt_no, &outcome, random_unit());
         let next_at_ms = match decision {

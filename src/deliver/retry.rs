@@ -74,14 +74,14 @@ pub enum Decision {
     Bury,
 }
 
-/// A target's retry schedule.
-#[derive(Debug, Clone)]
-pub struct RetryPolicy {
+/// A target's retry schedule, borrowed from its config (no copy per attempt).
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy<'a> {
     /// Delays before attempt 2, 3, …
-    pub delays: Vec<Duration>,
+    pub delays: &'a [Duration],
 }
 
-impl RetryPolicy {
+impl RetryPolicy<'_> {
     /// Decides after attempt number `attempt` (1 for the first) ended with `outcome`.
     /// `rand` in [0, 1) picks the jitter.
     pub fn decide(&self, attempt: u32, outcome: &Outcome, rand: f64) -> Decision {
@@ -126,10 +126,10 @@ mod tests {
         }
     }
 
-    fn policy() -> RetryPolicy {
-        RetryPolicy {
-            delays: vec![Duration::from_secs(5), Duration::from_secs(300)],
-        }
+    const DELAYS: [Duration; 2] = [Duration::from_secs(5), Duration::from_secs(300)];
+
+    fn policy() -> RetryPolicy<'static> {
+        RetryPolicy { delays: &DELAYS }
     }
 
     #[test]
@@ -199,7 +199,7 @@ mod tests {
             p.decide(1, &Outcome::Gone { error: "g".into() }, 0.5),
             Decision::Bury
         );
-        let none = RetryPolicy { delays: vec![] };
+        let none = RetryPolicy { delays: &[] };
         assert_eq!(none.decide(1, &failed(None), 0.5), Decision::Bury);
     }
 
@@ -211,7 +211,7 @@ mod tests {
         assert_eq!(d(60), Decision::RetryIn(Duration::from_secs(60)));
         assert_eq!(d(100_000), Decision::RetryIn(RETRY_AFTER_CAP));
         let long = RetryPolicy {
-            delays: vec![Duration::from_secs(5), Duration::from_secs(7200)],
+            delays: &[Duration::from_secs(5), Duration::from_secs(7200)],
         };
         assert_eq!(
             long.decide(1, &failed(Some(Duration::from_secs(100_000))), 0.5),

@@ -13,6 +13,7 @@ mod records;
 mod sled_store;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::diff::Seen;
 use crate::event::Event;
@@ -48,7 +49,7 @@ pub struct PollCommit {
     /// Items gone: removed from the snapshot.
     pub removals: Vec<String>,
     /// Events, each with the targets it goes to.
-    pub events: Vec<(Event, Vec<String>)>,
+    pub events: Vec<(Event, Arc<[String]>)>,
     /// Items the source holds after this poll.
     pub item_count: u64,
     /// Detection time, unix milliseconds (the deliveries' first attempt time).

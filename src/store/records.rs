@@ -19,6 +19,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::diff::Seen;
+use crate::event::Event;
 
 use super::StoreError;
 
@@ -69,7 +70,8 @@ pub struct Delivery {
     pub body: Vec<u8>,
 }
 
-#[derive(Serialize, Deserialize)]
+/// A delivery record's header as read back.
+#[derive(Deserialize)]
 struct Header {
     event_id: String,
     event_type: String,
@@ -78,8 +80,22 @@ struct Header {
     attempts: u32,
     next_at_ms: i64,
     created_ms: i64,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
+    #[serde(default)]
     last_error: Option<String>,
+}
+
+/// The same header as written, borrowing its strings (the same JSON).
+#[derive(Serialize)]
+struct HeaderRef<'a> {
+    event_id: &'a str,
+    event_type: &'a str,
+    source: &'a str,
+    item_id: &'a str,
+    attempts: u32,
+    next_at_ms: i64,
+    created_ms: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_error: Option<&'a str>,
 }
 
 pub(super) fn prefix(name: &str) -> Vec<u8> {
@@ -205,21 +221,39 @@ pub(super) fn split_delivery_key(key: &[u8]) -> Result<(String, u64), StoreError
 
 pub(super) fn encode_delivery(d: &Delivery) -> Vec<u8> {
     encode_parts(
-        &Header {
-            event_id: d.event_id.clone(),
-            event_type: d.event_type.clone(),
-            source: d.source.clone(),
-            item_id: d.item_id.clone(),
+        &HeaderRef {
+            event_id: &d.event_id,
+            event_type: &d.event_type,
+            source: &d.source,
+            item_id: &d.item_id,
             attempts: d.attempts,
             next_at_ms: d.next_at_ms,
             created_ms: d.created_ms,
-            last_error: d.last_error.clone(),
+            last_error: d.last_error.as_deref(),
         },
         &d.body,
     )
 }
 
-fn encode_parts(header: &Header, body: &[u8]) -> Vec<u8> {
+/// The record of a new delivery of `event`, detected at `now_ms`. The target and
+/// sequence live in the key, so one record serves every target of the event.
+pub(super) fn encode_new_delivery(event: &Event, now_ms: i64) -> Vec<u8> {
+    encode_parts(
+        &HeaderRef {
+            event_id: &event.id,
+            event_type: &event.event_type,
+            source: &event.source,
+            item_id: &event.item_id,
+            attempts: 0,
+            next_at_ms: now_ms,
+            created_ms: now_ms,
+            last_error: None,
+        },
+        &event.body,
+    )
+}
+
+fn encode_parts(header: &HeaderRef<'_>, body: &[u8]) -> Vec<u8> {
     // A struct of strings and integers always serialises.
     let h = serde_json::to_vec(header).unwrap_or_default();
     let mut v = Vec::with_capacity(4 + h.len() + body.len());

@@ -9,7 +9,8 @@ use sled::Transactional;
 
 use super::records::{
     bucket_key, bucket_of, buckets_for, decode_bucket, decode_delivery, delivery_key,
-    encode_bucket, encode_delivery, prefix, split_delivery_key, to_seen, Entry, MAX_PER_BUCKET,
+    encode_bucket, encode_delivery, encode_new_delivery, prefix, split_delivery_key, to_seen,
+    Entry, MAX_PER_BUCKET,
 };
 use super::{Delivery, PollCommit, SourceState, Store, StoreError};
 use crate::diff::Seen;
@@ -177,21 +178,10 @@ impl Store for SledStore {
             // Ids from generate_id increase across restarts, so outbox keys keep detection
             // order; gaps after a crash are harmless.
             let seq = self.db.generate_id().map_err(db_err)?;
-            for target in targets {
-                let d = Delivery {
-                    target: target.clone(),
-                    seq,
-                    event_id: event.id.clone(),
-                    event_type: event.event_type.clone(),
-                    source: event.source.clone(),
-                    item_id: event.item_id.clone(),
-                    attempts: 0,
-                    next_at_ms: c.now_ms,
-                    created_ms: c.now_ms,
-                    last_error: None,
-                    body: event.body.clone(),
-                };
-                outbox.insert(delivery_key(target, seq), encode_delivery(&d));
+            // Encoded once; every target's key shares the bytes.
+            let record = sled::IVec::from(encode_new_delivery(event, c.now_ms));
+            for target in targets.iter() {
+                outbox.insert(delivery_key(target, seq), record.clone());
             }
         }
         let expected = c.expected_generation;

@@ -50,7 +50,7 @@ fn event(source: &str, generation: u64, kind: ChangeKind, id: &str, object: Valu
 }
 
 /// A created event for item `id` of `source`, going to `targets`.
-fn created(source: &str, generation: u64, id: &str, targets: &[&str]) -> (Event, Vec<String>) {
+fn created(source: &str, generation: u64, id: &str, targets: &[&str]) -> (Event, Arc<[String]>) {
     let e = event(
         source,
         generation,
@@ -62,7 +62,7 @@ fn created(source: &str, generation: u64, id: &str, targets: &[&str]) -> (Event,
 }
 
 /// A commit of `source` from generation `expected` carrying only events.
-fn events_commit(source: &str, expected: u64, events: Vec<(Event, Vec<String>)>) -> PollCommit {
+fn events_commit(source: &str, expected: u64, events: Vec<(Event, Arc<[String]>)>) -> PollCommit {
     PollCommit {
         source: source.into(),
         expected_generation: expected,
@@ -232,7 +232,7 @@ fn stale_generation_is_a_conflict_that_writes_nothing() {
                 vec![
                     (
                         event(source, expected + 1, ChangeKind::Updated, "x", x2),
-                        vec!["t".into(), "u".into()],
+                        vec!["t".into(), "u".into()].into(),
                     ),
                     created(source, expected + 1, "y", &["u"]),
                 ],
@@ -365,7 +365,7 @@ fn pending_is_per_target_in_detection_order() {
 
     let t = all_pending(&store, "t");
     let t2 = all_pending(&store, "t2");
-    let id = |e: &(Event, Vec<String>)| e.0.id.clone();
+    let id = |e: &(Event, Arc<[String]>)| e.0.id.clone();
     assert_eq!(ids(&t), [id(&e1), id(&e2), id(&e4), id(&e5), id(&e6)]);
     assert_eq!(ids(&t2), [id(&e1), id(&e3), id(&e4), id(&e6)]);
     assert!(t.iter().all(|d| d.target == "t"));
@@ -377,7 +377,7 @@ fn pending_is_per_target_in_detection_order() {
     assert!(all_pending(&store, "t1").is_empty());
     assert!(all_pending(&store, "t22").is_empty());
 
-    let seq = |ds: &[Delivery], e: &(Event, Vec<String>)| {
+    let seq = |ds: &[Delivery], e: &(Event, Arc<[String]>)| {
         ds.iter().find(|d| d.event_id == e.0.id).unwrap().seq
     };
     // `after` is exclusive, even for a sequence number this target does not have.
@@ -662,7 +662,7 @@ fn disk_use_stays_bounded_under_outbox_churn() {
             };
             events.push((
                 event("s", round + 1, kind, &id, object),
-                vec!["t".to_string()],
+                vec!["t".to_string()].into(),
             ));
         }
         assert!(events[0].0.body.len() > 1_000);
