@@ -156,11 +156,6 @@ impl Source {
             Schedule::Cron(c) => format!("cron \"{}\" (UTC)", c.expr()),
         }
     }
-
-    /// Whether changes of this kind become events.
-    pub fn emits(&self, kind: ChangeKind) -> bool {
-        self.events.contains(&kind)
-    }
 }
 
 /// One problem in a config file, with where it is.

@@ -32,21 +32,9 @@ pub struct SourceState {
     pub initialized: bool,
     /// Items held after the last commit.
     pub items: u64,
-    /// Snapshot buckets, set at the first commit and raised as the source grows (0 in
-    /// states written before buckets were sized: read as [`DEFAULT_BUCKETS`]).
-    #[serde(default)]
+    /// Snapshot buckets, set at the first commit and raised as the source grows (0
+    /// before the first commit).
     pub buckets: u32,
-}
-
-impl SourceState {
-    /// The bucket count this source's snapshot uses.
-    pub fn bucket_count(&self) -> u32 {
-        if self.buckets == 0 {
-            DEFAULT_BUCKETS
-        } else {
-            self.buckets
-        }
-    }
 }
 
 /// One event queued for one target.
@@ -104,9 +92,6 @@ pub(super) fn prefix(name: &str) -> Vec<u8> {
     k.push(0);
     k
 }
-
-/// Buckets of a source whose state predates sized buckets.
-pub const DEFAULT_BUCKETS: u32 = 1024;
 
 /// Buckets for a source first seen with `items` items: about 32 items a bucket, a
 /// power of two up to 65,536 (a small source is one key). Raised again when the source

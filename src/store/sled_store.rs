@@ -147,7 +147,7 @@ impl Store for SledStore {
         // to more than MAX_PER_BUCKET items a bucket (all its buckets are then rewritten
         // once). The generation check below makes sure `before` is still the state this
         // commit builds on.
-        let old_buckets = before.bucket_count();
+        let old_buckets = before.buckets.max(1);
         let buckets = if !before.initialized {
             buckets_for(c.item_count)
         } else if c.item_count > u64::from(old_buckets) * MAX_PER_BUCKET {
