@@ -38,13 +38,15 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig} failed");
+    fn sigterm(&self) {
+        // SAFETY: kill(2) only sends a signal, to a child this test started and still owns.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        assert_eq!(
+            rc,
+            0,
+            "kill -TERM failed: {}",
+            std::io::Error::last_os_error()
+        );
     }
 
     /// Waits for the process to exit; returns its exit code.
@@ -141,7 +143,7 @@ async fn sigterm_finishes_in_flight_deliveries_and_exits_0() {
         "the delivery finished too early for this test"
     );
     let sent = Instant::now();
-    d.signal("-TERM");
+    d.sigterm();
     let code = d.wait(Duration::from_secs(6)).await;
     assert_eq!(code, Some(0), "log:\n{}", d.log());
     assert!(
@@ -206,7 +208,7 @@ items = "/nope"
     h.rx.set_status(500);
     h.api.set("1", json!({}));
     wait_for(|| d.log().contains("delivery is dead")).await;
-    d.signal("-TERM");
+    d.sigterm();
     assert_eq!(d.wait(WAIT).await, Some(0));
     let check = Command::new(BIN)
         .args(["check", "--config"])
