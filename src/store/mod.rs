@@ -12,13 +12,13 @@
 mod records;
 mod sled_store;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use crate::diff::Seen;
 use crate::event::Event;
 
-pub use records::{Delivery, SourceState};
+pub use records::{Delivery, DeliveryStatus, SourceState, TargetStats};
 pub use sled_store::SledStore;
 
 /// Why a store operation failed.
@@ -112,6 +112,52 @@ pub trait Store: Send + Sync + 'static {
 
     /// Number of pending deliveries per target.
     fn pending_counts(&self) -> Result<HashMap<String, u64>, StoreError>;
+
+    /// Pending deliveries, optionally of one target, in outbox order (by target, then
+    /// detection order), at most `limit`. The mirror of [`Store::dead`].
+    fn outbox(&self, target: Option<&str>, limit: usize) -> Result<Vec<Delivery>, StoreError>;
+
+    /// Every delivery of one event, pending or dead, to any target: the pending ones
+    /// first, each group by target then sequence. Scans both trees (an operator action,
+    /// not for hot paths).
+    fn find_event(&self, event_id: &str) -> Result<Vec<(DeliveryStatus, Delivery)>, StoreError>;
+
+    /// Moves dead deliveries back to the outbox, for another round of attempts: those of
+    /// `target` if given, of event `event_id` if given (both `None`: every dead delivery).
+    ///
+    /// Each goes back as a fresh delivery: a new sequence number, so it is queued after
+    /// everything already pending (a running target worker picks it up with its next
+    /// load), no attempts, due at `now_ms`, no last error; the same event id, type,
+    /// source, item, detection time and body bytes. Being queued anew, a replayed
+    /// delivery goes after the later events of its item that are still pending or were
+    /// already delivered: a receiver may see an item's old state after its newer one.
+    ///
+    /// Moves are atomic in batches (a crash leaves each delivery in exactly one of the
+    /// two trees) and flushed before returning. Returns the deliveries as now queued, so
+    /// the caller knows which targets to wake.
+    fn replay_dead(
+        &self,
+        target: Option<&str>,
+        event_id: Option<&str>,
+        now_ms: i64,
+    ) -> Result<Vec<Delivery>, StoreError>;
+
+    /// Drops a source's stored snapshot, so its next poll is a first poll again (a new
+    /// baseline, no events). Its generation goes up by one, never back: event ids hash
+    /// it, so events after the forget never reuse an id of an event before it, and a
+    /// poll that read the state before the forget fails its commit with a conflict
+    /// instead of writing a partial snapshot. Pending and dead deliveries of the source
+    /// are not touched. Atomic and flushed. Returns whether the source had any state.
+    fn forget_source(&self, source: &str) -> Result<bool, StoreError>;
+
+    /// Every source with stored state, sorted by name.
+    fn sources(&self) -> Result<Vec<(String, SourceState)>, StoreError>;
+
+    /// Queue sizes of every target that has pending or dead deliveries. Costs a scan of
+    /// the keys of the outbox and the dead letters plus one record read per target, in
+    /// proportion to the deliveries queued (about 2 µs each): nothing for a healthy
+    /// queue, a fraction of a second per metrics scrape for a backlog of 100,000s.
+    fn target_stats(&self) -> Result<BTreeMap<String, TargetStats>, StoreError>;
 
     /// Writes everything to disk.
     fn flush(&self) -> Result<(), StoreError>;

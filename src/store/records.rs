@@ -58,6 +58,28 @@ pub struct Delivery {
     pub body: Vec<u8>,
 }
 
+/// Where a delivery is: still queued for its target, or given up on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryStatus {
+    /// In the outbox: its target's worker will (re)try it.
+    Pending,
+    /// In the dead letters: no more attempts unless replayed.
+    Dead,
+}
+
+/// One target's queue at a glance, for metrics and the operator.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct TargetStats {
+    /// Deliveries in the outbox.
+    pub pending: u64,
+    /// When the first pending delivery in outbox order was detected, unix milliseconds:
+    /// how far behind the target is (None when nothing is pending).
+    pub oldest_pending_ms: Option<i64>,
+    /// Deliveries in the dead letters.
+    pub dead: u64,
+}
+
 /// A delivery record's header as read back.
 #[derive(Deserialize)]
 struct Header {
@@ -189,6 +211,12 @@ pub(super) fn delivery_key(target: &str, seq: u64) -> Vec<u8> {
 
 /// Splits a delivery key into target and sequence.
 pub(super) fn split_delivery_key(key: &[u8]) -> Result<(String, u64), StoreError> {
+    let (target, seq) = split_delivery_key_ref(key)?;
+    Ok((target.to_string(), seq))
+}
+
+/// [`split_delivery_key`] borrowing the target from the key: for scans over many keys.
+pub(super) fn split_delivery_key_ref(key: &[u8]) -> Result<(&str, u64), StoreError> {
     let corrupt = |reason: &str| StoreError::Corrupt {
         key: String::from_utf8_lossy(key).into_owned(),
         reason: reason.into(),
@@ -201,7 +229,7 @@ pub(super) fn split_delivery_key(key: &[u8]) -> Result<(String, u64), StoreError
         .try_into()
         .map_err(|_| corrupt("sequence is not 8 bytes"))?;
     let target = std::str::from_utf8(&key[..zero]).map_err(|_| corrupt("target is not UTF-8"))?;
-    Ok((target.to_string(), u64::from_be_bytes(seq)))
+    Ok((target, u64::from_be_bytes(seq)))
 }
 
 pub(super) fn encode_delivery(d: &Delivery) -> Vec<u8> {
@@ -248,7 +276,45 @@ fn encode_parts(header: &HeaderRef<'_>, body: &[u8]) -> Vec<u8> {
     v
 }
 
-pub(super) fn decode_delivery(key: &[u8], value: &[u8]) -> Result<Delivery, StoreError> {
+/// A delivery record decoded up to its header; the body is still borrowed from the
+/// stored value, so a scan that only needs headers copies no bodies.
+pub(super) struct Record<'a> {
+    target: String,
+    seq: u64,
+    header: Header,
+    body: &'a [u8],
+}
+
+impl Record<'_> {
+    pub(super) fn event_id(&self) -> &str {
+        &self.header.event_id
+    }
+
+    pub(super) fn created_ms(&self) -> i64 {
+        self.header.created_ms
+    }
+
+    /// The owned delivery, copying the body.
+    pub(super) fn into_delivery(self) -> Delivery {
+        let h = self.header;
+        Delivery {
+            target: self.target,
+            seq: self.seq,
+            event_id: h.event_id,
+            event_type: h.event_type,
+            source: h.source,
+            item_id: h.item_id,
+            attempts: h.attempts,
+            next_at_ms: h.next_at_ms,
+            created_ms: h.created_ms,
+            last_error: h.last_error,
+            body: self.body.to_vec(),
+        }
+    }
+}
+
+/// Decodes a delivery record's key and header, borrowing its body from `value`.
+pub(super) fn decode_record<'a>(key: &[u8], value: &'a [u8]) -> Result<Record<'a>, StoreError> {
     let (target, seq) = split_delivery_key(key)?;
     let corrupt = |reason: String| StoreError::Corrupt {
         key: format!("{target}/{seq}"),
@@ -262,21 +328,18 @@ pub(super) fn decode_delivery(key: &[u8], value: &[u8]) -> Result<Delivery, Stor
     let header_bytes = value
         .get(4..4 + len)
         .ok_or_else(|| corrupt("header runs past the record".into()))?;
-    let h: Header =
+    let header: Header =
         serde_json::from_slice(header_bytes).map_err(|e| corrupt(format!("bad header: {e}")))?;
-    Ok(Delivery {
+    Ok(Record {
         target,
         seq,
-        event_id: h.event_id,
-        event_type: h.event_type,
-        source: h.source,
-        item_id: h.item_id,
-        attempts: h.attempts,
-        next_at_ms: h.next_at_ms,
-        created_ms: h.created_ms,
-        last_error: h.last_error,
-        body: value[4 + len..].to_vec(),
+        header,
+        body: &value[4 + len..],
     })
+}
+
+pub(super) fn decode_delivery(key: &[u8], value: &[u8]) -> Result<Delivery, StoreError> {
+    decode_record(key, value).map(Record::into_delivery)
 }
 
 #[cfg(test)]

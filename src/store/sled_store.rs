@@ -8,15 +8,20 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
 use super::records::{
-    bucket_key, bucket_of, buckets_for, decode_bucket, decode_delivery, delivery_key,
-    encode_bucket, encode_delivery, encode_new_delivery, prefix, split_delivery_key, to_seen,
-    Entry, MAX_PER_BUCKET,
+    bucket_key, bucket_of, buckets_for, decode_bucket, decode_delivery, decode_record,
+    delivery_key, encode_bucket, encode_delivery, encode_new_delivery, prefix, split_delivery_key,
+    split_delivery_key_ref, to_seen, Entry, MAX_PER_BUCKET,
 };
-use super::{Delivery, PollCommit, SourceState, Store, StoreError};
+use super::{Delivery, DeliveryStatus, PollCommit, SourceState, Store, StoreError, TargetStats};
 use crate::diff::Seen;
 
 /// What one commit changes in one bucket: items written, ids removed.
 type BucketChange<'a> = (Vec<(&'a str, Entry<'a>)>, Vec<&'a str>);
+
+/// Dead deliveries moved back to the outbox per transaction by `replay_dead`. Each batch
+/// is atomic; sled holds a transaction's writes in memory until it commits, so a replay of
+/// every dead letter is cut into batches rather than made one huge transaction.
+pub(super) const REPLAY_BATCH: usize = 1_000;
 
 /// How long `open` waits for a directory lock that is still held.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
@@ -28,10 +33,42 @@ pub struct SledStore {
     snap: sled::Tree,
     outbox: sled::Tree,
     dead: sled::Tree,
+    /// Held from drawing outbox sequence numbers until the transaction that uses them
+    /// has committed. A target's worker loads the deliveries above the last sequence it
+    /// has; without this, two commits racing could land a lower sequence after the
+    /// worker had read past it, and that delivery would wait for the next restart.
+    enqueue: std::sync::Mutex<()>,
 }
 
 fn db_err(e: sled::Error) -> StoreError {
     StoreError::Db(e.to_string())
+}
+
+/// A failed transaction: the store error it aborted with, or sled's own.
+fn tx_err(e: TransactionError<StoreError>) -> StoreError {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => db_err(e),
+    }
+}
+
+/// Up to `limit` delivery records of `tree` (outbox or dead letters), of one target or
+/// all, in key order.
+fn list(
+    tree: &sled::Tree,
+    target: Option<&str>,
+    limit: usize,
+) -> Result<Vec<Delivery>, StoreError> {
+    let iter = match target {
+        Some(t) => tree.scan_prefix(prefix(t)),
+        None => tree.iter(),
+    };
+    let mut out = Vec::new();
+    for kv in iter.take(limit) {
+        let (k, v) = kv.map_err(db_err)?;
+        out.push(decode_delivery(&k, &v)?);
+    }
+    Ok(out)
 }
 
 impl SledStore {
@@ -74,6 +111,7 @@ impl SledStore {
             snap: tree("snap-v1")?,
             outbox: tree("outbox-v1")?,
             dead: tree("dead-v1")?,
+            enqueue: std::sync::Mutex::new(()),
             db,
         })
     }
@@ -173,6 +211,10 @@ impl Store for SledStore {
                 .1
                 .push(id);
         }
+        // Held until the transaction has committed (see `enqueue`), not through the
+        // flush, so concurrent commits still share flushes. A poisoned lock guards
+        // nothing but ordering, so it is taken over.
+        let enqueue = self.enqueue.lock().unwrap_or_else(|e| e.into_inner());
         let mut outbox = sled::Batch::default();
         for (event, targets) in &c.events {
             // Ids from generate_id increase across restarts, so outbox keys keep detection
@@ -256,10 +298,8 @@ impl Store for SledStore {
                 sources.insert(source.as_bytes(), bytes)?;
                 Ok(next.generation)
             });
-        let generation = result.map_err(|e| match e {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => db_err(e),
-        })?;
+        drop(enqueue);
+        let generation = result.map_err(tx_err)?;
         // Durable before anyone may deliver: a crash after this point redelivers, a crash
         // before it re-detects (DESIGN invariant 1).
         self.db.flush().map_err(db_err)?;
@@ -341,23 +381,11 @@ impl Store for SledStore {
             dead.insert(key.as_slice(), encode_delivery(&d))?;
             Ok(())
         });
-        result.map_err(|e| match e {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => db_err(e),
-        })
+        result.map_err(tx_err)
     }
 
     fn dead(&self, target: Option<&str>, limit: usize) -> Result<Vec<Delivery>, StoreError> {
-        let iter = match target {
-            Some(t) => self.dead.scan_prefix(prefix(t)),
-            None => self.dead.iter(),
-        };
-        let mut out = Vec::new();
-        for kv in iter.take(limit) {
-            let (k, v) = kv.map_err(db_err)?;
-            out.push(decode_delivery(&k, &v)?);
-        }
-        Ok(out)
+        list(&self.dead, target, limit)
     }
 
     fn pending_counts(&self) -> Result<HashMap<String, u64>, StoreError> {
@@ -371,5 +399,184 @@ impl Store for SledStore {
 
     fn flush(&self) -> Result<(), StoreError> {
         self.db.flush().map(|_| ()).map_err(db_err)
+    }
+
+    fn outbox(&self, target: Option<&str>, limit: usize) -> Result<Vec<Delivery>, StoreError> {
+        list(&self.outbox, target, limit)
+    }
+
+    fn find_event(&self, event_id: &str) -> Result<Vec<(DeliveryStatus, Delivery)>, StoreError> {
+        let mut out = Vec::new();
+        for (status, tree) in [
+            (DeliveryStatus::Pending, &self.outbox),
+            (DeliveryStatus::Dead, &self.dead),
+        ] {
+            for kv in tree.iter() {
+                let (k, v) = kv.map_err(db_err)?;
+                // Only the header is parsed; the body is copied for matches only.
+                let record = decode_record(&k, &v)?;
+                if record.event_id() == event_id {
+                    out.push((status, record.into_delivery()));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn replay_dead(
+        &self,
+        target: Option<&str>,
+        event_id: Option<&str>,
+        now_ms: i64,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        // The keys to move are chosen outside the transactions; a transaction moves a key
+        // only if it is still dead when it commits (another replay may have taken it).
+        let iter = match target {
+            Some(t) => self.dead.scan_prefix(prefix(t)),
+            None => self.dead.iter(),
+        };
+        let mut keys = Vec::new();
+        for kv in iter {
+            let (k, v) = kv.map_err(db_err)?;
+            let wanted = match event_id {
+                Some(id) => decode_record(&k, &v)?.event_id() == id,
+                None => true,
+            };
+            if wanted {
+                keys.push(k);
+            }
+        }
+        let mut replayed = Vec::with_capacity(keys.len());
+        for batch in keys.chunks(REPLAY_BATCH) {
+            // Drawn outside the transaction, whose closure sled may run more than once.
+            // In dead-letter order, so replayed deliveries of a target keep their order;
+            // after every sequence already drawn, so the target's worker, which loads
+            // the sequences above the ones it has, picks them up. Unused ids (a batch
+            // whose delivery another replay took) are gaps, which are harmless.
+            let enqueue = self.enqueue.lock().unwrap_or_else(|e| e.into_inner());
+            let seqs = batch
+                .iter()
+                .map(|_| self.db.generate_id().map_err(db_err))
+                .collect::<Result<Vec<u64>, StoreError>>()?;
+            let moved = (&self.dead, &self.outbox)
+                .transaction(|(dead, outbox)| {
+                    let mut moved = Vec::with_capacity(batch.len());
+                    for (key, seq) in batch.iter().zip(&seqs) {
+                        let Some(v) = dead.remove(key.clone())? else {
+                            continue;
+                        };
+                        let old = decode_delivery(key, &v)
+                            .map_err(ConflictableTransactionError::Abort)?;
+                        // A fresh delivery of the same event: the same bytes, which are
+                        // the bytes stored with the event.
+                        let d = Delivery {
+                            seq: *seq,
+                            attempts: 0,
+                            next_at_ms: now_ms,
+                            last_error: None,
+                            ..old
+                        };
+                        outbox.insert(delivery_key(&d.target, d.seq), encode_delivery(&d))?;
+                        moved.push(d);
+                    }
+                    Ok(moved)
+                })
+                .map_err(tx_err)?;
+            drop(enqueue);
+            replayed.extend(moved);
+        }
+        if !replayed.is_empty() {
+            // Durable before the caller wakes the workers.
+            self.db.flush().map_err(db_err)?;
+        }
+        Ok(replayed)
+    }
+
+    fn forget_source(&self, source: &str) -> Result<bool, StoreError> {
+        // The source's buckets are 0..buckets of its stored state, read inside the
+        // transaction (a commit racing this forget is either before or after it). Keys
+        // found under its prefix beforehand are removed too, so no bucket a broken state
+        // does not count can bring old items back.
+        let mut found = Vec::new();
+        for k in self.snap.scan_prefix(prefix(source)).keys() {
+            found.push(k.map_err(db_err)?);
+        }
+        let result = (&self.sources, &self.snap).transaction(|(sources, snap)| {
+            let stored = sources.get(source.as_bytes())?;
+            let mut had = stored.is_some();
+            let state = read_state(stored, source).map_err(ConflictableTransactionError::Abort)?;
+            let counted = (0..state.buckets).map(|b| sled::IVec::from(bucket_key(source, b)));
+            let keys: std::collections::BTreeSet<sled::IVec> =
+                counted.chain(found.iter().cloned()).collect();
+            for key in keys {
+                had |= snap.remove(key)?.is_some();
+            }
+            if had {
+                // The generation goes up, never back (see the trait): event ids after
+                // the forget stay distinct from those before it, and a poll that read
+                // the old state fails its commit instead of writing a partial snapshot.
+                let reset = SourceState {
+                    generation: state.generation + 1,
+                    ..SourceState::default()
+                };
+                // A struct of integers and bools always serialises.
+                let bytes = serde_json::to_vec(&reset).unwrap_or_default();
+                sources.insert(source.as_bytes(), bytes)?;
+            }
+            Ok(had)
+        });
+        let had = result.map_err(tx_err)?;
+        if had {
+            self.db.flush().map_err(db_err)?;
+        }
+        Ok(had)
+    }
+
+    fn sources(&self) -> Result<Vec<(String, SourceState)>, StoreError> {
+        // sled orders keys bytewise, which for UTF-8 is the order of the names.
+        let mut out = Vec::new();
+        for kv in self.sources.iter() {
+            let (k, v) = kv.map_err(db_err)?;
+            let name = std::str::from_utf8(&k).map_err(|_| StoreError::Corrupt {
+                key: format!("sources/{}", String::from_utf8_lossy(&k)),
+                reason: "source name is not UTF-8".into(),
+            })?;
+            out.push((name.to_string(), read_state(Some(v), name)?));
+        }
+        Ok(out)
+    }
+
+    fn target_stats(&self) -> Result<BTreeMap<String, TargetStats>, StoreError> {
+        // Cost: a scan of the keys of the outbox and the dead letters (sled's iterator
+        // still steps over the values, but nothing but keys is decoded or copied), plus
+        // one value read and header parse per target for its oldest pending delivery. It
+        // grows with the deliveries queued, not with sources or items: measured (release
+        // build, 2 cores) at about 2 µs per queued delivery, so nothing for a healthy
+        // queue and 0.4 s for a backlog of 200,000, the same as `pending_counts`.
+        let mut out: BTreeMap<String, TargetStats> = BTreeMap::new();
+        for (pending, tree) in [(true, &self.outbox), (false, &self.dead)] {
+            for k in tree.iter().keys() {
+                let k = k.map_err(db_err)?;
+                let (target, _) = split_delivery_key_ref(&k)?;
+                // Keys come grouped by target, but a lookup by &str allocates nothing.
+                let stats = match out.get_mut(target) {
+                    Some(stats) => stats,
+                    None => out.entry(target.to_string()).or_default(),
+                };
+                if !pending {
+                    stats.dead += 1;
+                    continue;
+                }
+                stats.pending += 1;
+                if stats.oldest_pending_ms.is_none() {
+                    // The first key of a target is its oldest in outbox order. The scan
+                    // is not a snapshot: if it was acked since, the next key is read.
+                    if let Some(v) = self.outbox.get(&k).map_err(db_err)? {
+                        stats.oldest_pending_ms = Some(decode_record(&k, &v)?.created_ms());
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 }
