@@ -192,7 +192,7 @@ fn config_text(
     target_extra: &str,
 ) -> String {
     format!(
-        "state_dir = {:?}\n[targets.t]\nurl = \"http://{rx}/hook\"\nsecret = \"{SECRET}\"\n{target_extra}\n\n[sources.s]\nurl = \"http://{doc}/items\"\ninterval = \"1h\"\nitems = \"/items\"\nmax_body = \"256MiB\"\n{source_extra}\n",
+        "state_dir = {:?}\n[admin]\nlisten = \"\"\n[targets.t]\nurl = \"http://{rx}/hook\"\nsecret = \"{SECRET}\"\n{target_extra}\n\n[sources.s]\nurl = \"http://{doc}/items\"\ninterval = \"1h\"\nitems = \"/items\"\nmax_body = \"256MiB\"\n{source_extra}\n",
         state.display().to_string()
     )
 }
@@ -224,8 +224,8 @@ impl Bridge {
         );
         let config = Config::parse(&text, Path::new("loadtest.toml"), &|_| None)?;
         let store: SharedStore = Arc::new(SledStore::open(&config.state_dir)?);
-        let wake = Arc::new(Notify::new());
-        let wakes = Arc::new(HashMap::from([("t".to_string(), wake.clone())]));
+        let wakes = pollhook::poll::Wakes::default();
+        let wake = wakes.of("t");
         let stop = CancellationToken::new();
         let worker = TargetWorker::new(
             config.targets["t"].clone(),
@@ -611,7 +611,7 @@ async fn many_sources(k: usize, secs: u64) -> Result<()> {
     let (rx, _counter) = serve_counter(false).await?;
     let dir = tempfile::tempdir()?;
     let mut text = format!(
-        "state_dir = {:?}\n[targets.t]\nurl = \"http://{rx}/hook\"\nsecret = \"{SECRET}\"\n",
+        "state_dir = {:?}\n[admin]\nlisten = \"\"\n[targets.t]\nurl = \"http://{rx}/hook\"\nsecret = \"{SECRET}\"\n",
         dir.path().join("state").display().to_string()
     );
     for i in 0..k {

@@ -22,6 +22,7 @@
 //! - [`daemon`]: wiring, signals, clean shutdown.
 //! - [`cli`], [`demo`]: the command line and the offline demo.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod daemon;
@@ -30,6 +31,8 @@ pub mod demo;
 pub mod diff;
 pub mod event;
 pub mod extract;
+pub mod metrics;
+pub mod notify;
 pub mod poll;
 pub mod schedule;
 pub mod sign;

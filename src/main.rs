@@ -5,19 +5,22 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
+use pollhook::config::LogFormat;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     limit_malloc_arenas();
     let cli = pollhook::cli::Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // journald adds its own timestamps and colours mean nothing in a file.
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format() {
+        // One object per line, the event's fields at the top level, for log shippers.
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+        // Colours only on a terminal: journald and files get plain lines.
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

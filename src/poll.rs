@@ -6,7 +6,7 @@
 //! poll compares against it again.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
@@ -36,7 +36,7 @@ pub enum PollError {
 }
 
 /// What a poll found.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PollReport {
     /// Items in the response.
     pub items: usize,
@@ -63,15 +63,31 @@ pub struct Poller {
     store: SharedStore,
     fetcher: Fetcher,
     /// Per target: wakes its worker after a commit queued deliveries for it.
-    wakes: Arc<HashMap<String, Arc<Notify>>>,
+    wakes: Wakes,
+}
+
+/// One [`Notify`] per target name, for the life of the process: whoever queues
+/// deliveries for a target (a poll's commit, a replay) wakes its worker through it, and
+/// a worker restarted by a reload listens on the same one.
+#[derive(Clone, Default)]
+pub struct Wakes(Arc<Mutex<HashMap<String, Arc<Notify>>>>);
+
+impl Wakes {
+    /// The wake-up of `target`'s worker.
+    pub fn of(&self, target: &str) -> Arc<Notify> {
+        // A poisoned lock means a panic while inserting into a map; the map is intact.
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(target.to_string()).or_default().clone()
+    }
+
+    /// Wakes `target`'s worker (or its next one, if none is running now).
+    pub fn wake(&self, target: &str) {
+        self.of(target).notify_one();
+    }
 }
 
 impl Poller {
-    pub fn new(
-        store: SharedStore,
-        fetcher: Fetcher,
-        wakes: Arc<HashMap<String, Arc<Notify>>>,
-    ) -> Poller {
+    pub fn new(store: SharedStore, fetcher: Fetcher, wakes: Wakes) -> Poller {
         Poller {
             store,
             fetcher,
@@ -87,9 +103,7 @@ impl Poller {
         }
         if report.events > 0 {
             for t in &source.targets {
-                if let Some(w) = self.wakes.get(t) {
-                    w.notify_one();
-                }
+                self.wakes.wake(t);
             }
         }
         Ok(report)

@@ -102,7 +102,7 @@ fn ordinal(n: &usize) -> String {
 
 /// Signs webhook bodies for one target. Debug prints the scheme and the
 /// number of keys, never key material.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Signer {
     scheme: Scheme,
     /// HMAC keys, newest first; never empty.

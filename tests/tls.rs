@@ -176,6 +176,9 @@ impl Setup {
             r#"state_dir = {state:?}
 shutdown_grace = "3s"
 
+[admin]
+listen = ""
+
 [targets.t]
 url = "{target_url}"
 secret = "{SECRET}"
@@ -212,7 +215,7 @@ async fn poll_all(config: &Config, store: &SharedStore) -> HashMap<String, Resul
     let poller = Poller::new(
         store.clone(),
         Fetcher::new(&config.sources).unwrap(),
-        Arc::new(HashMap::new()),
+        pollhook::poll::Wakes::default(),
     );
     let mut out = HashMap::new();
     for (name, source) in &config.sources {

@@ -1,5 +1,11 @@
 //! The command line: parses arguments, then runs a command. `main.rs` only sets up
 //! logging and calls [`Cli::run`].
+//!
+//! `client` finds the running daemon (or the store); `operator` holds the commands an
+//! operator runs against it.
+
+mod client;
+mod operator;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,6 +38,67 @@ pub enum Command {
         #[arg(long = "for", value_parser = crate::config::parse_duration)]
         run_for: Option<std::time::Duration>,
     },
+    /// Sources and targets at a glance: last poll, errors, pending and dead deliveries.
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List pending and dead deliveries, oldest first.
+    Deliveries {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only these.
+        #[arg(long, value_parser = ["pending", "dead"])]
+        status: Option<String>,
+        /// Only deliveries to this target.
+        #[arg(long)]
+        target: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put dead deliveries back in the queue with fresh attempts: one event's, or every
+    /// dead one (of a target).
+    Replay {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The event to replay (its dead deliveries, to every target or to --target).
+        #[arg(required_unless_present = "dead", conflicts_with = "dead")]
+        event: Option<String>,
+        /// Replay every dead delivery.
+        #[arg(long)]
+        dead: bool,
+        /// Only deliveries to this target.
+        #[arg(long)]
+        target: Option<String>,
+    },
+    /// Poll one source now. With --dry-run: fetch and diff, print the events it would
+    /// emit as JSON lines, commit and send nothing.
+    Poll {
+        #[command(flatten)]
+        config: ConfigArg,
+        source: String,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Drop a source's stored items (its next poll is a first poll again). Pending and
+    /// dead deliveries stay.
+    Forget {
+        #[command(flatten)]
+        config: ConfigArg,
+        source: String,
+        /// Do not ask.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
 }
 
 #[derive(Debug, Args)]
@@ -47,15 +114,75 @@ pub struct ConfigArg {
 }
 
 impl Cli {
+    /// How to write log lines: the daemon's config may ask for JSON. Read before the
+    /// config is loaded (logging comes first), so a file that does not parse falls back
+    /// to text and the load reports why.
+    pub fn log_format(&self) -> crate::config::LogFormat {
+        match &self.command {
+            Command::Run(c) => crate::config::peek_log_format(&c.config),
+            _ => crate::config::LogFormat::Text,
+        }
+    }
+
     /// Runs the command; errors are printed by the caller.
     pub async fn run(self) -> anyhow::Result<ExitCode> {
         match self.command {
             Command::Run(c) => {
                 // Handlers first: a SIGTERM during start-up then stops cleanly too.
                 let token = CancellationToken::new();
-                crate::daemon::cancel_on_signals(token.clone());
+                let reload = crate::daemon::install_signals(token.clone());
                 let config = Config::load(&c.config)?;
-                crate::daemon::run(config, token).await?;
+                let options = crate::daemon::Options {
+                    reload: Some(reload),
+                    notifier: crate::notify::Notifier::from_env(),
+                };
+                crate::daemon::run_with(config, None, token, options).await?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Status { config, json } => {
+                operator::status(&Config::load(&config.config)?, json).await
+            }
+            Command::Deliveries {
+                config,
+                status,
+                target,
+                limit,
+                json,
+            } => {
+                let q = crate::admin::ops::DeliveryQuery {
+                    status,
+                    target,
+                    limit: Some(limit),
+                };
+                operator::deliveries(&Config::load(&config.config)?, q, json).await
+            }
+            Command::Replay {
+                config,
+                event,
+                dead,
+                target,
+            } => {
+                let req = crate::admin::ops::ReplayRequest {
+                    event,
+                    status: dead.then(|| "dead".to_string()),
+                    target,
+                };
+                operator::replay(&Config::load(&config.config)?, req).await
+            }
+            Command::Poll {
+                config,
+                source,
+                dry_run,
+            } => operator::poll(&Config::load(&config.config)?, &source, dry_run).await,
+            Command::Forget {
+                config,
+                source,
+                yes,
+            } => operator::forget(&Config::load(&config.config)?, &source, yes).await,
+            Command::Completions { shell } => {
+                use clap::CommandFactory;
+                let mut cmd = Cli::command();
+                clap_complete::generate(shell, &mut cmd, "pollhook", &mut std::io::stdout());
                 Ok(ExitCode::SUCCESS)
             }
             Command::Check(c) => {
@@ -65,7 +192,7 @@ impl Cli {
             }
             Command::Demo { run_for } => {
                 let token = CancellationToken::new();
-                crate::daemon::cancel_on_signals(token.clone());
+                crate::daemon::install_signals(token.clone());
                 if let Some(d) = run_for {
                     let t = token.clone();
                     tokio::spawn(async move {

@@ -9,9 +9,10 @@ use std::path::Path;
 use reqwest::Certificate;
 
 /// The certificates in the PEM file at `path` (one or more `BEGIN CERTIFICATE` blocks),
-/// each checked to be one a TLS client can trust. The error says what is wrong with the
+/// each checked to be one a TLS client can trust, and the SHA-256 of the file (a reload
+/// rebuilds the clients only when it changed). The error says what is wrong with the
 /// file, naming it.
-pub fn load(path: &Path) -> Result<Vec<Certificate>, String> {
+pub fn load(path: &Path) -> Result<(Vec<Certificate>, [u8; 32]), String> {
     let shown = path.display();
     let pem = std::fs::read(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
     let certs = Certificate::from_pem_bundle(&pem)
@@ -38,5 +39,8 @@ pub fn load(path: &Path) -> Result<Vec<Certificate>, String> {
                 )
             })?;
     }
-    Ok(certs)
+    Ok((
+        certs,
+        sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&pem)).into(),
+    ))
 }

@@ -55,8 +55,35 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// How long SIGTERM waits for in-flight deliveries.
     pub shutdown_grace: Duration,
+    /// Where the admin API listens (`[admin] listen`); `None` when turned off.
+    pub admin_listen: Option<std::net::SocketAddr>,
+    /// How log lines are written.
+    pub log_format: LogFormat,
     pub targets: BTreeMap<String, Arc<Target>>,
     pub sources: BTreeMap<String, Arc<Source>>,
+}
+
+/// The admin API's address unless `[admin] listen` says otherwise.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9187";
+
+/// `log_format`: plain lines for people and journald, or one JSON object per line for
+/// log shippers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// The `log_format` of the config at `path`, or text when the file does not say or
+/// cannot be read; for setting up logging before the config is loaded and validated.
+pub fn peek_log_format(path: &Path) -> LogFormat {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let table: toml::Table = toml::from_str(&text).unwrap_or_default();
+    match table.get("log_format").and_then(|v| v.as_str()) {
+        Some("json") => LogFormat::Json,
+        _ => LogFormat::Text,
+    }
 }
 
 /// Where webhooks go and how they are signed and retried.
@@ -75,9 +102,12 @@ pub struct Target {
     pub ca_file: Option<PathBuf>,
     /// The certificates read from `ca_file`, trusted in addition to the built-in roots.
     pub ca: Vec<Certificate>,
+    /// SHA-256 of the `ca_file` as read (zeros without one), so a reload sees a new file.
+    pub ca_digest: [u8; 32],
 }
 
 /// An API to poll and how to read its items.
+#[derive(Clone)]
 pub struct Source {
     pub name: String,
     pub url: Url,
@@ -106,6 +136,8 @@ pub struct Source {
     pub ca_file: Option<PathBuf>,
     /// The certificates read from `ca_file`, trusted in addition to the built-in roots.
     pub ca: Vec<Certificate>,
+    /// SHA-256 of the `ca_file` as read (zeros without one), so a reload sees a new file.
+    pub ca_digest: [u8; 32],
 }
 
 // Debug never shows secrets: URLs lose credentials and query, headers show names only.
@@ -148,7 +180,44 @@ impl fmt::Debug for Source {
     }
 }
 
+impl Target {
+    /// Whether `other` would deliver exactly as this does: a reload restarts a target's
+    /// worker only when this is false. Secrets and the CA file's content count.
+    pub fn same_settings(&self, other: &Target) -> bool {
+        self.name == other.name
+            && self.url == other.url
+            && self.signer == other.signer
+            && self.timeout == other.timeout
+            && self.retry == other.retry
+            && self.headers == other.headers
+            && self.max_in_flight == other.max_in_flight
+            && self.ca_file == other.ca_file
+            && self.ca_digest == other.ca_digest
+    }
+}
+
 impl Source {
+    /// Whether `other` would poll exactly as this does: a reload restarts a source's
+    /// loop only when this is false.
+    pub fn same_settings(&self, other: &Source) -> bool {
+        self.name == other.name
+            && self.url == other.url
+            && self.method == other.method
+            && self.headers == other.headers
+            && self.schedule == other.schedule
+            && self.timeout == other.timeout
+            && self.max_body == other.max_body
+            && self.items == other.items
+            && self.id == other.id
+            && self.ignore == other.ignore
+            && self.events == other.events
+            && self.targets == other.targets
+            && self.baseline == other.baseline
+            && self.allow_empty == other.allow_empty
+            && self.ca_file == other.ca_file
+            && self.ca_digest == other.ca_digest
+    }
+
     /// The schedule in words: `every 1m ±10%` or `cron "*/5 * * * *" (UTC)`.
     pub fn schedule_text(&self) -> String {
         match &self.schedule {

@@ -35,10 +35,18 @@ pub enum RawSize {
 pub struct RawConfig {
     pub state_dir: Option<String>,
     pub shutdown_grace: Option<String>,
+    pub log_format: Option<String>,
+    pub admin: Option<RawAdmin>,
     #[serde(default)]
     pub targets: BTreeMap<String, RawTarget>,
     #[serde(default)]
     pub sources: BTreeMap<String, RawSource>,
+}
+
+/// `[admin]`: the admin HTTP API.
+#[derive(Deserialize, Default)]
+pub struct RawAdmin {
+    pub listen: Option<String>,
 }
 
 // No Debug on raw structs: they hold secrets.

@@ -284,14 +284,14 @@ fn the_example_configs_parse() {
             // Secrets from the environment are arbitrary strings here; only the
             // standard scheme checks their form, so give those a valid one.
             let env = |n: &str| match n {
-                "MY_APP_SECRET" => Some("whsec_dGVzdA==".to_string()),
+                "MY_APP_SECRET" | "APP_WEBHOOK_SECRET" => Some("whsec_dGVzdA==".to_string()),
                 other => env(other),
             };
             Config::parse(&text, &path, &env).unwrap_or_else(|e| panic!("{e}"));
             seen += 1;
         }
     }
-    assert!(seen >= 2, "no example configs found in {}", dir.display());
+    assert!(seen >= 3, "no example configs found in {}", dir.display());
 }
 
 /// A CA certificate in PEM, made fresh: the tests must not depend on a checked-in
@@ -410,5 +410,62 @@ ca_file = "not-x509.pem"
     assert!(
         not_x509.message.contains("certificate 1 of 1") && not_x509.message.contains("X.509"),
         "{not_x509:?}"
+    );
+}
+
+#[test]
+fn admin_listen_and_log_format() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.admin_listen, Some("127.0.0.1:9187".parse().unwrap()));
+    assert_eq!(c.log_format, LogFormat::Text);
+    let c = parse(&format!(
+        "log_format = \"json\"\n[admin]\nlisten = \"\"\n{GOOD}"
+    ))
+    .unwrap();
+    assert_eq!(c.admin_listen, None);
+    assert_eq!(c.log_format, LogFormat::Json);
+    let c = parse(&format!("[admin]\nlisten = \"[::1]:9000\"\n{GOOD}")).unwrap();
+    assert_eq!(c.admin_listen, Some("[::1]:9000".parse().unwrap()));
+
+    let e = parse(&format!(
+        "log_format = \"xml\"\n[admin]\nlisten = \"localhost\"\n{GOOD}"
+    ))
+    .unwrap_err();
+    let problems = e.problems();
+    let keys: Vec<(&str, Option<usize>)> =
+        problems.iter().map(|p| (p.key.as_str(), p.line)).collect();
+    assert_eq!(keys, [("log_format", Some(1)), ("admin.listen", Some(3))]);
+}
+
+#[test]
+fn peeking_the_log_format_never_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    assert_eq!(peek_log_format(&path), LogFormat::Text, "missing file");
+    std::fs::write(&path, "log_format = \"json\"\n[targets").unwrap();
+    assert_eq!(peek_log_format(&path), LogFormat::Text, "broken file");
+    std::fs::write(&path, "log_format = \"json\"\n").unwrap();
+    assert_eq!(peek_log_format(&path), LogFormat::Json);
+}
+
+#[test]
+fn same_settings_sees_every_change_including_secrets() {
+    let a = parse(GOOD).unwrap();
+    let b = parse(GOOD).unwrap();
+    assert!(a.targets["gh"].same_settings(&b.targets["gh"]));
+    assert!(a.sources["things"].same_settings(&b.sources["things"]));
+    let c = parse(&GOOD.replace("It's a Secret to Everybody", "rotated")).unwrap();
+    assert!(!a.targets["gh"].same_settings(&c.targets["gh"]));
+    let c = parse(&GOOD.replace("interval = \"1m\"", "interval = \"2m\"")).unwrap();
+    assert!(!a.sources["things"].same_settings(&c.sources["things"]));
+    assert!(a.sources["weekly"].same_settings(&c.sources["weekly"]));
+    let other = |name: &str| match name {
+        "API_TOKEN" => Some("tok-456".into()),
+        n => env(n),
+    };
+    let c = Config::parse(GOOD, Path::new("/etc/pollhook/config.toml"), &other).unwrap();
+    assert!(
+        !a.sources["things"].same_settings(&c.sources["things"]),
+        "a new token in the environment is a change"
     );
 }

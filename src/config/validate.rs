@@ -2,6 +2,7 @@
 //! collected with its key and line, defaults filled in, secrets and CA files read.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,9 +12,9 @@ use reqwest::{Certificate, Method, Url};
 
 use super::raw::{self, RawConfig, RawSource, RawTarget};
 use super::{
-    ca, expand_env, parse_duration, parse_size, redact_url, Config, KeyPath, Locator, Problem,
-    Source, Target, DEFAULT_GRACE, DEFAULT_MAX_BODY, DEFAULT_MAX_IN_FLIGHT, DEFAULT_RETRY,
-    DEFAULT_SOURCE_TIMEOUT, DEFAULT_TARGET_TIMEOUT,
+    ca, expand_env, parse_duration, parse_size, redact_url, Config, KeyPath, Locator, LogFormat,
+    Problem, Source, Target, DEFAULT_ADMIN_LISTEN, DEFAULT_GRACE, DEFAULT_MAX_BODY,
+    DEFAULT_MAX_IN_FLIGHT, DEFAULT_RETRY, DEFAULT_SOURCE_TIMEOUT, DEFAULT_TARGET_TIMEOUT,
 };
 use crate::diff::ChangeKind;
 use crate::schedule::Schedule;
@@ -52,6 +53,18 @@ impl Validator<'_> {
             raw.shutdown_grace.as_deref(),
             DEFAULT_GRACE,
         );
+        let log_format = match raw.log_format.as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(_) => {
+                self.problem(
+                    &root.key("log_format"),
+                    "must be \"text\" (plain lines, the default) or \"json\" (one object per line)",
+                );
+                LogFormat::Text
+            }
+        };
+        let admin_listen = self.admin_listen(raw.admin.as_ref());
         if raw.targets.is_empty() {
             self.problem(
                 &root,
@@ -85,8 +98,30 @@ impl Validator<'_> {
             file: path.to_path_buf(),
             state_dir,
             shutdown_grace,
+            admin_listen,
+            log_format,
             targets,
             sources,
+        }
+    }
+
+    /// `[admin] listen`: an IP address and port (default 127.0.0.1:9187), `""` for off.
+    fn admin_listen(&mut self, admin: Option<&raw::RawAdmin>) -> Option<SocketAddr> {
+        let text = admin
+            .and_then(|a| a.listen.as_deref())
+            .unwrap_or(DEFAULT_ADMIN_LISTEN);
+        if text.is_empty() {
+            return None;
+        }
+        match text.parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                self.problem(
+                    &KeyPath::root().key("admin").key("listen"),
+                    format!("{text:?} is not an IP address and port such as \"127.0.0.1:9187\" (use \"\" to turn the admin API off)"),
+                );
+                None
+            }
         }
     }
 
@@ -232,19 +267,20 @@ impl Validator<'_> {
         &mut self,
         key: &KeyPath,
         file: Option<&str>,
-    ) -> (Option<PathBuf>, Vec<Certificate>) {
+    ) -> (Option<PathBuf>, Vec<Certificate>, [u8; 32]) {
+        let none = (None, Vec::new(), [0; 32]);
         let Some(file) = file else {
-            return (None, Vec::new());
+            return none;
         };
         let Some(expanded) = self.expand(key, file) else {
-            return (None, Vec::new());
+            return none;
         };
         let path = self.base.join(expanded);
         match ca::load(&path) {
-            Ok(certs) => (Some(path), certs),
+            Ok((certs, digest)) => (Some(path), certs, digest),
             Err(e) => {
                 self.problem(key, e);
-                (Some(path), Vec::new())
+                (Some(path), Vec::new(), [0; 32])
             }
         }
     }
@@ -293,7 +329,7 @@ impl Validator<'_> {
                 .collect(),
         };
         let headers = self.headers(&key.key("headers"), &t.headers);
-        let (ca_file, ca) = self.ca_file(&key.key("ca_file"), t.ca_file.as_deref());
+        let (ca_file, ca, ca_digest) = self.ca_file(&key.key("ca_file"), t.ca_file.as_deref());
         let max_in_flight = match t.max_in_flight {
             None => DEFAULT_MAX_IN_FLIGHT,
             Some(n) if (1..=1024).contains(&n) => n as usize,
@@ -311,6 +347,7 @@ impl Validator<'_> {
             headers,
             max_in_flight,
             ca_file,
+            ca_digest,
             ca,
         })
     }
@@ -389,7 +426,7 @@ impl Validator<'_> {
                 DEFAULT_MAX_BODY
             }
         };
-        let (ca_file, ca) = self.ca_file(&key.key("ca_file"), s.ca_file.as_deref());
+        let (ca_file, ca, ca_digest) = self.ca_file(&key.key("ca_file"), s.ca_file.as_deref());
         let items = s.items.unwrap_or_default();
         let id = s.id.unwrap_or_else(|| "/id".to_string());
         self.pointer(&key.key("items"), &items);
@@ -465,6 +502,7 @@ impl Validator<'_> {
             baseline: s.baseline.unwrap_or(true),
             allow_empty: s.allow_empty.unwrap_or(false),
             ca_file,
+            ca_digest,
             ca,
         })
     }

@@ -1,25 +1,40 @@
-//! The running daemon: opens the store, starts one delivery worker per target and one
-//! schedule loop per source, and stops them in order on shutdown.
+//! The running daemon: opens the store, starts one delivery worker per target, one
+//! schedule loop per source and the admin API, applies a new config on SIGHUP, and stops
+//! them in order on shutdown.
 //!
 //! Shutdown (invariant 8): the root token is cancelled (SIGTERM/SIGINT, or the caller);
 //! source loops stop at once (a poll cut off before its commit changes nothing); target
 //! workers stop starting attempts and let those in flight finish within the grace
 //! period; the store is flushed; `run` returns.
+//!
+//! Reload: the new config is validated completely before anything changes; a bad one
+//! is logged and the running config stays. Sources and targets whose settings are
+//! unchanged keep running untouched. A changed or removed target's worker stops like at
+//! shutdown (in-flight attempts finish, acknowledgements are written) before its
+//! successor starts, so no delivery is sent by two workers; pending deliveries stay in
+//! the outbox throughout. A removed source's stored state is kept until
+//! `pollhook forget`.
 
-use std::collections::HashMap;
+mod handle;
+mod source_loop;
+
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use chrono::Utc;
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, Source};
+use crate::config::{Config, Target};
 use crate::deliver::TargetWorker;
+use crate::metrics::Metrics;
+use crate::notify::Notifier;
 use crate::poll::Poller;
-use crate::schedule::random_unit;
 use crate::source::Fetcher;
 use crate::store::{blocking, SharedStore, SledStore, StoreError};
+pub use handle::{Handle, PollNow, RunningSource, SourceStatus};
+use source_loop::SourceLoop;
 
 /// Why the daemon could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +43,12 @@ pub enum DaemonError {
     Store(#[from] StoreError),
     #[error("cannot build the HTTP client: {0}")]
     Http(#[from] reqwest::Error),
+    #[error("cannot listen on {addr} for the admin API ([admin] listen in {file}): {error}; set another address, or listen = \"\" to turn the admin API off")]
+    AdminListen {
+        addr: std::net::SocketAddr,
+        file: String,
+        error: std::io::Error,
+    },
 }
 
 /// Opens the store in the config's state directory.
@@ -39,10 +60,18 @@ pub async fn open_store(config: &Config) -> Result<SharedStore, StoreError> {
     Ok(Arc::new(store))
 }
 
+/// How the daemon talks to what runs it.
+#[derive(Default)]
+pub struct Options {
+    /// Signalled to re-read the config file (SIGHUP; see [`install_signals`]).
+    pub reload: Option<Arc<Notify>>,
+    /// The service manager, told when pollhook is ready, reloading and stopping.
+    pub notifier: Notifier,
+}
+
 /// Runs the daemon until `shutdown` is cancelled, then stops cleanly.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), DaemonError> {
-    let store = open_store(&config).await?;
-    run_with_store(config, store, shutdown).await
+    run_with(config, None, shutdown, Options::default()).await
 }
 
 /// [`run`] with an already open store.
@@ -51,46 +80,305 @@ pub async fn run_with_store(
     store: SharedStore,
     shutdown: CancellationToken,
 ) -> Result<(), DaemonError> {
+    run_with(config, Some(store), shutdown, Options::default()).await
+}
+
+/// [`run`] with every option: an open store (else the config's is opened), reloads
+/// and service-manager notifications.
+pub async fn run_with(
+    config: Config,
+    store: Option<SharedStore>,
+    shutdown: CancellationToken,
+    options: Options,
+) -> Result<(), DaemonError> {
+    let store = match store {
+        Some(s) => s,
+        None => open_store(&config).await?,
+    };
+    let admin = match config.admin_listen {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|error| {
+            DaemonError::AdminListen {
+                addr,
+                file: config.file.display().to_string(),
+                error,
+            }
+        })?),
+        None => None,
+    };
     report_backlog(&config, &store).await;
+    let config = Arc::new(config);
+    let handle = Arc::new(Handle::new(
+        store.clone(),
+        Arc::new(Metrics::new()),
+        config.clone(),
+    ));
     let tracker = TaskTracker::new();
-    let wakes: HashMap<String, Arc<Notify>> = config
-        .targets
-        .keys()
-        .map(|name| (name.clone(), Arc::new(Notify::new())))
-        .collect();
-    let wakes = Arc::new(wakes);
-    for (name, target) in &config.targets {
-        let worker = TargetWorker::new(
-            target.clone(),
-            store.clone(),
-            wakes[name].clone(),
+    if let Some(listener) = admin {
+        let addr = listener.local_addr().ok();
+        tracing::info!(listen = ?addr, "admin API listening (no authentication: keep it on loopback or behind a proxy)");
+        tracker.spawn(crate::admin::serve(
+            listener,
+            handle.clone(),
             shutdown.child_token(),
-            config.shutdown_grace,
-        )?;
-        tracker.spawn(worker.run());
+        ));
     }
-    let poller = Poller::new(store.clone(), Fetcher::new(&config.sources)?, wakes);
-    for source in config.sources.values() {
-        let lp = SourceLoop {
-            source: source.clone(),
-            poller: poller.clone(),
-            shutdown: shutdown.child_token(),
-        };
-        tracker.spawn(lp.run());
-    }
+    tracker.spawn(
+        options
+            .notifier
+            .clone()
+            .run_watchdog(shutdown.child_token()),
+    );
+    let mut running = Running {
+        handle: handle.clone(),
+        tracker: tracker.clone(),
+        shutdown: shutdown.clone(),
+        targets: BTreeMap::new(),
+        sources: BTreeMap::new(),
+    };
+    running.apply(&config).await?;
+    handle.set_ready(true);
+    let summary = format!(
+        "running: {} sources, {} targets",
+        config.sources.len(),
+        config.targets.len()
+    );
     tracing::info!(
         sources = config.sources.len(),
         targets = config.targets.len(),
         state_dir = %config.state_dir.display(),
         "pollhook running"
     );
-    shutdown.cancelled().await;
-    tracing::info!(grace = %humantime::format_duration(config.shutdown_grace), "stopping: polls stopped, finishing in-flight deliveries");
+    options.notifier.ready(&summary);
+    let reload = options.reload.clone().unwrap_or_default();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = reload.notified() => {
+                options.notifier.reloading();
+                let status = running.reload().await;
+                options.notifier.ready(&status);
+            }
+        }
+    }
+    handle.set_ready(false);
+    options.notifier.stopping();
+    let grace = handle.config().shutdown_grace;
+    tracing::info!(grace = %humantime::format_duration(grace), "stopping: polls stopped, finishing in-flight deliveries");
     tracker.close();
     tracker.wait().await;
     blocking(&store, |s| s.flush()).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A target's worker as it runs now.
+struct RunningTarget {
+    target: Arc<Target>,
+    stop: CancellationToken,
+    done: JoinHandle<()>,
+}
+
+/// A source's loop as it runs now.
+struct RunningLoop {
+    stop: CancellationToken,
+}
+
+/// The tasks started from the current config, and how to change them.
+struct Running {
+    handle: Arc<Handle>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+    targets: BTreeMap<String, RunningTarget>,
+    sources: BTreeMap<String, RunningLoop>,
+}
+
+impl Running {
+    /// Re-reads the config file and applies it; a config that does not load changes
+    /// nothing. Returns a line for the service manager's status.
+    async fn reload(&mut self) -> String {
+        let current = self.handle.config();
+        let file = current.file.clone();
+        tracing::info!(config = %file.display(), "reloading the config (SIGHUP)");
+        let loaded = tokio::task::spawn_blocking(move || Config::load(&file)).await;
+        let config = match loaded {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "reload refused: the new config is not valid; still running the previous one");
+                return "running; last reload refused: invalid config (see the log)".into();
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reload failed; still running the previous one");
+                return "running; last reload failed (see the log)".into();
+            }
+        };
+        for (what, changed) in [
+            ("state_dir", config.state_dir != current.state_dir),
+            (
+                "[admin] listen",
+                config.admin_listen != current.admin_listen,
+            ),
+            ("log_format", config.log_format != current.log_format),
+        ] {
+            if changed {
+                tracing::warn!(
+                    key = what,
+                    "this setting changed but takes effect only at the next restart"
+                );
+            }
+        }
+        let config = Arc::new(config);
+        match self.apply(&config).await {
+            Ok(()) => {
+                tracing::info!(
+                    sources = config.sources.len(),
+                    targets = config.targets.len(),
+                    "config reloaded"
+                );
+                format!(
+                    "running: {} sources, {} targets (reloaded)",
+                    config.sources.len(),
+                    config.targets.len()
+                )
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reload partly applied: some targets could not start; fix the config and reload again");
+                "running; last reload partly failed (see the log)".into()
+            }
+        }
+    }
+
+    /// Makes the running tasks match `config`: starts what is new, restarts what
+    /// changed, stops what is gone, leaves the rest alone.
+    async fn apply(&mut self, config: &Arc<Config>) -> Result<(), DaemonError> {
+        let handle = &self.handle;
+        handle.set_config(config.clone());
+        let mut first_error = None;
+
+        for name in gone(&self.targets, &config.targets) {
+            if let Some(old) = self.targets.remove(&name) {
+                tracing::info!(target_name = %name, "target removed: its worker stops after in-flight deliveries; pending ones wait until it is configured again");
+                old.stop.cancel();
+            }
+        }
+        for (name, target) in &config.targets {
+            if let Some(old) = self.targets.get(name) {
+                if old.target.same_settings(target) {
+                    continue;
+                }
+            }
+            let stop = self.shutdown.child_token();
+            let worker = match TargetWorker::new(
+                target.clone(),
+                handle.store.clone(),
+                handle.wakes.of(name),
+                stop.clone(),
+                config.shutdown_grace,
+            ) {
+                Ok(w) => w.with_metrics(handle.metrics.clone()),
+                Err(e) => {
+                    tracing::error!(target_name = %name, error = %e, "cannot start the target's worker");
+                    first_error.get_or_insert(DaemonError::Http(e));
+                    continue;
+                }
+            };
+            // A changed target's old worker finishes its in-flight attempts and writes
+            // their acknowledgements before the new one loads the outbox: no delivery
+            // is in two workers' hands.
+            let previous = self.targets.remove(name).map(|old| {
+                tracing::info!(target_name = %name, "target changed: restarting its worker");
+                old.stop.cancel();
+                old.done
+            });
+            let done = self.tracker.spawn(async move {
+                if let Some(previous) = previous {
+                    let _ = previous.await;
+                }
+                worker.run().await;
+            });
+            self.targets.insert(
+                name.clone(),
+                RunningTarget {
+                    target: target.clone(),
+                    stop,
+                    done,
+                },
+            );
+        }
+
+        for name in gone(&self.sources, &config.sources) {
+            if let Some(old) = self.sources.remove(&name) {
+                tracing::info!(source = %name, "source removed: it is no longer polled; its stored state is kept until `pollhook forget {name}`");
+                old.stop.cancel();
+                handle.remove_source(&name);
+                handle.metrics.forget_source(&name);
+            }
+        }
+        let changed: Vec<_> = config
+            .sources
+            .values()
+            .filter(|s| {
+                handle
+                    .source(&s.name)
+                    .is_none_or(|r| !r.source.same_settings(s))
+            })
+            .cloned()
+            .collect();
+        if changed.is_empty() {
+            return first_error.map_or(Ok(()), Err);
+        }
+        // One fetcher (and so one connection pool) for the sources started together.
+        let fetcher = match Fetcher::new(&config.sources) {
+            Ok(f) => f,
+            Err(e) => return Err(first_error.unwrap_or(DaemonError::Http(e))),
+        };
+        let poller = Poller::new(handle.store.clone(), fetcher, handle.wakes.clone());
+        for source in changed {
+            let name = source.name.clone();
+            if let Some(old) = self.sources.remove(&name) {
+                tracing::info!(source = %name, "source changed: restarting its schedule");
+                // A poll of the old settings cut off here commits nothing; one already
+                // committing makes the new loop's first commit conflict and retry.
+                old.stop.cancel();
+            }
+            let state = {
+                let n = name.clone();
+                blocking(&handle.store, move |s| s.source_state(&n)).await
+            };
+            let items = state.as_ref().map(|s| s.items).unwrap_or(0);
+            handle.metrics.set_items(&name, items);
+            let (tx, rx) = mpsc::channel(8);
+            handle.set_source(
+                RunningSource {
+                    source: source.clone(),
+                    poller: poller.clone(),
+                    poll_now: tx,
+                },
+                items,
+            );
+            let stop = self.shutdown.child_token();
+            self.tracker.spawn(
+                SourceLoop {
+                    source,
+                    poller: poller.clone(),
+                    handle: handle.clone(),
+                    requests: rx,
+                    stop: stop.clone(),
+                }
+                .run(),
+            );
+            self.sources.insert(name, RunningLoop { stop });
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// The names running now that `wanted` no longer has.
+fn gone<A, B>(running: &BTreeMap<String, A>, wanted: &BTreeMap<String, B>) -> Vec<String> {
+    running
+        .keys()
+        .filter(|n| !wanted.contains_key(*n))
+        .cloned()
+        .collect()
 }
 
 /// Logs what a previous run left pending, and warns about deliveries for targets that
@@ -110,58 +398,32 @@ async fn report_backlog(config: &Config, store: &SharedStore) {
     }
 }
 
-/// Polls one source on its schedule; never two polls at once, missed ticks skipped.
-struct SourceLoop {
-    source: Arc<Source>,
-    poller: Poller,
-    shutdown: CancellationToken,
-}
-
-impl SourceLoop {
-    async fn run(self) {
-        let s = &self.source;
-        let mut scheduled = s.schedule.first(Utc::now(), random_unit());
-        loop {
-            let wait = (scheduled - Utc::now()).to_std().unwrap_or_default();
-            tokio::select! {
-                _ = self.shutdown.cancelled() => return,
-                _ = tokio::time::sleep(wait) => {}
-            }
-            let started = std::time::Instant::now();
-            tokio::select! {
-                _ = self.shutdown.cancelled() => return,
-                result = self.poller.poll(s) => match result {
-                    Ok(r) => tracing::info!(
-                        source = %s.name, items = r.items, created = r.created, updated = r.updated,
-                        deleted = r.deleted, events = r.events, first = r.first, baseline = r.baseline,
-                        took_ms = started.elapsed().as_millis() as u64, "polled"
-                    ),
-                    Err(e) => tracing::warn!(source = %s.name, error = %e, "poll failed; nothing changed, next poll on schedule"),
-                },
-            }
-            scheduled = s.schedule.next(scheduled, Utc::now(), random_unit());
-        }
-    }
-}
-
-/// Cancels `token` on SIGTERM or SIGINT. The handlers are installed before this
-/// returns (not in the spawned task), so a signal right after start-up is not lost.
-/// Must be called inside the tokio runtime.
-pub fn cancel_on_signals(token: CancellationToken) {
+/// Cancels `token` on SIGTERM or SIGINT, and signals the returned [`Notify`] on each
+/// SIGHUP (reload). The handlers are installed before this returns (not in the spawned
+/// task), so a signal right after start-up is not lost, and a SIGHUP before the daemon
+/// is ready does not kill it (the default action would). Must be called inside the
+/// tokio runtime.
+pub fn install_signals(token: CancellationToken) -> Arc<Notify> {
+    let reload = Arc::new(Notify::new());
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
         ) else {
             tracing::error!("cannot install signal handlers; stop pollhook with SIGKILL");
-            return;
+            return reload;
         };
+        let notify = reload.clone();
         tokio::spawn(async move {
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM received"),
-                _ = int.recv() => tracing::info!("SIGINT received"),
+            loop {
+                tokio::select! {
+                    _ = term.recv() => { tracing::info!("SIGTERM received"); break }
+                    _ = int.recv() => { tracing::info!("SIGINT received"); break }
+                    _ = hup.recv() => notify.notify_one(),
+                }
             }
             token.cancel();
         });
@@ -171,4 +433,5 @@ pub fn cancel_on_signals(token: CancellationToken) {
         let _ = tokio::signal::ctrl_c().await;
         token.cancel();
     });
+    reload
 }

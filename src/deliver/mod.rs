@@ -23,6 +23,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{redact_url, Target};
+use crate::metrics::Metrics;
 use crate::schedule::random_unit;
 use crate::sign::Scheme;
 use crate::store::{blocking, SharedStore, StoreError};
@@ -54,6 +55,7 @@ pub struct TargetWorker {
     shutdown: CancellationToken,
     /// How long in-flight attempts may finish after shutdown.
     grace: Duration,
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// The end of one attempt, reported back to the worker loop.
@@ -89,7 +91,14 @@ impl TargetWorker {
             wake,
             shutdown,
             grace,
+            metrics: None,
         })
+    }
+
+    /// Counts every attempt in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> TargetWorker {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The worker loop: refill from the outbox, start due attempts, wait for the next
@@ -264,6 +273,7 @@ impl TargetWorker {
             target: self.target.clone(),
             store: self.store.clone(),
             client: self.client.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -290,6 +300,7 @@ struct Attempt {
     target: Arc<Target>,
     store: SharedStore,
     client: reqwest::Client,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Attempt {
@@ -405,6 +416,14 @@ impl Attempt {
             Outcome::Delivered => String::new(),
             Outcome::Failed { error, .. } | Outcome::Gone { error } => error.clone(),
         };
+        if let Some(m) = &self.metrics {
+            let label = match decision {
+                Decision::Ack => "delivered",
+                Decision::RetryIn(_) => "failed",
+                Decision::Bury => "dead",
+            };
+            m.attempt_done(&t.name, took.as_secs_f64(), label);
+        }
         match decision {
             Decision::Ack => {
                 tracing::debug!(target_name = %t.name, event = %ready.event_id, attempt = attempt_no, took_ms = took.as_millis() as u64, "delivered")

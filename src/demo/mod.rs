@@ -81,6 +81,10 @@ fn demo_config(api: &str, receiver: &str, state_dir: &std::path::Path) -> anyhow
 state_dir = {state:?}
 shutdown_grace = "2s"
 
+# Any free port: the log says which.
+[admin]
+listen = "127.0.0.1:0"
+
 [targets.receiver]
 url = "{receiver}"
 secret = "{DEMO_SECRET}"

@@ -161,7 +161,6 @@ async fn event_filter_and_target_subset_are_honoured() {
 /// a new id even if the item returns to an earlier version.
 #[tokio::test]
 async fn a_change_redetected_after_a_crash_keeps_its_id() {
-    use std::collections::HashMap;
     use std::sync::Arc;
 
     use chrono::{Duration, Utc};
@@ -177,7 +176,7 @@ async fn a_change_redetected_after_a_crash_keeps_its_id() {
     let poller = Poller::new(
         store.clone(),
         Fetcher::new(&config.sources).unwrap(),
-        Arc::new(HashMap::new()),
+        pollhook::poll::Wakes::default(),
     );
     let ids = |plan: &pollhook::poll::Plan| -> Vec<String> {
         plan.commit

@@ -3,14 +3,21 @@
 //! the daemon run in-process or as the built binary.
 //!
 //! - `support`: the harness (servers, config, daemon start/stop).
+//! - `admin`: the admin API: health, status, metrics, replay, poll now, dry runs.
 //! - `flow`: baseline, created/updated/deleted, ignored fields, event filters.
 //! - `delivery`: retries keep one id, per-item order, isolation, 410, dead letters.
 //! - `faults`: failed polls change nothing (no false deletions), body cap.
+//! - `service`: the binary under a service manager: notify protocol, SIGHUP, JSON logs,
+//!   the operator's commands.
+//! - `reload`: a new config applied to a running daemon.
 //! - `process`: the binary: restart after kill -9, clean SIGTERM, secrets never logged,
 //!   `check` and the demo.
 
+mod admin;
 mod delivery;
 mod faults;
 mod flow;
 mod process;
+mod reload;
+mod service;
 mod support;

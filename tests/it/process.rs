@@ -9,15 +9,15 @@ use serde_json::json;
 
 use crate::support::{accepted, pending, summary, wait_for, Harness, SECRET, WAIT};
 
-const BIN: &str = env!("CARGO_BIN_EXE_pollhook");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_pollhook");
 
-struct Daemon {
+pub(crate) struct Daemon {
     child: Child,
     log: PathBuf,
 }
 
 impl Daemon {
-    fn start(config: &Path, log: &Path, envs: &[(&str, &str)]) -> Daemon {
+    pub(crate) fn start(config: &Path, log: &Path, envs: &[(&str, &str)]) -> Daemon {
         let file = std::fs::File::create(log).unwrap();
         let child = Command::new(BIN)
             .args(["run", "--config"])
@@ -34,23 +34,27 @@ impl Daemon {
         }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn sigterm(&self) {
+    pub(crate) fn sigterm(&self) {
+        self.signal(libc::SIGTERM);
+    }
+
+    pub(crate) fn signal(&self, signal: libc::c_int) {
         // SAFETY: kill(2) only sends a signal, to a child this test started and still owns.
-        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
         assert_eq!(
             rc,
             0,
-            "kill -TERM failed: {}",
+            "kill({signal}) failed: {}",
             std::io::Error::last_os_error()
         );
     }
 
     /// Waits for the process to exit; returns its exit code.
-    async fn wait(&mut self, within: Duration) -> Option<i32> {
+    pub(crate) async fn wait(&mut self, within: Duration) -> Option<i32> {
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -74,7 +78,7 @@ impl Drop for Daemon {
 }
 
 /// Runs a command that must succeed; returns its stdout.
-fn run_ok(cmd: &mut Command) -> String {
+pub(crate) fn run_ok(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{cmd:?} failed:\n{stderr}");

@@ -50,6 +50,9 @@ impl Harness {
             r#"state_dir = {state:?}
 shutdown_grace = "3s"
 
+[admin]
+listen = ""
+
 [targets.t]
 url = "{rx}"
 secret = "{SECRET}"
@@ -76,13 +79,28 @@ items = "/items"
 
     /// Starts the daemon in-process.
     pub fn start(&mut self, config: Config) {
+        self.start_with(config, pollhook::daemon::Options::default());
+    }
+
+    /// Starts the daemon in-process with `options` (reloads, notifications).
+    pub fn start_with(&mut self, config: Config, options: pollhook::daemon::Options) {
         assert!(self.daemon.is_none(), "daemon already running");
         let token = CancellationToken::new();
         let t = token.clone();
         let handle = tokio::spawn(async move {
-            pollhook::daemon::run(config, t).await.unwrap();
+            pollhook::daemon::run_with(config, None, t, options)
+                .await
+                .unwrap();
         });
         self.daemon = Some((token, handle));
+    }
+
+    /// Writes `text` as the harness's config file (`config.toml`, which a reload reads)
+    /// and loads it.
+    pub fn write_config(&self, text: &str) -> Config {
+        let path = self.dir.path().join("config.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(&path).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Stops the daemon as SIGTERM would and waits for it.
@@ -158,6 +176,30 @@ pub async fn wait_for(cond: impl Fn() -> bool) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A port free on 127.0.0.1 a moment ago, for an admin API the test must know the
+/// address of. (Another process could take it in between; on a test machine none does.)
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `config` with the admin API on `port` instead of off.
+pub fn with_admin(config_text: &str, port: u16) -> String {
+    let with = config_text.replacen(
+        "[admin]\nlisten = \"\"",
+        &format!("[admin]\nlisten = \"127.0.0.1:{port}\""),
+        1,
+    );
+    assert_ne!(
+        with, config_text,
+        "the config has no [admin] table to change"
+    );
+    with
 }
 
 /// Pending deliveries left in a store, for all targets.

@@ -1,0 +1,229 @@
+//! The operator's operations on the store, shared by the admin API (in the daemon) and
+//! the CLI (when no daemon runs and it opens the store itself), with the JSON shapes
+//! both speak. Blocking: they call the store directly.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{redact_url, Config};
+use crate::store::{Delivery, DeliveryStatus, Store, StoreError};
+
+/// The most deliveries one listing returns.
+pub const MAX_LIMIT: usize = 10_000;
+
+/// One delivery as listed: what an operator needs, not the body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryView {
+    pub event_id: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub source: String,
+    pub item_id: String,
+    pub target: String,
+    /// `pending` or `dead`.
+    pub status: String,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// When the next attempt is due (pending only).
+    pub next_attempt: Option<DateTime<Utc>>,
+    /// When the change was detected.
+    pub detected_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+}
+
+impl DeliveryView {
+    pub fn new(d: &Delivery, status: DeliveryStatus) -> DeliveryView {
+        let pending = status == DeliveryStatus::Pending;
+        DeliveryView {
+            event_id: d.event_id.clone(),
+            event_type: d.event_type.clone(),
+            source: d.source.clone(),
+            item_id: d.item_id.clone(),
+            target: d.target.clone(),
+            status: if pending { "pending" } else { "dead" }.to_string(),
+            attempts: d.attempts,
+            next_attempt: pending
+                .then(|| DateTime::from_timestamp_millis(d.next_at_ms))
+                .flatten(),
+            detected_at: DateTime::from_timestamp_millis(d.created_ms),
+            last_error: d.last_error.clone(),
+        }
+    }
+}
+
+/// Which deliveries to list.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DeliveryQuery {
+    /// `pending`, `dead`, or none for both (pending first).
+    pub status: Option<String>,
+    pub target: Option<String>,
+    pub limit: Option<usize>,
+}
+
+/// A request that cannot be served as asked: the message says what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Pending and/or dead deliveries, oldest first within each.
+pub fn deliveries(store: &dyn Store, q: &DeliveryQuery) -> Result<Vec<DeliveryView>, OpError> {
+    let limit = q.limit.unwrap_or(100).min(MAX_LIMIT);
+    let (pending, dead) = match q.status.as_deref() {
+        None | Some("") | Some("all") => (true, true),
+        Some("pending") => (true, false),
+        Some("dead") => (false, true),
+        Some(other) => {
+            return Err(OpError::BadRequest(format!(
+                "status {other:?} is not one of pending, dead"
+            )))
+        }
+    };
+    let target = q.target.as_deref().filter(|t| !t.is_empty());
+    let mut out = Vec::new();
+    if pending {
+        for d in store.outbox(target, limit)? {
+            out.push(DeliveryView::new(&d, DeliveryStatus::Pending));
+        }
+    }
+    if dead && out.len() < limit {
+        for d in store.dead(target, limit - out.len())? {
+            out.push(DeliveryView::new(&d, DeliveryStatus::Dead));
+        }
+    }
+    Ok(out)
+}
+
+/// `POST /v1/deliveries/replay`: one event (`{"event": "evt_…"}`) or every dead
+/// delivery (`{"status": "dead"}`, optionally of one target).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ReplayRequest {
+    pub event: Option<String>,
+    pub status: Option<String>,
+    pub target: Option<String>,
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReplayResponse {
+    /// Deliveries put back in the queue, with fresh attempts.
+    pub replayed: usize,
+    /// Deliveries of the event that were still pending (they stay as they are).
+    pub already_pending: usize,
+    pub deliveries: Vec<DeliveryView>,
+}
+
+/// Moves dead deliveries back to the outbox with fresh attempts; the caller wakes the
+/// targets of the returned deliveries. A replayed delivery is queued after every
+/// delivery pending now, so it may reach its target after later changes of its item.
+pub fn replay(
+    store: &dyn Store,
+    req: &ReplayRequest,
+    now_ms: i64,
+) -> Result<ReplayResponse, OpError> {
+    let target = req.target.as_deref().filter(|t| !t.is_empty());
+    match (req.event.as_deref(), req.status.as_deref()) {
+        (Some(event), None) => {
+            let found = store.find_event(event)?;
+            let found: Vec<_> = found
+                .into_iter()
+                .filter(|(_, d)| target.is_none_or(|t| d.target == t))
+                .collect();
+            if found.is_empty() {
+                return Err(OpError::NotFound(format!(
+                    "no pending or dead delivery of event {event}{}: it was delivered (delivered events are not kept) or the id is wrong",
+                    target.map(|t| format!(" to target {t}")).unwrap_or_default()
+                )));
+            }
+            let already_pending = found
+                .iter()
+                .filter(|(s, _)| *s == DeliveryStatus::Pending)
+                .count();
+            let moved = store.replay_dead(target, Some(event), now_ms)?;
+            Ok(response(moved, already_pending))
+        }
+        (None, Some("dead")) => {
+            let moved = store.replay_dead(target, None, now_ms)?;
+            Ok(response(moved, 0))
+        }
+        _ => Err(OpError::BadRequest(
+            "send {\"event\": \"evt_…\"} to replay one event, or {\"status\": \"dead\"} (with an optional \"target\") to replay dead deliveries".into(),
+        )),
+    }
+}
+
+fn response(moved: Vec<Delivery>, already_pending: usize) -> ReplayResponse {
+    ReplayResponse {
+        replayed: moved.len(),
+        already_pending,
+        deliveries: moved
+            .iter()
+            .map(|d| DeliveryView::new(d, DeliveryStatus::Pending))
+            .collect(),
+    }
+}
+
+/// One target at a glance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TargetView {
+    pub name: String,
+    /// The URL without credentials or query; none for a target no longer configured
+    /// that still holds deliveries.
+    pub url: Option<String>,
+    pub pending: u64,
+    pub dead: u64,
+    /// Age of the oldest pending delivery, seconds.
+    pub oldest_pending_age_seconds: Option<f64>,
+}
+
+/// The configured targets' names and URLs (without credentials), for [`targets`].
+pub fn configured_targets(config: &Config) -> BTreeMap<String, String> {
+    config
+        .targets
+        .iter()
+        .map(|(name, t)| (name.clone(), redact_url(&t.url)))
+        .collect()
+}
+
+/// Every configured target (name → URL, from [`configured_targets`]), and every other
+/// one that holds deliveries.
+pub fn targets(
+    store: &dyn Store,
+    configured: &BTreeMap<String, String>,
+    now_ms: i64,
+) -> Result<Vec<TargetView>, OpError> {
+    let stats = store.target_stats()?;
+    let mut names: Vec<&String> = configured.keys().chain(stats.keys()).collect();
+    names.sort();
+    names.dedup();
+    Ok(names
+        .into_iter()
+        .map(|name| {
+            let s = stats.get(name).cloned().unwrap_or_default();
+            TargetView {
+                name: name.clone(),
+                url: configured.get(name).cloned(),
+                pending: s.pending,
+                dead: s.dead,
+                oldest_pending_age_seconds: s
+                    .oldest_pending_ms
+                    .map(|t| (now_ms - t).max(0) as f64 / 1000.0),
+            }
+        })
+        .collect())
+}
+
+/// What `forget` did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ForgetResponse {
+    pub source: String,
+    /// Whether the source had stored state.
+    pub forgotten: bool,
+}

@@ -1,0 +1,405 @@
+//! The operator's commands: `status`, `deliveries`, `replay`, `poll`, `forget`. Each
+//! goes through the running daemon's admin API, or opens the store when no daemon runs.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use chrono::{DateTime, SecondsFormat, Utc};
+use reqwest::Method;
+
+use super::client::Backend;
+use crate::admin::ops::{self, DeliveryQuery, DeliveryView, ForgetResponse, ReplayRequest};
+use crate::admin::{
+    DeliveriesResponse, PollRequest, PollResponse, SourcesResponse, TargetsResponse,
+};
+use crate::config::Config;
+use crate::poll::Poller;
+use crate::source::Fetcher;
+use crate::store::{blocking, SharedStore};
+
+fn when(t: Option<DateTime<Utc>>) -> String {
+    t.map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn age(seconds: Option<f64>) -> String {
+    match seconds {
+        None => "-".into(),
+        Some(s) => humantime::format_duration(std::time::Duration::from_secs(s as u64)).to_string(),
+    }
+}
+
+/// Runs a store operation on a blocking thread, turning its error into anyhow.
+async fn on_store<T, F>(store: &SharedStore, f: F) -> anyhow::Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&dyn crate::store::Store) -> Result<T, ops::OpError> + Send + 'static,
+{
+    let store = store.clone();
+    Ok(tokio::task::spawn_blocking(move || f(&*store)).await??)
+}
+
+/// `pollhook status`.
+pub async fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
+    let backend = Backend::connect(config).await?;
+    let now_ms = Utc::now().timestamp_millis();
+    let (sources, targets) = match &backend {
+        Backend::Daemon { .. } => {
+            let s: SourcesResponse = backend.get("/v1/sources").await?;
+            let t: TargetsResponse = backend.get("/v1/targets").await?;
+            (s.sources, t.targets)
+        }
+        Backend::Store(store) => {
+            let stored = blocking(store, |s| s.sources()).await?;
+            let sources = config
+                .sources
+                .values()
+                .map(|s| crate::daemon::SourceStatus {
+                    name: s.name.clone(),
+                    url: crate::config::redact_url(&s.url),
+                    schedule: s.schedule_text(),
+                    items: stored
+                        .iter()
+                        .find(|(n, _)| *n == s.name)
+                        .map(|(_, st)| st.items)
+                        .unwrap_or(0),
+                    ..Default::default()
+                })
+                .collect();
+            let configured = ops::configured_targets(config);
+            let targets = on_store(store, move |s| ops::targets(s, &configured, now_ms)).await?;
+            (sources, targets)
+        }
+    };
+    if json {
+        let v = serde_json::json!({
+            "daemon": backend.is_daemon(),
+            "sources": sources,
+            "targets": targets,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut out = String::new();
+    use std::fmt::Write as _;
+    match &backend {
+        Backend::Daemon { base, .. } => {
+            let _ = writeln!(out, "daemon: running (admin API {base})");
+        }
+        Backend::Store(_) => {
+            let _ = writeln!(
+                out,
+                "daemon: not running (read from the store in {}; poll times are known only to a running daemon)",
+                config.state_dir.display()
+            );
+        }
+    }
+    let _ = writeln!(out, "\nsources ({}):", sources.len());
+    let _ = writeln!(
+        out,
+        "  {:<20} {:>8}  {:<20}  {:<7} {:<20}  LAST ERROR",
+        "NAME", "ITEMS", "LAST POLL", "RESULT", "NEXT POLL"
+    );
+    for s in &sources {
+        let error = match (&s.last_error, s.consecutive_failures) {
+            (Some(e), n) if n > 0 => format!("{e} ({n} in a row)"),
+            (Some(e), _) => format!("{e} (at {}; recovered since)", when(s.last_error_at)),
+            (None, _) => "-".into(),
+        };
+        let _ = writeln!(
+            out,
+            "  {:<20} {:>8}  {:<20}  {:<7} {:<20}  {}",
+            s.name,
+            s.items,
+            when(s.last_poll),
+            s.last_outcome.as_deref().unwrap_or("-"),
+            when(s.next_poll),
+            error
+        );
+    }
+    let _ = writeln!(out, "\ntargets ({}):", targets.len());
+    let _ = writeln!(
+        out,
+        "  {:<20} {:>8} {:>8}  {:<16}  URL",
+        "NAME", "PENDING", "DEAD", "OLDEST PENDING"
+    );
+    for t in &targets {
+        let _ = writeln!(
+            out,
+            "  {:<20} {:>8} {:>8}  {:<16}  {}",
+            t.name,
+            t.pending,
+            t.dead,
+            age(t.oldest_pending_age_seconds),
+            t.url.as_deref().unwrap_or("(not in the config)")
+        );
+    }
+    print!("{out}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `pollhook deliveries`.
+pub async fn deliveries(config: &Config, q: DeliveryQuery, json: bool) -> anyhow::Result<ExitCode> {
+    let backend = Backend::connect(config).await?;
+    let list: Vec<DeliveryView> = match &backend {
+        Backend::Daemon { .. } => {
+            let mut path = String::from("/v1/deliveries?");
+            let query = serde_json::to_value(&q)?;
+            for (k, v) in query.as_object().into_iter().flatten() {
+                match v {
+                    serde_json::Value::String(s) => path.push_str(&format!("{k}={}&", encode(s))),
+                    serde_json::Value::Number(n) => path.push_str(&format!("{k}={n}&")),
+                    _ => {}
+                }
+            }
+            let r: DeliveriesResponse = backend.get(path.trim_end_matches('&')).await?;
+            r.deliveries
+        }
+        Backend::Store(store) => on_store(store, move |s| ops::deliveries(s, &q)).await?,
+    };
+    let mut stdout = std::io::stdout().lock();
+    if json {
+        for d in &list {
+            writeln!(stdout, "{}", serde_json::to_string(d)?)?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if list.is_empty() {
+        writeln!(stdout, "no deliveries match")?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(
+        stdout,
+        "{:<40} {:<28} {:<16} {:<8} {:>8}  {:<20}  LAST ERROR",
+        "EVENT", "TYPE", "TARGET", "STATUS", "ATTEMPTS", "NEXT ATTEMPT"
+    )?;
+    for d in &list {
+        writeln!(
+            stdout,
+            "{:<40} {:<28} {:<16} {:<8} {:>8}  {:<20}  {}",
+            d.event_id,
+            d.event_type,
+            d.target,
+            d.status,
+            d.attempts,
+            when(d.next_attempt),
+            d.last_error.as_deref().unwrap_or("-")
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Percent-encodes a query value (names are plain ASCII; this covers anything else).
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// `pollhook replay`.
+pub async fn replay(config: &Config, req: ReplayRequest) -> anyhow::Result<ExitCode> {
+    let backend = Backend::connect(config).await?;
+    let r: ops::ReplayResponse = match &backend {
+        Backend::Daemon { .. } => {
+            backend
+                .send(Method::POST, "/v1/deliveries/replay", &req)
+                .await?
+        }
+        Backend::Store(store) => {
+            let now = Utc::now().timestamp_millis();
+            on_store(store, move |s| ops::replay(s, &req, now)).await?
+        }
+    };
+    for d in &r.deliveries {
+        println!("replayed {} ({}) to {}", d.event_id, d.event_type, d.target);
+    }
+    println!(
+        "{} deliveries put back in the queue with fresh attempts{}",
+        r.replayed,
+        if backend.is_daemon() {
+            ""
+        } else {
+            "; they are sent when the daemon starts"
+        }
+    );
+    if r.already_pending > 0 {
+        println!(
+            "{} deliveries of this event are still pending; they keep their retry schedule",
+            r.already_pending
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `pollhook poll <source> [--dry-run]`.
+pub async fn poll(config: &Config, name: &str, dry_run: bool) -> anyhow::Result<ExitCode> {
+    let Some(source) = config.sources.get(name) else {
+        let known: Vec<&str> = config.sources.keys().map(String::as_str).collect();
+        bail!(
+            "no source {name:?} in {}; sources: {}",
+            config.file.display(),
+            known.join(", ")
+        );
+    };
+    let backend = Backend::connect(config).await?;
+    let response: PollResponse = match &backend {
+        Backend::Daemon { .. } => {
+            let path = format!("/v1/sources/{}/poll", encode(name));
+            match backend
+                .send(Method::POST, &path, &PollRequest { dry_run })
+                .await
+            {
+                Ok(r) => {
+                    if dry_run {
+                        eprintln!("(dry run by the running daemon, with its loaded config: reload it to try edits)");
+                    }
+                    r
+                }
+                Err(e) if dry_run && e.to_string().contains("in the running config") => {
+                    // Not in the daemon's config yet: it has no state either, so a local
+                    // dry run against nothing stored shows the same.
+                    eprintln!("(source {name} is not in the running daemon's config: every item shows as created)");
+                    local_poll(config, source, None, dry_run).await?
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Backend::Store(store) => local_poll(config, source, Some(store.clone()), dry_run).await?,
+    };
+    let mut stdout = std::io::stdout().lock();
+    for e in &response.events {
+        writeln!(stdout, "{}", serde_json::to_string(e)?)?;
+    }
+    let r = &response.report;
+    eprintln!(
+        "{name}: {} items, {} created, {} updated, {} deleted, {} events{}",
+        r.items,
+        r.created,
+        r.updated,
+        r.deleted,
+        r.events,
+        if dry_run {
+            " (dry run: nothing committed or sent)"
+        } else {
+            ""
+        }
+    );
+    if dry_run && r.first && source.baseline {
+        eprintln!("(first poll: with baseline = true the daemon records these items silently)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A poll in this process: against the store when given, else against nothing stored.
+async fn local_poll(
+    config: &Config,
+    source: &std::sync::Arc<crate::config::Source>,
+    store: Option<SharedStore>,
+    dry_run: bool,
+) -> anyhow::Result<PollResponse> {
+    let (store, _scratch) = match store {
+        Some(s) => (s, None),
+        None => {
+            // An empty store in a temporary directory: the diff base is "nothing seen".
+            let dir = tempdir()?;
+            let s: SharedStore = std::sync::Arc::new(crate::store::SledStore::open(&dir.0)?);
+            (s, Some(dir))
+        }
+    };
+    let poller = Poller::new(
+        store,
+        Fetcher::new(&config.sources)?,
+        crate::poll::Wakes::default(),
+    );
+    if dry_run {
+        let (report, events) = crate::admin::dry_run(&poller, source)
+            .await
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("poll of {} failed", source.name))?;
+        return Ok(PollResponse {
+            source: source.name.clone(),
+            dry_run,
+            report,
+            events,
+        });
+    }
+    let report = poller
+        .poll(source)
+        .await
+        .with_context(|| format!("poll of {} failed", source.name))?;
+    if report.events > 0 {
+        eprintln!("(no daemon runs: the queued deliveries are sent when it starts)");
+    }
+    Ok(PollResponse {
+        source: source.name.clone(),
+        dry_run,
+        report,
+        events: Vec::new(),
+    })
+}
+
+/// A directory removed when dropped.
+struct TempDir(std::path::PathBuf);
+
+fn tempdir() -> anyhow::Result<TempDir> {
+    let dir = std::env::temp_dir().join(format!(
+        "pollhook-dry-run-{}-{}",
+        std::process::id(),
+        Utc::now().timestamp_micros()
+    ));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(TempDir(dir))
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `pollhook forget <source>`.
+pub async fn forget(config: &Config, name: &str, yes: bool) -> anyhow::Result<ExitCode> {
+    if !yes {
+        let configured = if config.sources.contains_key(name) {
+            "It is still in the config: its next poll starts over as a first poll."
+        } else {
+            "It is not in the config."
+        };
+        eprint!(
+            "Forget the stored items of source {name}? Pending deliveries stay. {configured} [y/N] "
+        );
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            eprintln!("nothing changed");
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    let backend = Backend::connect(config).await?;
+    let r: ForgetResponse = match &backend {
+        Backend::Daemon { .. } => {
+            let path = format!("/v1/sources/{}/state", encode(name));
+            backend.send(Method::DELETE, &path, &()).await?
+        }
+        Backend::Store(store) => {
+            let n = name.to_string();
+            let forgotten = on_store(store, move |s| Ok(s.forget_source(&n)?)).await?;
+            ForgetResponse {
+                source: name.to_string(),
+                forgotten,
+            }
+        }
+    };
+    if r.forgotten {
+        println!("forgot the stored state of source {name}");
+    } else {
+        println!("source {name} had no stored state; nothing changed");
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,136 @@
+//! What the rest of the process (the admin API) sees of the running daemon: the store,
+//! the metrics, each source's latest status, and a way to ask a source loop to poll now.
+//!
+//! Locks here are std mutexes held only to copy or update a few fields, never across an
+//! `.await`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::{redact_url, Config, Source};
+use crate::metrics::Metrics;
+use crate::poll::{PollReport, Poller, Wakes};
+use crate::store::SharedStore;
+
+/// A request to poll a source now, answered with the poll's report or its error.
+pub type PollNow = oneshot::Sender<Result<PollReport, String>>;
+
+/// What `/v1/sources` shows of one source.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SourceStatus {
+    pub name: String,
+    /// The URL without credentials or query.
+    pub url: String,
+    pub schedule: String,
+    /// When the last poll of this run ended.
+    pub last_poll: Option<DateTime<Utc>>,
+    /// `ok` or `error`; none before the first poll of this run.
+    pub last_outcome: Option<String>,
+    /// The last failed poll's error (kept after later successes, with its time).
+    pub last_error: Option<String>,
+    pub last_error_at: Option<DateTime<Utc>>,
+    pub last_duration_ms: Option<u64>,
+    pub next_poll: Option<DateTime<Utc>>,
+    /// Items held after the last committed poll.
+    pub items: u64,
+    /// Failed polls in a row (0 after a success).
+    pub consecutive_failures: u64,
+    pub polls_ok: u64,
+    pub polls_failed: u64,
+}
+
+/// A source as the daemon runs it now: its settings, the poller built for them, and the
+/// way to reach its loop.
+#[derive(Clone)]
+pub struct RunningSource {
+    pub source: Arc<Source>,
+    pub poller: Poller,
+    pub poll_now: mpsc::Sender<PollNow>,
+}
+
+/// The running daemon, shared with the admin API.
+pub struct Handle {
+    pub store: SharedStore,
+    pub metrics: Arc<Metrics>,
+    pub wakes: Wakes,
+    ready: AtomicBool,
+    config: Mutex<Arc<Config>>,
+    sources: Mutex<BTreeMap<String, RunningSource>>,
+    status: Mutex<BTreeMap<String, SourceStatus>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A poisoned lock only means a panic elsewhere while holding it; these maps stay
+    // consistent (every update is a single insert or field write).
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Handle {
+    pub fn new(store: SharedStore, metrics: Arc<Metrics>, config: Arc<Config>) -> Handle {
+        Handle {
+            store,
+            metrics,
+            wakes: Wakes::default(),
+            ready: AtomicBool::new(false),
+            config: Mutex::new(config),
+            sources: Mutex::new(BTreeMap::new()),
+            status: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Store open, config loaded, sources and targets started, not stopping.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// The config the daemon runs now.
+    pub fn config(&self) -> Arc<Config> {
+        lock(&self.config).clone()
+    }
+
+    pub(super) fn set_config(&self, config: Arc<Config>) {
+        *lock(&self.config) = config;
+    }
+
+    /// A configured source as it runs now.
+    pub fn source(&self, name: &str) -> Option<RunningSource> {
+        lock(&self.sources).get(name).cloned()
+    }
+
+    pub(super) fn set_source(&self, running: RunningSource, items: u64) {
+        let s = &running.source;
+        let mut status = lock(&self.status);
+        let entry = status.entry(s.name.clone()).or_default();
+        entry.name = s.name.clone();
+        entry.url = redact_url(&s.url);
+        entry.schedule = s.schedule_text();
+        entry.items = items;
+        lock(&self.sources).insert(s.name.clone(), running);
+    }
+
+    pub(super) fn remove_source(&self, name: &str) {
+        lock(&self.sources).remove(name);
+        lock(&self.status).remove(name);
+    }
+
+    /// Every configured source's status, by name.
+    pub fn statuses(&self) -> Vec<SourceStatus> {
+        lock(&self.status).values().cloned().collect()
+    }
+
+    /// Updates one source's status, if it is still configured.
+    pub(super) fn update_status(&self, name: &str, f: impl FnOnce(&mut SourceStatus)) {
+        if let Some(s) = lock(&self.status).get_mut(name) {
+            f(s);
+        }
+    }
+}

@@ -1,0 +1,302 @@
+//! The numbers `/metrics` serves in the Prometheus text format, through the Prometheus
+//! project's own client crate (`prometheus-client`).
+//!
+//! Counters and histograms are updated where the work happens (a poll's end, an
+//! attempt's end). The outbox figures (pending, age of the oldest, dead) are read from
+//! the store at scrape time instead of being tracked, so they are right after a restart,
+//! a replay or a reload without any bookkeeping that could drift.
+//!
+//! Labels are source and target names from the config, and fixed words; never URLs, ids
+//! or error texts, which could hold secrets (invariant 6) or grow without bound.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::store::TargetStats;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabel {
+    source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PollLabels {
+    source: String,
+    /// `ok` or `error`.
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ChangeLabels {
+    source: String,
+    /// `created`, `updated` or `deleted`.
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TargetLabel {
+    target: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeliveryLabels {
+    target: String,
+    /// `delivered`, `failed` (another attempt is scheduled) or `dead`.
+    outcome: &'static str,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// 5 ms to about 80 s: a local API answers in milliseconds, a slow paginated one or a
+/// timing-out target takes tens of seconds.
+fn duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 15))
+}
+
+/// The daemon's metrics; one per process, shared by every task.
+pub struct Metrics {
+    registry: Registry,
+    polls: Family<PollLabels, Counter>,
+    poll_duration: Histograms<SourceLabel>,
+    items: Family<SourceLabel, Gauge>,
+    changes: Family<ChangeLabels, Counter>,
+    deliveries: Family<DeliveryLabels, Counter>,
+    delivery_duration: Histograms<TargetLabel>,
+    pending: Family<TargetLabel, Gauge>,
+    oldest_pending: Family<TargetLabel, Gauge<f64, AtomicU64>>,
+    dead: Family<TargetLabel, Gauge>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut m = Metrics {
+            registry: Registry::with_prefix("pollhook"),
+            polls: Family::default(),
+            poll_duration: Family::new_with_constructor(duration_histogram as fn() -> Histogram),
+            items: Family::default(),
+            changes: Family::default(),
+            deliveries: Family::default(),
+            delivery_duration: Family::new_with_constructor(
+                duration_histogram as fn() -> Histogram,
+            ),
+            pending: Family::default(),
+            oldest_pending: Family::default(),
+            dead: Family::default(),
+        };
+        let build = Family::<Vec<(String, String)>, Gauge>::default();
+        build
+            .get_or_create(&vec![(
+                "version".to_string(),
+                env!("CARGO_PKG_VERSION").to_string(),
+            )])
+            .set(1);
+        let r = &mut m.registry;
+        r.register("build_info", "pollhook's version", build);
+        r.register(
+            "polls",
+            "Polls by source and outcome (ok, error)",
+            m.polls.clone(),
+        );
+        r.register(
+            "poll_duration_seconds",
+            "Time from request to commit of each poll, by source",
+            m.poll_duration.clone(),
+        );
+        r.register(
+            "source_items",
+            "Items each source held after its last successful poll",
+            m.items.clone(),
+        );
+        r.register(
+            "changes",
+            "Changes detected by source and kind (created, updated, deleted)",
+            m.changes.clone(),
+        );
+        r.register(
+            "deliveries",
+            "Delivery attempts by target and outcome (delivered, failed, dead)",
+            m.deliveries.clone(),
+        );
+        r.register(
+            "delivery_duration_seconds",
+            "Time of each delivery attempt, by target",
+            m.delivery_duration.clone(),
+        );
+        r.register(
+            "pending_deliveries",
+            "Deliveries waiting in the outbox, by target",
+            m.pending.clone(),
+        );
+        r.register(
+            "oldest_pending_age_seconds",
+            "Age of the oldest pending delivery (since its change was detected), by target",
+            m.oldest_pending.clone(),
+        );
+        r.register(
+            "dead_deliveries",
+            "Deliveries that ran out of retries and wait for a replay, by target",
+            m.dead.clone(),
+        );
+        m
+    }
+
+    /// A poll ended: `Some((items, created, updated, deleted))` on success.
+    pub fn poll_done(
+        &self,
+        source: &str,
+        seconds: f64,
+        result: Option<(usize, usize, usize, usize)>,
+    ) {
+        let label = SourceLabel {
+            source: source.to_string(),
+        };
+        self.poll_duration.get_or_create(&label).observe(seconds);
+        let outcome = if result.is_some() { "ok" } else { "error" };
+        self.polls
+            .get_or_create(&PollLabels {
+                source: source.to_string(),
+                outcome,
+            })
+            .inc();
+        if let Some((items, created, updated, deleted)) = result {
+            self.items.get_or_create(&label).set(items as i64);
+            for (kind, n) in [
+                ("created", created),
+                ("updated", updated),
+                ("deleted", deleted),
+            ] {
+                self.changes
+                    .get_or_create(&ChangeLabels {
+                        source: source.to_string(),
+                        kind,
+                    })
+                    .inc_by(n as u64);
+            }
+        }
+    }
+
+    /// The items a source holds, known before its first poll of this run.
+    pub fn set_items(&self, source: &str, items: u64) {
+        self.items
+            .get_or_create(&SourceLabel {
+                source: source.to_string(),
+            })
+            .set(items as i64);
+    }
+
+    /// A source left the config: its series go, so dashboards do not show it as stuck.
+    pub fn forget_source(&self, source: &str) {
+        let label = SourceLabel {
+            source: source.to_string(),
+        };
+        self.items.remove(&label);
+        self.poll_duration.remove(&label);
+    }
+
+    /// A delivery attempt ended with `outcome` (`delivered`, `failed` or `dead`).
+    pub fn attempt_done(&self, target: &str, seconds: f64, outcome: &'static str) {
+        self.delivery_duration
+            .get_or_create(&TargetLabel {
+                target: target.to_string(),
+            })
+            .observe(seconds);
+        self.deliveries
+            .get_or_create(&DeliveryLabels {
+                target: target.to_string(),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// The text format, with the outbox figures as of `stats` (read just before) for
+    /// `targets` (configured targets show zeros; others show while they hold deliveries).
+    pub fn encode(
+        &self,
+        targets: &[String],
+        stats: &BTreeMap<String, TargetStats>,
+        now_ms: i64,
+    ) -> String {
+        self.pending.clear();
+        self.oldest_pending.clear();
+        self.dead.clear();
+        let empty = TargetStats::default();
+        let names = targets.iter().chain(stats.keys());
+        for name in names {
+            let s = stats.get(name).unwrap_or(&empty);
+            let label = TargetLabel {
+                target: name.clone(),
+            };
+            self.pending.get_or_create(&label).set(s.pending as i64);
+            self.dead.get_or_create(&label).set(s.dead as i64);
+            let age = s
+                .oldest_pending_ms
+                .map(|t| (now_ms - t).max(0) as f64 / 1000.0)
+                .unwrap_or(0.0);
+            self.oldest_pending.get_or_create(&label).set(age);
+        }
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_text_format_holds_every_family_with_its_labels() {
+        let m = Metrics::new();
+        m.poll_done("github", 0.2, Some((10, 2, 1, 0)));
+        m.poll_done("github", 0.1, None);
+        m.attempt_done("app", 0.05, "delivered");
+        m.attempt_done("app", 0.05, "failed");
+        let stats = BTreeMap::from([(
+            "app".to_string(),
+            TargetStats {
+                pending: 3,
+                oldest_pending_ms: Some(1_000),
+                dead: 1,
+            },
+        )]);
+        let text = m.encode(&["app".to_string(), "idle".to_string()], &stats, 61_000);
+        for line in [
+            "pollhook_polls_total{source=\"github\",outcome=\"ok\"} 1",
+            "pollhook_polls_total{source=\"github\",outcome=\"error\"} 1",
+            "pollhook_poll_duration_seconds_count{source=\"github\"} 2",
+            "pollhook_source_items{source=\"github\"} 10",
+            "pollhook_changes_total{source=\"github\",kind=\"created\"} 2",
+            "pollhook_changes_total{source=\"github\",kind=\"updated\"} 1",
+            "pollhook_deliveries_total{target=\"app\",outcome=\"delivered\"} 1",
+            "pollhook_delivery_duration_seconds_count{target=\"app\"} 2",
+            "pollhook_pending_deliveries{target=\"app\"} 3",
+            "pollhook_pending_deliveries{target=\"idle\"} 0",
+            "pollhook_oldest_pending_age_seconds{target=\"app\"} 60.0",
+            "pollhook_dead_deliveries{target=\"app\"} 1",
+            "pollhook_build_info{version=\"",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in:\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"));
+    }
+}
