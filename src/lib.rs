@@ -19,8 +19,13 @@
 //! - [`poll`]: one poll, fetch to commit.
 //! - [`deliver`]: target workers, per-item order, retry policy.
 //! - [`sign`]: Standard Webhooks, GitHub and Stripe signatures, and `verify`.
-//! - [`daemon`]: wiring, signals, clean shutdown.
-//! - [`cli`], [`demo`]: the command line and the offline demo.
+//! - [`daemon`]: wiring, signals, reloads, clean shutdown.
+//! - [`admin`]: the admin HTTP API (health, status, replay, poll now) and the store
+//!   operations it shares with the CLI.
+//! - [`metrics`]: the Prometheus metrics `/metrics` serves.
+//! - [`notify`]: the systemd notify protocol (ready, reloading, stopping, watchdog).
+//! - [`cli`], [`demo`]: the command line (daemon and operator commands) and the
+//!   offline demo.
 
 pub mod admin;
 pub mod cli;

@@ -12,6 +12,11 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::store::{SharedStore, SledStore, StoreError};
 
+/// No daemon answered and there is no database at the config's `state_dir`.
+#[derive(Debug, thiserror::Error)]
+#[error("no pollhook daemon answers and there is no database in {} (state_dir). If the daemon runs under systemd with StateDirectory=, run this command with STATE_DIRECTORY=/var/lib/pollhook, or set state_dir in the config", .0.display())]
+pub struct NoDatabase(pub std::path::PathBuf);
+
 /// Where the state is read and changed.
 pub enum Backend {
     /// A daemon answers at this base URL (`http://127.0.0.1:9187`).
@@ -48,6 +53,11 @@ impl Backend {
             if matches!(&probe, Ok(r) if r.status().is_success()) {
                 return Ok(Backend::Daemon { base, http });
             }
+        }
+        // Opening creates a database where there is none: an operator command must not
+        // do that (an empty store would answer "nothing pending" for a wrong path).
+        if !config.state_dir.join("db").exists() {
+            return Err(NoDatabase(config.state_dir.clone()).into());
         }
         let dir = config.state_dir.clone();
         let store = tokio::task::spawn_blocking(move || SledStore::open(&dir)).await?;

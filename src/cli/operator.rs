@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use chrono::{DateTime, SecondsFormat, Utc};
 use reqwest::Method;
 
-use super::client::Backend;
+use super::client::{Backend, NoDatabase};
 use crate::admin::ops::{self, DeliveryQuery, DeliveryView, ForgetResponse, ReplayRequest};
 use crate::admin::{
     DeliveriesResponse, PollRequest, PollResponse, SourcesResponse, TargetsResponse,
@@ -247,7 +247,15 @@ pub async fn poll(config: &Config, name: &str, dry_run: bool) -> anyhow::Result<
             known.join(", ")
         );
     };
-    let backend = Backend::connect(config).await?;
+    let backend = match Backend::connect(config).await {
+        Ok(b) => b,
+        // Nothing stored yet: a dry run diffs against nothing.
+        Err(e) if dry_run && e.is::<NoDatabase>() => {
+            let response = local_poll(config, source, None, true).await?;
+            return print_poll(name, source, &response, dry_run);
+        }
+        Err(e) => return Err(e),
+    };
     let response: PollResponse = match &backend {
         Backend::Daemon { .. } => {
             let path = format!("/v1/sources/{}/poll", encode(name));
@@ -272,6 +280,16 @@ pub async fn poll(config: &Config, name: &str, dry_run: bool) -> anyhow::Result<
         }
         Backend::Store(store) => local_poll(config, source, Some(store.clone()), dry_run).await?,
     };
+    print_poll(name, source, &response, dry_run)
+}
+
+/// Prints a poll's events as JSON lines on stdout and its summary on stderr.
+fn print_poll(
+    name: &str,
+    source: &crate::config::Source,
+    response: &PollResponse,
+    dry_run: bool,
+) -> anyhow::Result<ExitCode> {
     let mut stdout = std::io::stdout().lock();
     for e in &response.events {
         writeln!(stdout, "{}", serde_json::to_string(e)?)?;

@@ -239,6 +239,22 @@ async fn operator_commands_with_a_running_daemon_and_without_one() {
     // A dry run against the forgotten state shows every item as created.
     let out = cli_ok(&config, &["poll", "s", "--dry-run"]);
     assert_eq!(out.lines().count(), 2, "{out}");
+
+    // A wrong state_dir is an error, not a new empty database that reports nothing.
+    let nowhere = h.dir.path().join("nowhere");
+    let state = h.state_dir().display().to_string();
+    let other = h.dir.path().join("other.toml");
+    std::fs::write(&other, text.replace(&state, &nowhere.display().to_string())).unwrap();
+    let (ok, _, stderr) = cli(&other, &["status"], "");
+    assert!(
+        !ok && stderr.contains("there is no database in"),
+        "{stderr}"
+    );
+    assert!(!nowhere.exists(), "a database was created");
+    // A dry run needs none: every item shows as created.
+    let out = cli_ok(&other, &["poll", "s", "--dry-run"]);
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(!nowhere.exists());
 }
 
 #[test]
