@@ -13,7 +13,11 @@
 //! - [`config`]: the TOML file, validated completely at load.
 //! - [`schedule`]: intervals with jitter, cron with crontab(5) semantics.
 //! - [`source`]: one HTTP fetch with timeouts and a body cap.
+//! - [`transform`]: the `transform` option, a jq program run on the response before
+//!   extraction (jaq). Pure.
 //! - [`extract`], [`diff`]: items and their ids; created/updated/deleted. Pure.
+//! - [`feed`]: RSS, Atom and JSON Feed documents as a JSON array of entries with
+//!   stable ids, for `format = "feed"` sources. Pure.
 //! - [`event`]: the envelope and its stable id. Pure.
 //! - [`store`]: the `Store` trait and its sled implementation.
 //! - [`poll`]: one poll, fetch to commit.
@@ -36,6 +40,7 @@ pub mod demo;
 pub mod diff;
 pub mod event;
 pub mod extract;
+pub mod feed;
 pub mod metrics;
 pub mod notify;
 pub mod poll;
@@ -43,3 +48,4 @@ pub mod schedule;
 pub mod sign;
 pub mod source;
 pub mod store;
+pub mod transform;
