@@ -286,7 +286,7 @@ async fn throughput(n: usize) -> Result<()> {
         pollhook::diff::diff(&HashMap::new(), items, &[])?
             .changes
             .iter()
-            .map(|c| Bytes::from(pollhook::event::build("s", 1, c, chrono::Utc::now()).body))
+            .map(|c| Bytes::from(pollhook::event::build("s", "s", 1, c, chrono::Utc::now()).body))
             .collect(),
     );
     let avg = bodies.iter().map(|b| b.len()).sum::<usize>() / bodies.len();

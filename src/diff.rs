@@ -385,6 +385,12 @@ impl<'a> Differ<'a> {
         Ok(())
     }
 
+    /// The changes of the items pushed, without deletions: for a poll that did not see
+    /// every item (a page walk cut short), where an item not seen is not a gone one.
+    pub fn finish_without_deletions(self) -> Diff {
+        self.out
+    }
+
     /// The changes: what was pushed, then a deletion for every previous item not seen.
     pub fn finish(mut self) -> Result<Diff, DiffError> {
         // HashMap iteration order is random; sort for deterministic output.

@@ -74,11 +74,17 @@ struct Data<'a> {
     changes: Option<&'a serde_json::Value>,
 }
 
-/// Builds the event for one change detected at `detected` by the poll that will commit
-/// as `generation`.
-pub fn build(source: &str, generation: u64, change: &Change, detected: DateTime<Utc>) -> Event {
+/// The event of `change`, detected at `detected` by the commit of `generation`; its
+/// type is `<type_prefix>.<kind>` (the source's `event_type`, by default its name).
+pub fn build(
+    source: &str,
+    type_prefix: &str,
+    generation: u64,
+    change: &Change,
+    detected: DateTime<Utc>,
+) -> Event {
     let id = event_id(source, generation, &change.id, change.kind, &change.version);
-    let event_type = format!("{source}.{}", change.kind.as_str());
+    let event_type = format!("{type_prefix}.{}", change.kind.as_str());
     let envelope = Envelope {
         id: &id,
         event_type: &event_type,
@@ -143,7 +149,7 @@ mod tests {
         let at = DateTime::parse_from_rfc3339("2026-11-26T18:00:00Z")
             .unwrap()
             .with_timezone(&Utc);
-        let e = build("shop", 3, &change(ChangeKind::Updated, "42", 1), at);
+        let e = build("shop", "shop", 3, &change(ChangeKind::Updated, "42", 1), at);
         let v: serde_json::Value = serde_json::from_slice(&e.body).unwrap();
         assert_eq!(v["id"], e.id.as_str());
         assert_eq!(v["type"], "shop.updated");
@@ -161,7 +167,13 @@ mod tests {
 
     #[test]
     fn created_has_no_previous_or_changes() {
-        let e = build("s", 0, &change(ChangeKind::Created, "1", 1), Utc::now());
+        let e = build(
+            "s",
+            "s",
+            0,
+            &change(ChangeKind::Created, "1", 1),
+            Utc::now(),
+        );
         let v: serde_json::Value = serde_json::from_slice(&e.body).unwrap();
         assert_eq!(v["type"], "s.created");
         assert!(v["data"].get("previous").is_none() && v["data"].get("changes").is_none());

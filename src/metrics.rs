@@ -29,7 +29,7 @@ struct SourceLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PollLabels {
     source: String,
-    /// `ok` or `error`.
+    /// `ok`, `not_modified` or `error`.
     outcome: &'static str,
 }
 
@@ -58,6 +58,20 @@ type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 /// timing-out target takes tens of seconds.
 fn duration_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.005, 2.0, 15))
+}
+
+/// How a poll ended, as counted.
+#[derive(Debug, Clone, Copy)]
+pub enum PollOutcome {
+    Ok {
+        items: usize,
+        created: usize,
+        updated: usize,
+        deleted: usize,
+    },
+    /// 304 Not Modified.
+    NotModified,
+    Error,
 }
 
 /// The daemon's metrics; one per process, shared by every task.
@@ -113,7 +127,7 @@ impl Metrics {
         r.register("build_info", "pollhook's version", build);
         r.register(
             "polls",
-            "Polls by source and outcome (ok, error)",
+            "Polls by source and outcome (ok, not_modified, error)",
             m.polls.clone(),
         );
         r.register(
@@ -159,25 +173,30 @@ impl Metrics {
         m
     }
 
-    /// A poll ended: `Some((items, created, updated, deleted))` on success.
-    pub fn poll_done(
-        &self,
-        source: &str,
-        seconds: f64,
-        result: Option<(usize, usize, usize, usize)>,
-    ) {
+    /// A poll ended.
+    pub fn poll_done(&self, source: &str, seconds: f64, result: PollOutcome) {
         let label = SourceLabel {
             source: source.to_string(),
         };
         self.poll_duration.get_or_create(&label).observe(seconds);
-        let outcome = if result.is_some() { "ok" } else { "error" };
+        let outcome = match result {
+            PollOutcome::Ok { .. } => "ok",
+            PollOutcome::NotModified => "not_modified",
+            PollOutcome::Error => "error",
+        };
         self.polls
             .get_or_create(&PollLabels {
                 source: source.to_string(),
                 outcome,
             })
             .inc();
-        if let Some((items, created, updated, deleted)) = result {
+        if let PollOutcome::Ok {
+            items,
+            created,
+            updated,
+            deleted,
+        } = result
+        {
             self.items.get_or_create(&label).set(items as i64);
             for (kind, n) in [
                 ("created", created),
@@ -267,8 +286,17 @@ mod tests {
     #[test]
     fn the_text_format_holds_every_family_with_its_labels() {
         let m = Metrics::new();
-        m.poll_done("github", 0.2, Some((10, 2, 1, 0)));
-        m.poll_done("github", 0.1, None);
+        m.poll_done(
+            "github",
+            0.2,
+            PollOutcome::Ok {
+                items: 10,
+                created: 2,
+                updated: 1,
+                deleted: 0,
+            },
+        );
+        m.poll_done("github", 0.1, PollOutcome::Error);
         m.attempt_done("app", 0.05, "delivered");
         m.attempt_done("app", 0.05, "failed");
         let stats = BTreeMap::from([(

@@ -5,17 +5,20 @@
 //! (invariant 3): the error is returned, the stored snapshot stays as it was, and the next
 //! poll compares against it again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 
-use crate::config::{redact_url, Source};
+use reqwest::Url;
+use serde_json::Value;
+
+use crate::config::{redact_url, Format, Mode, Origin, PageStyle, Pagination, Source};
 use crate::diff::{ChangeKind, DiffError, Differ};
 use crate::event;
-use crate::extract::{extract_each, EachError, ExtractError};
-use crate::source::{FetchError, Fetcher};
+use crate::extract::{extract_each, EachError, ExtractError, Item};
+use crate::source::{FetchError, Fetcher, Page, Validators};
 use crate::store::{blocking, PollCommit, SharedStore, StoreError};
 
 /// Why a poll failed. Nothing was committed.
@@ -25,14 +28,36 @@ pub enum PollError {
     Fetch(#[from] FetchError),
     #[error("{url}: response is not valid JSON: {error}")]
     Json { url: String, error: String },
+    #[error("{url}: response is not a feed: {error}")]
+    Feed { url: String, error: String },
+    #[error("{url}: transform failed: {error}")]
+    Transform { url: String, error: String },
     #[error("{url}: {error}")]
     Extract { url: String, error: ExtractError },
+    #[error("{url}: page {page} leads back to a page already fetched in this poll; the pagination settings may not match the API")]
+    PageLoop { url: String, page: u32 },
+    #[error("{url}: page {page} names a next page that is not a URL: {error}")]
+    NextUrl {
+        url: String,
+        page: u32,
+        error: String,
+    },
     #[error("{url}: the response has no items but {previous} were held; refusing to treat them all as deleted (set allow_empty = true on this source if an empty list is real)")]
     SuddenlyEmpty { url: String, previous: usize },
     #[error(transparent)]
     Diff(#[from] DiffError),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl PollError {
+    /// How long the source asked us to wait (a 429 or 503 with `Retry-After`).
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            PollError::Fetch(e) => e.retry_after(),
+            _ => None,
+        }
+    }
 }
 
 /// What a poll found.
@@ -49,12 +74,37 @@ pub struct PollReport {
     pub first: bool,
     /// This poll recorded the first snapshot silently (`baseline = true`).
     pub baseline: bool,
+    /// The source answered 304 Not Modified: nothing was parsed, diffed or written.
+    #[serde(default)]
+    pub not_modified: bool,
+    /// Pages fetched (1 without pagination).
+    #[serde(default)]
+    pub pages: u32,
+    /// A page walk stopped at `max_pages`: the items seen were diffed, but nothing
+    /// was deleted, since unseen items may be on the pages not fetched.
+    #[serde(default)]
+    pub truncated: bool,
 }
 
 /// What a poll would commit, before committing it.
 pub struct Plan {
     pub commit: PollCommit,
     pub report: PollReport,
+}
+
+/// What fetching a source brought back, before the diff.
+pub enum Fetched {
+    /// One JSON body, extracted as it is parsed (the common case, and the cheapest).
+    Body(Vec<u8>),
+    /// Items taken from parsed documents: pages, feeds, transforms, documents.
+    Items {
+        items: Vec<Item>,
+        pages: u32,
+        /// Every page was fetched; only then may unseen items count as deleted.
+        complete: bool,
+    },
+    /// 304 Not Modified.
+    NotModified,
 }
 
 /// Polls sources and commits what they changed.
@@ -95,9 +145,35 @@ impl Poller {
         }
     }
 
+    /// The fetcher (its token cache survives a reload).
+    pub fn fetcher(&self) -> &Fetcher {
+        &self.fetcher
+    }
+
     /// Polls `source` once and commits the result.
     pub async fn poll(&self, source: &Arc<Source>) -> Result<PollReport, PollError> {
-        let Plan { commit, report } = self.plan(source, Utc::now()).await?;
+        self.poll_conditional(source, None).await.map(|(r, _)| r)
+    }
+
+    /// [`Poller::poll`] with the validators of the source's last good response, sent
+    /// as conditions; returns this response's validators once its poll is committed
+    /// (so a failed commit never hides a change behind a 304 later).
+    pub async fn poll_conditional(
+        &self,
+        source: &Arc<Source>,
+        validators: Option<&Validators>,
+    ) -> Result<(PollReport, Option<Validators>), PollError> {
+        let (fetched, found) = self.fetch(source, validators).await?;
+        if matches!(fetched, Fetched::NotModified) {
+            return Ok((
+                PollReport {
+                    not_modified: true,
+                    ..PollReport::default()
+                },
+                validators.cloned(),
+            ));
+        }
+        let Plan { commit, report } = self.plan_fetched(source, fetched, Utc::now()).await?;
         if report.events > 0 || commit.upserts.len() + commit.removals.len() > 0 || report.first {
             blocking(&self.store, move |s| s.commit_poll(commit)).await?;
         }
@@ -106,19 +182,272 @@ impl Poller {
                 self.wakes.wake(t);
             }
         }
-        Ok(report)
+        Ok((report, found))
     }
 
     /// Fetches `source` and works out what a commit would write, committing nothing.
     pub async fn plan(&self, source: &Arc<Source>, now: DateTime<Utc>) -> Result<Plan, PollError> {
-        let body = self.fetcher.fetch(source).await?;
+        let (fetched, _) = self.fetch(source, None).await?;
+        self.plan_fetched(source, fetched, now).await
+    }
+
+    async fn plan_fetched(
+        &self,
+        source: &Arc<Source>,
+        fetched: Fetched,
+        now: DateTime<Utc>,
+    ) -> Result<Plan, PollError> {
         let source = source.clone();
         let store = self.store.clone();
         // Parsing, extraction and diff are CPU work on possibly large documents, and the
         // snapshot read blocks: all of it runs off the async workers.
-        tokio::task::spawn_blocking(move || plan_response(&*store, &source, &body, now))
+        tokio::task::spawn_blocking(move || plan_fetched(&*store, &source, fetched, now))
             .await
             .map_err(|e| StoreError::Db(format!("poll task stopped: {e}")))?
+    }
+
+    /// Gets the source's document(s): one request, a page walk, or a command.
+    async fn fetch(
+        &self,
+        source: &Arc<Source>,
+        validators: Option<&Validators>,
+    ) -> Result<(Fetched, Option<Validators>), PollError> {
+        // One turn at the host for the whole poll, every page of it.
+        let _permit = self.fetcher.host_permit(source).await;
+        let req = match &source.origin {
+            Origin::Command(_) => {
+                let body = self.fetcher.run_command(source).await?;
+                return Ok((self.shape(source, body).await?, None));
+            }
+            Origin::Http(req) => req,
+        };
+        if let Some(p) = &source.pagination {
+            return Ok((self.walk(source, req, p).await?, None));
+        }
+        match self.fetcher.fetch(source, &req.url, validators).await? {
+            Page::NotModified => Ok((Fetched::NotModified, None)),
+            Page::Body {
+                body, validators, ..
+            } => Ok((self.shape(source, body).await?, validators)),
+        }
+    }
+
+    /// One body as [`Fetched`]: kept whole for the streaming path, else read now.
+    async fn shape(&self, source: &Arc<Source>, body: Vec<u8>) -> Result<Fetched, PollError> {
+        if streams(source) {
+            return Ok(Fetched::Body(body));
+        }
+        let s = source.clone();
+        let (items, _) = tokio::task::spawn_blocking(move || read_page(&s, &body, None))
+            .await
+            .map_err(|e| StoreError::Db(format!("poll task stopped: {e}")))??;
+        Ok(Fetched::Items {
+            items,
+            pages: 1,
+            complete: true,
+        })
+    }
+
+    /// Fetches page after page until the API says there are no more, gathering items.
+    async fn walk(
+        &self,
+        source: &Arc<Source>,
+        req: &crate::config::HttpRequest,
+        p: &Pagination,
+    ) -> Result<Fetched, PollError> {
+        let mut url = req.url.clone();
+        let mut number = 0;
+        if let PageStyle::Page { param, start, size } = &p.style {
+            number = *start;
+            set_param(&mut url, param, &number.to_string());
+            if let Some((name, value)) = size {
+                set_param(&mut url, name, &value.to_string());
+            }
+        }
+        let mut fetched_urls = HashSet::new();
+        let mut items = Vec::new();
+        let mut pages = 0;
+        loop {
+            pages += 1;
+            if !fetched_urls.insert(url.clone()) {
+                return Err(PollError::PageLoop {
+                    url: redact_url(&url),
+                    page: pages,
+                });
+            }
+            let Page::Body { body, next, .. } = self.fetcher.fetch(source, &url, None).await?
+            else {
+                // Only a conditional request gets a 304, and pages are never conditional.
+                return Err(PollError::PageLoop {
+                    url: redact_url(&url),
+                    page: pages,
+                });
+            };
+            let s = source.clone();
+            let style = p.style.clone();
+            let (page_items, token) =
+                tokio::task::spawn_blocking(move || read_page(&s, &body, Some(&style)))
+                    .await
+                    .map_err(|e| StoreError::Db(format!("poll task stopped: {e}")))??;
+            let empty = page_items.is_empty();
+            items.extend(page_items);
+            let next = match &p.style {
+                PageStyle::Link => next,
+                PageStyle::NextUrl(_) => match token {
+                    None => None,
+                    Some(t) => Some(url.join(&t).map_err(|e| PollError::NextUrl {
+                        url: redact_url(&url),
+                        page: pages,
+                        error: e.to_string(),
+                    })?),
+                },
+                PageStyle::Cursor { param, .. } => token.map(|c| {
+                    let mut u = url.clone();
+                    set_param(&mut u, param, &c);
+                    u
+                }),
+                PageStyle::Page { param, .. } => (!empty).then(|| {
+                    number += 1;
+                    let mut u = url.clone();
+                    set_param(&mut u, param, &number.to_string());
+                    u
+                }),
+            };
+            match next {
+                None => {
+                    return Ok(Fetched::Items {
+                        items,
+                        pages,
+                        complete: true,
+                    })
+                }
+                Some(_) if pages >= p.max_pages => {
+                    return Ok(Fetched::Items {
+                        items,
+                        pages,
+                        complete: false,
+                    })
+                }
+                Some(u) => url = u,
+            }
+        }
+    }
+}
+
+/// Whether `source`'s single JSON body can be extracted while it is parsed.
+fn streams(source: &Source) -> bool {
+    source.format == Format::Json
+        && source.transform.is_none()
+        && source.mode == Mode::Items
+        && source.pagination.is_none()
+}
+
+/// Sets query parameter `name` of `url` to `value`, replacing any it had.
+fn set_param(url: &mut Url, name: &str, value: &str) {
+    let kept: Vec<(String, String)> = url
+        .query_pairs()
+        .filter(|(k, _)| k != name)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    url.query_pairs_mut()
+        .clear()
+        .extend_pairs(kept)
+        .append_pair(name, value);
+}
+
+/// The items of one parsed document (a page, a feed, a command's output), and for
+/// pagination by body the next page's URL or cursor. Blocking: CPU work.
+fn read_page(
+    source: &Source,
+    body: &[u8],
+    style: Option<&PageStyle>,
+) -> Result<(Vec<Item>, Option<String>), PollError> {
+    let url = source.location();
+    let doc: Value = match source.format {
+        Format::Feed => crate::feed::entries(body).map_err(|e| PollError::Feed {
+            url: url.clone(),
+            error: e.to_string(),
+        })?,
+        Format::Json => serde_json::from_slice(body).map_err(|e| PollError::Json {
+            url: url.clone(),
+            error: e.to_string(),
+        })?,
+    };
+    // The next page is found in the document as the API sent it, before any transform.
+    let token = match style {
+        Some(PageStyle::NextUrl(p)) | Some(PageStyle::Cursor { pointer: p, .. }) => {
+            match doc.pointer(p) {
+                Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+                Some(Value::Number(n)) => Some(n.to_string()),
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    let doc = match &source.transform {
+        Some(t) => t.apply(doc).map_err(|e| PollError::Transform {
+            url: url.clone(),
+            error: e.to_string(),
+        })?,
+        None => doc,
+    };
+    let items = match source.mode {
+        Mode::Items => crate::extract::extract(&doc, &source.items, &source.id)
+            .map_err(|error| PollError::Extract { url, error })?,
+        Mode::Document => {
+            let Some(value) = doc.pointer(&source.items) else {
+                return Err(PollError::Extract {
+                    url,
+                    error: ExtractError::ItemsNotFound {
+                        pointer: source.items.clone(),
+                        detail: "nothing is there".into(),
+                    },
+                });
+            };
+            vec![Item {
+                id: DOCUMENT_ID.to_string(),
+                value: value.clone(),
+            }]
+        }
+    };
+    Ok((items, token))
+}
+
+/// The item id of a `mode = "document"` source's one item.
+pub const DOCUMENT_ID: &str = "document";
+
+/// Works out what a poll that fetched `fetched` would commit. Blocking.
+pub fn plan_fetched(
+    store: &dyn crate::store::Store,
+    source: &Source,
+    fetched: Fetched,
+    now: DateTime<Utc>,
+) -> Result<Plan, PollError> {
+    match fetched {
+        Fetched::Body(body) => plan_response(store, source, &body, now),
+        Fetched::Items {
+            items,
+            pages,
+            complete,
+        } => {
+            let mut plan = plan_with(store, source, now, complete, |differ| {
+                let n = items.len();
+                for item in items {
+                    differ.push(item)?;
+                }
+                Ok(n)
+            })?;
+            plan.report.pages = pages;
+            plan.report.truncated = !complete;
+            Ok(plan)
+        }
+        Fetched::NotModified => Ok(Plan {
+            commit: PollCommit::default(),
+            report: PollReport {
+                not_modified: true,
+                ..PollReport::default()
+            },
+        }),
     }
 }
 
@@ -130,35 +459,55 @@ pub fn plan_response(
     body: &[u8],
     now: DateTime<Utc>,
 ) -> Result<Plan, PollError> {
-    let url = redact_url(&source.url);
-    let state = store.source_state(&source.name)?;
-    let previous = store.snapshot(&source.name)?;
+    let url = source.location();
     // Items are diffed as they are parsed: memory holds the changed items, not the
     // whole document.
+    let mut plan = plan_with(store, source, now, true, |differ| {
+        extract_each(body, &source.items, &source.id, &mut |item| {
+            differ.push(item)
+        })
+        .map_err(|e| match e {
+            EachError::Json(e) => PollError::Json {
+                url: url.clone(),
+                error: e.to_string(),
+            },
+            EachError::Extract(error) => PollError::Extract {
+                url: url.clone(),
+                error,
+            },
+            EachError::Stopped(e) => PollError::Diff(e),
+        })
+    })?;
+    plan.report.pages = 1;
+    Ok(plan)
+}
+
+/// The diff and events of a poll whose items `push` feeds to the differ (returning how
+/// many it pushed). With `complete` false, items not seen are kept, not deleted.
+fn plan_with(
+    store: &dyn crate::store::Store,
+    source: &Source,
+    now: DateTime<Utc>,
+    complete: bool,
+    push: impl FnOnce(&mut Differ<'_>) -> Result<usize, PollError>,
+) -> Result<Plan, PollError> {
+    let state = store.source_state(&source.name)?;
+    let previous = store.snapshot(&source.name)?;
     let baseline = !state.initialized && source.baseline;
     let emit: &[ChangeKind] = if baseline { &[] } else { &source.events };
     let mut differ = Differ::new(&previous, &source.ignore).keep_only(emit);
-    let count = extract_each(body, &source.items, &source.id, &mut |item| {
-        differ.push(item)
-    })
-    .map_err(|e| match e {
-        EachError::Json(e) => PollError::Json {
-            url: url.clone(),
-            error: e.to_string(),
-        },
-        EachError::Extract(error) => PollError::Extract {
-            url: url.clone(),
-            error,
-        },
-        EachError::Stopped(e) => PollError::Diff(e),
-    })?;
+    let count = push(&mut differ)?;
     if count == 0 && !previous.is_empty() && !source.allow_empty {
         return Err(PollError::SuddenlyEmpty {
-            url,
+            url: source.location(),
             previous: previous.len(),
         });
     }
-    let d = differ.finish()?;
+    let d = if complete {
+        differ.finish()?
+    } else {
+        differ.finish_without_deletions()
+    };
     let mut report = PollReport {
         items: count,
         first: !state.initialized,
@@ -172,7 +521,7 @@ pub fn plan_response(
     let targets: Arc<[String]> = source.targets.clone().into();
     for change in &d.changes {
         events.push((
-            event::build(&source.name, generation, change, now),
+            event::build(&source.name, &source.event_type, generation, change, now),
             targets.clone(),
         ));
     }
@@ -184,7 +533,13 @@ pub fn plan_response(
             upserts: d.upserts,
             removals: d.removals,
             events,
-            item_count: count as u64,
+            // A truncated walk keeps the unseen items, so the source holds at least
+            // what it held before.
+            item_count: if complete {
+                count as u64
+            } else {
+                (count as u64).max(state.items)
+            },
             now_ms: now.timestamp_millis(),
         },
         report,

@@ -10,7 +10,7 @@ mod operator;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use chrono::{SecondsFormat, Utc};
+use chrono::Utc;
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
@@ -219,10 +219,12 @@ pub fn describe(config: &Config) -> String {
     for s in config.sources.values() {
         let _ = writeln!(
             out,
-            "  {}: {} {}, {}, items at {:?}, id at {:?} -> {}",
+            "  {}: {}, {}, items at {:?}, id at {:?} -> {}",
             s.name,
-            s.method,
-            redact_url(&s.url),
+            match s.http() {
+                Some(r) => format!("{} {}", r.method, redact_url(&r.url)),
+                None => s.location(),
+            },
             s.schedule_text(),
             s.items,
             s.id,
@@ -232,7 +234,7 @@ pub fn describe(config: &Config) -> String {
             .schedule
             .upcoming(now, 3)
             .iter()
-            .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
+            .map(|t| s.schedule.format_time(*t))
             .collect();
         let _ = writeln!(out, "    next polls: {}", next.join(", "));
     }

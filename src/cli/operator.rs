@@ -57,7 +57,7 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
                 .values()
                 .map(|s| crate::daemon::SourceStatus {
                     name: s.name.clone(),
-                    url: crate::config::redact_url(&s.url),
+                    url: s.location(),
                     schedule: s.schedule_text(),
                     items: stored
                         .iter()

@@ -8,6 +8,7 @@
 mod ca;
 mod locate;
 mod raw;
+mod request;
 mod validate;
 mod values;
 
@@ -18,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::HeaderMap;
-use reqwest::{Certificate, Method, Url};
+use reqwest::{Certificate, Url};
 
 use crate::diff::ChangeKind;
 use crate::schedule::Schedule;
@@ -26,6 +27,10 @@ use crate::sign::Signer;
 
 pub use locate::{KeyPath, Locator};
 use raw::RawConfig;
+pub use request::{
+    Auth, Format, HttpRequest, Mode, OAuth2, Origin, PageStyle, Pagination, DEFAULT_MAX_BACKOFF,
+    DEFAULT_MAX_PAGES,
+};
 use validate::Validator;
 pub use values::{expand_env, parse_duration, parse_size, redact_url};
 
@@ -59,6 +64,8 @@ pub struct Config {
     pub admin_listen: Option<std::net::SocketAddr>,
     /// How log lines are written.
     pub log_format: LogFormat,
+    /// Polls in flight to one host at once, across sources.
+    pub max_per_host: usize,
     pub targets: BTreeMap<String, Arc<Target>>,
     pub sources: BTreeMap<String, Arc<Source>>,
 }
@@ -110,9 +117,20 @@ pub struct Target {
 #[derive(Clone)]
 pub struct Source {
     pub name: String,
-    pub url: Url,
-    pub method: Method,
-    pub headers: HeaderMap,
+    /// The HTTP request (or command) that gets the document.
+    pub origin: Origin,
+    /// How further pages are found, for paginated APIs.
+    pub pagination: Option<Pagination>,
+    /// How the body is read: JSON, or a feed.
+    pub format: Format,
+    /// A jq program applied to each parsed document before `items` and `id`.
+    pub transform: Option<crate::transform::Transform>,
+    /// Items, or the whole document as one item.
+    pub mode: Mode,
+    /// The prefix of event types (`<event_type>.created`); the name by default.
+    pub event_type: String,
+    /// The longest wait between polls of a failing source.
+    pub max_backoff: Duration,
     pub schedule: Schedule,
     /// Total time for one request, connect to last byte.
     pub timeout: Duration,
@@ -161,9 +179,13 @@ impl fmt::Debug for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Source")
             .field("name", &self.name)
-            .field("url", &redact_url(&self.url))
-            .field("method", &self.method)
-            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("origin", &self.origin)
+            .field("pagination", &self.pagination)
+            .field("format", &self.format)
+            .field("transform", &self.transform)
+            .field("mode", &self.mode)
+            .field("event_type", &self.event_type)
+            .field("max_backoff", &self.max_backoff)
             .field("schedule", &self.schedule_text())
             .field("timeout", &self.timeout)
             .field("max_body", &self.max_body)
@@ -201,9 +223,14 @@ impl Source {
     /// loop only when this is false.
     pub fn same_settings(&self, other: &Source) -> bool {
         self.name == other.name
-            && self.url == other.url
-            && self.method == other.method
-            && self.headers == other.headers
+            && self.origin == other.origin
+            && self.pagination == other.pagination
+            && self.format == other.format
+            && self.transform.as_ref().map(|t| t.program())
+                == other.transform.as_ref().map(|t| t.program())
+            && self.mode == other.mode
+            && self.event_type == other.event_type
+            && self.max_backoff == other.max_backoff
             && self.schedule == other.schedule
             && self.timeout == other.timeout
             && self.max_body == other.max_body
@@ -218,11 +245,30 @@ impl Source {
             && self.ca_digest == other.ca_digest
     }
 
+    /// Where the document comes from, for messages: the URL without credentials or
+    /// query, or the command's program.
+    pub fn location(&self) -> String {
+        match &self.origin {
+            Origin::Http(r) => redact_url(&r.url),
+            Origin::Command(argv) => {
+                format!("command {}", argv.first().map(String::as_str).unwrap_or(""))
+            }
+        }
+    }
+
+    /// The HTTP request, for HTTP sources.
+    pub fn http(&self) -> Option<&HttpRequest> {
+        match &self.origin {
+            Origin::Http(r) => Some(r),
+            Origin::Command(_) => None,
+        }
+    }
+
     /// The schedule in words: `every 1m ±10%` or `cron "*/5 * * * *" (UTC)`.
     pub fn schedule_text(&self) -> String {
         match &self.schedule {
             Schedule::Interval(d) => format!("every {} ±10%", humantime::format_duration(*d)),
-            Schedule::Cron(c) => format!("cron \"{}\" (UTC)", c.expr()),
+            Schedule::Cron(c) => format!("cron \"{}\" ({})", c.expr(), c.timezone().name()),
         }
     }
 }

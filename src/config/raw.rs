@@ -36,6 +36,7 @@ pub struct RawConfig {
     pub state_dir: Option<String>,
     pub shutdown_grace: Option<String>,
     pub log_format: Option<String>,
+    pub max_per_host: Option<i64>,
     pub admin: Option<RawAdmin>,
     #[serde(default)]
     pub targets: BTreeMap<String, RawTarget>,
@@ -84,4 +85,59 @@ pub struct RawSource {
     pub baseline: Option<bool>,
     pub allow_empty: Option<bool>,
     pub ca_file: Option<String>,
+    pub command: Option<Vec<String>>,
+    #[serde(default)]
+    pub query: BTreeMap<String, String>,
+    pub body: Option<String>,
+    pub json: Option<toml::Value>,
+    pub auth: Option<RawAuth>,
+    pub paginate: Option<RawPaginate>,
+    pub max_backoff: Option<String>,
+    pub format: Option<String>,
+    pub transform: Option<String>,
+    pub mode: Option<String>,
+    pub event_type: Option<String>,
+    pub timezone: Option<String>,
+}
+
+/// `[sources.<name>.auth]`: exactly one of bearer, basic, oauth2.
+#[derive(Deserialize)]
+pub struct RawAuth {
+    pub bearer: Option<String>,
+    pub bearer_env: Option<String>,
+    pub bearer_file: Option<String>,
+    pub basic: Option<RawBasic>,
+    pub oauth2: Option<RawOAuth2>,
+}
+
+#[derive(Deserialize)]
+pub struct RawBasic {
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub password_env: Option<String>,
+    pub password_file: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct RawOAuth2 {
+    pub token_url: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<String>,
+    pub client_secret_env: Option<String>,
+    pub client_secret_file: Option<String>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+/// `[sources.<name>.paginate]`: one style (next, cursor or page) and its settings.
+#[derive(Deserialize)]
+pub struct RawPaginate {
+    pub next: Option<String>,
+    pub cursor: Option<String>,
+    pub param: Option<String>,
+    pub page: Option<String>,
+    pub start: Option<i64>,
+    pub size: Option<String>,
+    pub size_value: Option<i64>,
+    pub max_pages: Option<i64>,
 }

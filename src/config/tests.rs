@@ -63,8 +63,9 @@ fn a_good_config_loads_with_defaults_filled_in() {
     );
     assert_eq!(gh.headers["x-env"], "prod");
     let things = &c.sources["things"];
-    assert_eq!(things.url.query(), Some("token=tok-123"));
-    assert_eq!(things.headers["authorization"], "Bearer tok-123");
+    let req = things.http().unwrap();
+    assert_eq!(req.url.query(), Some("token=tok-123"));
+    assert_eq!(req.headers["authorization"], "Bearer tok-123");
     assert_eq!(
         things.events,
         vec![ChangeKind::Created, ChangeKind::Deleted]
@@ -77,7 +78,7 @@ fn a_good_config_loads_with_defaults_filled_in() {
     assert_eq!(weekly.targets, vec!["gh".to_string(), "hooks".to_string()]);
     assert!(!weekly.baseline && weekly.allow_empty);
     assert_eq!(weekly.max_body, 1 << 20);
-    assert_eq!(weekly.method, Method::GET);
+    assert_eq!(weekly.http().unwrap().method, reqwest::Method::GET);
 }
 
 #[test]
@@ -468,4 +469,161 @@ fn same_settings_sees_every_change_including_secrets() {
         !a.sources["things"].same_settings(&c.sources["things"]),
         "a new token in the environment is a change"
     );
+}
+
+#[test]
+fn cron_time_zones() {
+    let zoned = GOOD.replace(
+        "cron = \"0 9 * * 1\"",
+        "cron = \"0 9 * * 1\"\ntimezone = \"Europe/Berlin\"",
+    );
+    let c = parse(&zoned).unwrap();
+    let weekly = &c.sources["weekly"];
+    assert_eq!(weekly.schedule_text(), "cron \"0 9 * * 1\" (Europe/Berlin)");
+    // `check` shows the zone's wall clock and UTC: Monday 09:00 in Berlin is 08:00Z in
+    // winter, 07:00Z in summer (which one depends on today's date).
+    let shown = crate::cli::describe(&c);
+    assert!(
+        shown.contains("T09:00:00+01:00 (") && shown.contains("T08:00:00Z)")
+            || shown.contains("T09:00:00+02:00 (") && shown.contains("T07:00:00Z)"),
+        "{shown}"
+    );
+    // Unzoned cron stays UTC.
+    assert_eq!(
+        parse(GOOD).unwrap().sources["weekly"].schedule_text(),
+        "cron \"0 9 * * 1\" (UTC)"
+    );
+
+    let e = parse(&GOOD.replace(
+        "cron = \"0 9 * * 1\"",
+        "cron = \"0 9 * * 1\"\ntimezone = \"Berlin\"",
+    ))
+    .unwrap_err();
+    let p = &e.problems()[0];
+    assert_eq!(p.key, "sources.weekly.timezone");
+    assert!(p.message.contains("Europe/Berlin"), "{}", p.message);
+    let e = parse(&GOOD.replace("interval = \"1m\"", "interval = \"1m\"\ntimezone = \"UTC\""))
+        .unwrap_err();
+    assert_eq!(e.problems()[0].key, "sources.things.timezone");
+}
+
+#[test]
+fn source_shapes_validate_with_every_problem_named() {
+    let text = r#"
+[targets.t]
+url = "https://example.com/hooks"
+secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+[sources.a]
+url = "https://api.example.com/a"
+command = ["/bin/true"]
+interval = "1m"
+
+[sources.b]
+url = "https://api.example.com/b"
+interval = "1m"
+body = "x"
+json = { q = 1 }
+format = "xml"
+mode = "rows"
+event_type = "no spaces please"
+transform = ".data |"
+
+[sources.b.paginate]
+next = "link"
+page = "page"
+
+[sources.c]
+url = "https://api.example.com/c"
+interval = "1m"
+[sources.c.paginate]
+cursor = "/next"
+
+[sources.d]
+url = "https://api.example.com/d"
+interval = "1m"
+[sources.d.auth]
+bearer = "x"
+basic = { username = "u", password = "p" }
+
+[sources.e]
+command = ["/usr/bin/list", "--json"]
+interval = "1m"
+headers = { X = "y" }
+
+[sources.f]
+url = "https://api.example.com/f"
+interval = "1m"
+[sources.f.auth]
+oauth2 = { token_url = "https://auth.example.com/token", client_id = "id", client_secret_env = "NOPE" }
+"#;
+    let e = parse(text).unwrap_err();
+    let keys: Vec<String> = e.problems().iter().map(|p| p.key.clone()).collect();
+    for want in [
+        "sources.a.command",
+        "sources.b.json",
+        "sources.b.format",
+        "sources.b.mode",
+        "sources.b.event_type",
+        "sources.b.transform",
+        "sources.b.paginate",
+        "sources.c.paginate.param",
+        "sources.d.auth",
+        "sources.e.command",
+        "sources.f.auth.oauth2.client_secret_env",
+    ] {
+        assert!(
+            keys.iter().any(|k| k == want),
+            "no problem at {want}: {keys:?}"
+        );
+    }
+    // Secrets named by the problems are never shown.
+    assert!(!e.to_string().contains("whsec_"), "{e}");
+
+    // And a good one, with every part.
+    let good = r#"
+max_per_host = 2
+[targets.t]
+url = "https://example.com/hooks"
+secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+[sources.g]
+url = "https://api.example.com/graphql"
+interval = "5m"
+json = { query = "{ viewer { login } }" }
+query = { per_page = "100" }
+transform = ".data.viewer | [.]"
+event_type = "gh.viewer"
+max_backoff = "10m"
+[sources.g.auth]
+bearer_env = "API_TOKEN"
+[sources.g.paginate]
+cursor = "/meta/next"
+param = "after"
+max_pages = 7
+"#;
+    let c = parse(good).unwrap();
+    assert_eq!(c.max_per_host, 2);
+    let g = &c.sources["g"];
+    let req = g.http().unwrap();
+    assert_eq!(
+        req.method,
+        reqwest::Method::POST,
+        "a json body makes a POST"
+    );
+    assert_eq!(req.url.query(), Some("per_page=100"));
+    assert_eq!(req.auth, Some(Auth::Bearer("tok-123".into())));
+    assert!(!format!("{g:?}").contains("tok-123"), "{g:?}");
+    assert_eq!(
+        g.pagination,
+        Some(Pagination {
+            style: PageStyle::Cursor {
+                pointer: "/meta/next".into(),
+                param: "after".into()
+            },
+            max_pages: 7
+        })
+    );
+    assert_eq!(g.event_type, "gh.viewer");
+    assert_eq!(g.max_backoff, Duration::from_secs(600));
 }

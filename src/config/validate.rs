@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
-use reqwest::{Certificate, Method, Url};
+use reqwest::{Certificate, Url};
 
 use super::raw::{self, RawConfig, RawSource, RawTarget};
 use super::{
@@ -53,18 +53,23 @@ impl Validator<'_> {
             raw.shutdown_grace.as_deref(),
             DEFAULT_GRACE,
         );
-        let log_format = match raw.log_format.as_deref() {
-            None | Some("text") => LogFormat::Text,
-            Some("json") => LogFormat::Json,
+        let log_format = self.choice(
+            &root.key("log_format"),
+            raw.log_format.as_deref(),
+            &[
+                ("text", LogFormat::Text, "plain lines, the default"),
+                ("json", LogFormat::Json, "one object per line"),
+            ],
+        );
+        let admin_listen = self.admin_listen(raw.admin.as_ref());
+        let max_per_host = match raw.max_per_host {
+            None => crate::source::DEFAULT_MAX_PER_HOST,
+            Some(n) if (1..=1024).contains(&n) => n as usize,
             Some(_) => {
-                self.problem(
-                    &root.key("log_format"),
-                    "must be \"text\" (plain lines, the default) or \"json\" (one object per line)",
-                );
-                LogFormat::Text
+                self.problem(&root.key("max_per_host"), "must be between 1 and 1024");
+                crate::source::DEFAULT_MAX_PER_HOST
             }
         };
-        let admin_listen = self.admin_listen(raw.admin.as_ref());
         if raw.targets.is_empty() {
             self.problem(
                 &root,
@@ -100,6 +105,7 @@ impl Validator<'_> {
             shutdown_grace,
             admin_listen,
             log_format,
+            max_per_host,
             targets,
             sources,
         }
@@ -137,7 +143,36 @@ impl Validator<'_> {
         }
     }
 
-    fn duration(&mut self, key: &KeyPath, text: Option<&str>, default: Duration) -> Duration {
+    /// One of a few words: `options` are (word, value, what it means); the first is the
+    /// default, used when the key is absent or (after a problem) wrong.
+    pub(super) fn choice<T: Copy>(
+        &mut self,
+        key: &KeyPath,
+        text: Option<&str>,
+        options: &[(&str, T, &str)],
+    ) -> T {
+        // Every caller passes a constant list of at least one option.
+        let default = options[0].1;
+        let Some(text) = text else {
+            return default;
+        };
+        if let Some((_, value, _)) = options.iter().find(|(word, _, _)| *word == text) {
+            return *value;
+        }
+        let words: Vec<String> = options
+            .iter()
+            .map(|(word, _, means)| format!("\"{word}\" ({means})"))
+            .collect();
+        self.problem(key, format!("{text:?} is not one of {}", words.join(", ")));
+        default
+    }
+
+    pub(super) fn duration(
+        &mut self,
+        key: &KeyPath,
+        text: Option<&str>,
+        default: Duration,
+    ) -> Duration {
         match text.map(parse_duration) {
             None => default,
             Some(Ok(d)) => d,
@@ -148,7 +183,7 @@ impl Validator<'_> {
         }
     }
 
-    fn expand(&mut self, key: &KeyPath, text: &str) -> Option<String> {
+    pub(super) fn expand(&mut self, key: &KeyPath, text: &str) -> Option<String> {
         match expand_env(text, self.env) {
             Ok(s) => Some(s),
             Err(e) => {
@@ -158,7 +193,7 @@ impl Validator<'_> {
         }
     }
 
-    fn url(&mut self, key: &KeyPath, text: Option<&str>) -> Option<Url> {
+    pub(super) fn url(&mut self, key: &KeyPath, text: Option<&str>) -> Option<Url> {
         let Some(text) = text else {
             self.problem(key, "missing: every target and source needs a url");
             return None;
@@ -181,7 +216,7 @@ impl Validator<'_> {
         }
     }
 
-    fn headers(&mut self, key: &KeyPath, raw: &BTreeMap<String, String>) -> HeaderMap {
+    pub(super) fn headers(&mut self, key: &KeyPath, raw: &BTreeMap<String, String>) -> HeaderMap {
         let mut map = HeaderMap::new();
         for (name, value) in raw {
             let hkey = key.key(name);
@@ -359,18 +394,7 @@ impl Validator<'_> {
         s: RawSource,
         target_names: &[String],
     ) -> Option<Source> {
-        let url = self.url(&key.key("url"), s.url.as_deref());
-        let method = match s.method.as_deref() {
-            None => Some(Method::GET),
-            Some(m) => match Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
-                Ok(m) => Some(m),
-                Err(_) => {
-                    self.problem(&key.key("method"), format!("{m:?} is not an HTTP method"));
-                    None
-                }
-            },
-        };
-        let headers = self.headers(&key.key("headers"), &s.headers);
+        let shape = self.shape(key, name, &s);
         let schedule = match (&s.interval, &s.cron) {
             (Some(_), Some(_)) => {
                 self.problem(&key.key("cron"), "set either interval or cron, not both");
@@ -394,14 +418,32 @@ impl Validator<'_> {
                     None
                 }
             },
-            (None, Some(c)) => match Schedule::cron(c) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    self.problem(&key.key("cron"), e.to_string());
-                    None
+            (None, Some(c)) => {
+                let zone = match s.timezone.as_deref() {
+                    None => Some(chrono_tz::Tz::UTC),
+                    Some(name) => match crate::schedule::parse_timezone(name) {
+                        Ok(tz) => Some(tz),
+                        Err(e) => {
+                            self.problem(&key.key("timezone"), e.to_string());
+                            None
+                        }
+                    },
+                };
+                match Schedule::cron_in(c, zone.unwrap_or(chrono_tz::Tz::UTC)) {
+                    Ok(s) => zone.map(|_| s),
+                    Err(e) => {
+                        self.problem(&key.key("cron"), e.to_string());
+                        None
+                    }
                 }
-            },
+            }
         };
+        if s.timezone.is_some() && s.cron.is_none() {
+            self.problem(
+                &key.key("timezone"),
+                "applies to cron schedules only; an interval is the same in every zone",
+            );
+        }
         let timeout = self.duration(
             &key.key("timeout"),
             s.timeout.as_deref(),
@@ -488,9 +530,13 @@ impl Validator<'_> {
         };
         Some(Source {
             name: name.to_string(),
-            url: url?,
-            method: method?,
-            headers,
+            origin: shape.origin?,
+            pagination: shape.pagination,
+            format: shape.format,
+            transform: shape.transform,
+            mode: shape.mode,
+            event_type: shape.event_type,
+            max_backoff: shape.max_backoff,
             schedule: schedule?,
             timeout,
             max_body,
@@ -507,7 +553,7 @@ impl Validator<'_> {
         })
     }
 
-    fn pointer(&mut self, key: &KeyPath, p: &str) {
+    pub(super) fn pointer(&mut self, key: &KeyPath, p: &str) {
         if let Err(e) = crate::extract::validate_pointer(p) {
             self.problem(key, format!("{p:?} is not a JSON Pointer (RFC 6901): {e}; pointers look like \"/data/items\", or \"\" for the whole document"));
         }

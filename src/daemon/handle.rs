@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::{redact_url, Config, Source};
+use crate::config::{Config, Source};
 use crate::metrics::Metrics;
 use crate::poll::{PollReport, Poller, Wakes};
 use crate::store::SharedStore;
@@ -58,6 +58,8 @@ pub struct Handle {
     pub store: SharedStore,
     pub metrics: Arc<Metrics>,
     pub wakes: Wakes,
+    /// OAuth2 tokens and per-host turns, kept across reloads.
+    pub fetch_shared: crate::source::Shared,
     ready: AtomicBool,
     config: Mutex<Arc<Config>>,
     sources: Mutex<BTreeMap<String, RunningSource>>,
@@ -76,6 +78,7 @@ impl Handle {
             store,
             metrics,
             wakes: Wakes::default(),
+            fetch_shared: crate::source::Shared::default(),
             ready: AtomicBool::new(false),
             config: Mutex::new(config),
             sources: Mutex::new(BTreeMap::new()),
@@ -111,7 +114,7 @@ impl Handle {
         let mut status = lock(&self.status);
         let entry = status.entry(s.name.clone()).or_default();
         entry.name = s.name.clone();
-        entry.url = redact_url(&s.url);
+        entry.url = s.location();
         entry.schedule = s.schedule_text();
         entry.items = items;
         lock(&self.sources).insert(s.name.clone(), running);

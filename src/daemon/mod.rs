@@ -218,6 +218,7 @@ impl Running {
                 config.admin_listen != current.admin_listen,
             ),
             ("log_format", config.log_format != current.log_format),
+            ("max_per_host", config.max_per_host != current.max_per_host),
         ] {
             if changed {
                 tracing::warn!(
@@ -326,9 +327,12 @@ impl Running {
         if changed.is_empty() {
             return first_error.map_or(Ok(()), Err);
         }
-        // One fetcher (and so one connection pool) for the sources started together.
+        // One fetcher (and so one connection pool) for the sources started together;
+        // OAuth2 tokens carry over from the sources running before.
         let fetcher = match Fetcher::new(&config.sources) {
-            Ok(f) => f,
+            Ok(f) => f
+                .with_max_per_host(config.max_per_host)
+                .with_shared(handle.fetch_shared.clone()),
             Err(e) => return Err(first_error.unwrap_or(DaemonError::Http(e))),
         };
         let poller = Poller::new(handle.store.clone(), fetcher, handle.wakes.clone());

@@ -3,7 +3,12 @@
 //!
 //! Never two polls of one source at once; ticks missed while a poll ran are skipped, not
 //! made up. A failed poll is logged and counted and the loop goes on (invariant 3: it
-//! changed nothing).
+//! changed nothing). Failures in a row back off exponentially (the schedule's period,
+//! doubled each time, up to `max_backoff`), a `Retry-After` from a 429 or 503 is waited
+//! out, and a success returns to the schedule.
+//!
+//! The loop keeps the last good response's `ETag`/`Last-Modified` and sends them as
+//! conditions, so an unchanged resource costs a 304 and nothing else.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,8 +19,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::handle::{Handle, PollNow};
 use crate::config::Source;
+use crate::metrics::PollOutcome;
 use crate::poll::{PollError, PollReport, Poller};
-use crate::schedule::random_unit;
+use crate::schedule::{random_unit, Schedule};
+use crate::source::Validators;
 
 pub(super) struct SourceLoop {
     pub source: Arc<Source>,
@@ -29,6 +36,8 @@ impl SourceLoop {
     pub async fn run(mut self) {
         let s = self.source.clone();
         let mut scheduled = s.schedule.first(Utc::now(), random_unit());
+        let mut validators: Option<Validators> = None;
+        let mut failures: u32 = 0;
         loop {
             self.handle
                 .update_status(&s.name, |st| st.next_poll = Some(scheduled));
@@ -40,35 +49,86 @@ impl SourceLoop {
             };
             let result = tokio::select! {
                 _ = self.stop.cancelled() => return,
-                result = self.poll_once() => result,
+                result = self.poll_once(validators.as_ref()) => result,
+            };
+            let now = Utc::now();
+            let wait_at_least = match &result {
+                Ok((_, found)) => {
+                    failures = 0;
+                    validators = found.clone();
+                    None
+                }
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    let backoff = backoff(&s.schedule, failures, s.max_backoff);
+                    // Retry-After is honoured up to max_backoff: past it the next poll
+                    // asks again and is told again.
+                    let asked_for = e.retry_after().map(|d| d.min(s.max_backoff));
+                    Some(asked_for.map_or(backoff, |a| a.max(backoff)))
+                }
             };
             if let Some(reply) = asked {
                 // The asker may have given up waiting; that is fine.
-                let _ = reply.send(result.map_err(|e| e.to_string()));
+                let _ = reply.send(result.map(|(r, _)| r).map_err(|e| e.to_string()));
             } else {
-                scheduled = s.schedule.next(scheduled, Utc::now(), random_unit());
+                scheduled = s.schedule.next(scheduled, now, random_unit());
+            }
+            if let Some(wait) = wait_at_least {
+                let earliest = now + chrono::TimeDelta::from_std(wait).unwrap_or_default();
+                while scheduled < earliest {
+                    scheduled = s.schedule.next(scheduled, earliest, random_unit());
+                }
+                if failures > 1 || wait > period(&s.schedule) {
+                    tracing::info!(source = %s.name, failures, next_poll = %scheduled.to_rfc3339(), "backing off after failed polls");
+                }
             }
         }
     }
 
-    async fn poll_once(&self) -> Result<PollReport, PollError> {
+    async fn poll_once(
+        &self,
+        validators: Option<&Validators>,
+    ) -> Result<(PollReport, Option<Validators>), PollError> {
         let s = &self.source;
         let started = Instant::now();
-        let result = self.poller.poll(s).await;
+        let result = self.poller.poll_conditional(s, validators).await;
         let took = started.elapsed();
         let took_ms = took.as_millis() as u64;
         let now = Utc::now();
         match &result {
-            Ok(r) => {
+            Ok((r, _)) if r.not_modified => {
+                tracing::debug!(source = %s.name, took_ms, "not modified (304)");
+                self.handle.metrics.poll_done(
+                    &s.name,
+                    took.as_secs_f64(),
+                    PollOutcome::NotModified,
+                );
+                self.handle.update_status(&s.name, |st| {
+                    st.last_poll = Some(now);
+                    st.last_outcome = Some("not_modified".into());
+                    st.last_duration_ms = Some(took_ms);
+                    st.consecutive_failures = 0;
+                    st.polls_ok += 1;
+                });
+            }
+            Ok((r, _)) => {
+                if r.truncated {
+                    tracing::warn!(source = %s.name, pages = r.pages, "the page walk stopped at max_pages; items on later pages were not seen, so nothing was deleted (raise max_pages if the API has more pages)");
+                }
                 tracing::info!(
                     source = %s.name, items = r.items, created = r.created, updated = r.updated,
                     deleted = r.deleted, events = r.events, first = r.first, baseline = r.baseline,
-                    took_ms, "polled"
+                    pages = r.pages, took_ms, "polled"
                 );
                 self.handle.metrics.poll_done(
                     &s.name,
                     took.as_secs_f64(),
-                    Some((r.items, r.created, r.updated, r.deleted)),
+                    PollOutcome::Ok {
+                        items: r.items,
+                        created: r.created,
+                        updated: r.updated,
+                        deleted: r.deleted,
+                    },
                 );
                 self.handle.update_status(&s.name, |st| {
                     st.last_poll = Some(now);
@@ -83,7 +143,7 @@ impl SourceLoop {
                 tracing::warn!(source = %s.name, error = %e, "poll failed; nothing changed, next poll on schedule");
                 self.handle
                     .metrics
-                    .poll_done(&s.name, took.as_secs_f64(), None);
+                    .poll_done(&s.name, took.as_secs_f64(), PollOutcome::Error);
                 self.handle.update_status(&s.name, |st| {
                     st.last_poll = Some(now);
                     st.last_outcome = Some("error".into());
@@ -96,5 +156,39 @@ impl SourceLoop {
             }
         }
         result
+    }
+}
+
+/// The base of the backoff: an interval source's interval; a minute for cron sources,
+/// whose next tick after the backoff is the next poll.
+fn period(schedule: &Schedule) -> std::time::Duration {
+    match schedule {
+        Schedule::Interval(d) => *d,
+        Schedule::Cron(_) => std::time::Duration::from_secs(60),
+    }
+}
+
+/// How long after the `failures`-th failure in a row the next poll may come: the
+/// schedule's period, doubled for each failure after the first, at most `max`. The
+/// first failure waits one period, as if nothing had happened.
+fn backoff(schedule: &Schedule, failures: u32, max: std::time::Duration) -> std::time::Duration {
+    let doublings = failures.saturating_sub(1).min(32);
+    period(schedule)
+        .saturating_mul(1u32 << doublings.min(31))
+        .min(max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn backoff_doubles_from_the_period_up_to_the_cap() {
+        let s = Schedule::Interval(Duration::from_secs(60));
+        let max = Duration::from_secs(3600);
+        let waits: Vec<u64> = (1..=9).map(|n| backoff(&s, n, max).as_secs()).collect();
+        assert_eq!(waits, [60, 120, 240, 480, 960, 1920, 3600, 3600, 3600]);
+        assert_eq!(backoff(&s, u32::MAX, max), max);
     }
 }

@@ -1,15 +1,38 @@
-//! Fetching a source: one HTTP request with the source's method, headers and timeout,
-//! gzip decoded, and the body read up to `max_body` bytes. Anything but a complete 2xx
-//! body within the cap is an error, so a bad response can never look like an empty list.
+//! Getting a source's document: one HTTP request per page with the source's method,
+//! query, body, headers, auth and timeout, gzip decoded, the body read up to
+//! `max_body` bytes; or a command's stdout. Anything but a complete 2xx body within the
+//! cap is an error, so a bad response can never look like an empty list.
+//!
+//! - `auth`: bearer, basic and OAuth2 client-credentials tokens (cached, refreshed).
+//! - `command`: sources that are programs.
+//! - Conditional requests: a [`Validators`] pair (`ETag`, `Last-Modified`) is sent as
+//!   `If-None-Match`/`If-Modified-Since`, and a 304 is [`Page::NotModified`].
+//! - Politeness: at most `max_per_host` requests in flight to one host (a permit is
+//!   held for a whole poll, all its pages), and `Retry-After` is reported with a 429
+//!   or 503 so the source's next poll waits.
+
+mod auth;
+mod command;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use reqwest::header::USER_AGENT;
+use chrono::Utc;
+use reqwest::header::{
+    HeaderMap, HeaderValue, CONTENT_TYPE, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED,
+    LINK, RETRY_AFTER, USER_AGENT,
+};
+use reqwest::{StatusCode, Url};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::config::{redact_url, Source};
+use crate::config::{redact_url, HttpRequest, Origin, Source};
+use crate::deliver::retry::parse_retry_after;
 use crate::deliver::{describe_send_error, user_agent, Peer};
+use auth::Tokens;
+
+/// Requests in flight to one host at once unless `max_per_host` says otherwise.
+pub const DEFAULT_MAX_PER_HOST: usize = 4;
 
 /// Why a fetch failed. URLs in messages have credentials and query removed.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +50,8 @@ pub enum FetchError {
         status: u16,
         /// The start of the response body, which often says why.
         body: String,
+        /// How long a 429 or 503 asked us to wait.
+        retry_after: Option<Duration>,
     },
     #[error("{method} {url}: response body is over max_body = {limit} bytes; raise max_body for this source if the API really returns that much")]
     TooLarge {
@@ -34,6 +59,50 @@ pub enum FetchError {
         url: String,
         limit: u64,
     },
+    #[error("{url}: OAuth2 token request failed: {detail}")]
+    Token { url: String, detail: String },
+    #[error("{0}")]
+    Command(String),
+}
+
+impl FetchError {
+    /// The wait a 429 or 503 asked for, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            FetchError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+/// A response's cache validators, sent back on the next request of the source.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Validators {
+    pub etag: Option<HeaderValue>,
+    pub last_modified: Option<HeaderValue>,
+}
+
+impl Validators {
+    fn from_headers(h: &HeaderMap) -> Option<Validators> {
+        let v = Validators {
+            etag: h.get(ETAG).cloned(),
+            last_modified: h.get(LAST_MODIFIED).cloned(),
+        };
+        (v.etag.is_some() || v.last_modified.is_some()).then_some(v)
+    }
+}
+
+/// One page as fetched.
+#[derive(Debug)]
+pub enum Page {
+    Body {
+        body: Vec<u8>,
+        /// The `Link: <…>; rel="next"` target, resolved against the request URL.
+        next: Option<Url>,
+        validators: Option<Validators>,
+    },
+    /// 304: nothing changed since the validators were given.
+    NotModified,
 }
 
 /// The HTTP clients sources are polled with: one shared by every source that trusts
@@ -44,6 +113,17 @@ pub struct Fetcher {
     client: reqwest::Client,
     /// Per source name, for the sources that have a `ca_file`.
     with_ca: Arc<HashMap<String, reqwest::Client>>,
+    shared: Shared,
+    max_per_host: usize,
+}
+
+/// What fetchers share across a reload: OAuth2 tokens (a reload does not ask every
+/// token endpoint again) and the per-host turns (sources started before and after a
+/// reload still take turns at one host).
+#[derive(Clone, Default)]
+pub struct Shared {
+    tokens: Tokens,
+    hosts: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
 }
 
 impl Fetcher {
@@ -59,7 +139,22 @@ impl Fetcher {
         Ok(Fetcher {
             client: client_builder().build()?,
             with_ca: Arc::new(with_ca),
+            shared: Shared::default(),
+            max_per_host: DEFAULT_MAX_PER_HOST,
         })
+    }
+
+    /// At most `n` requests in flight to one host (for hosts not seen before: a host's
+    /// limit is set when its first poll runs).
+    pub fn with_max_per_host(mut self, n: usize) -> Fetcher {
+        self.max_per_host = n.max(1);
+        self
+    }
+
+    /// Shares tokens and host turns with the fetchers of an earlier config.
+    pub fn with_shared(mut self, shared: Shared) -> Fetcher {
+        self.shared = shared;
+        self
     }
 
     /// The client for `source`: its own if it has a `ca_file`, else the shared one.
@@ -67,13 +162,117 @@ impl Fetcher {
         self.with_ca.get(&source.name).unwrap_or(&self.client)
     }
 
-    /// The body of one successful request, at most `source.max_body` bytes.
-    pub async fn fetch(&self, source: &Source) -> Result<Vec<u8>, FetchError> {
-        let method = source.method.to_string();
-        let url = redact_url(&source.url);
-        let request_err = |e: reqwest::Error| FetchError::Request {
-            method: method.clone(),
-            url: url.clone(),
+    /// Waits for a turn at `source`'s host; the poll holds it until it has its pages.
+    pub async fn host_permit(&self, source: &Source) -> Option<OwnedSemaphorePermit> {
+        let host = source.http()?.url.host_str()?.to_ascii_lowercase();
+        let semaphore = {
+            // A poisoned lock means a panic while inserting into a map; it is intact.
+            let mut hosts = self.shared.hosts.lock().unwrap_or_else(|e| e.into_inner());
+            hosts
+                .entry(host)
+                .or_insert_with(|| Arc::new(Semaphore::new(self.max_per_host)))
+                .clone()
+        };
+        semaphore.acquire_owned().await.ok()
+    }
+
+    /// A command source's output, at most `max_body` bytes.
+    pub async fn run_command(&self, source: &Source) -> Result<Vec<u8>, FetchError> {
+        match &source.origin {
+            Origin::Command(argv) => command::run(argv, source.timeout, source.max_body).await,
+            Origin::Http(_) => Err(FetchError::Command("not a command source".into())),
+        }
+    }
+
+    /// One page of an HTTP source: `url` (the first page's, or one pagination found),
+    /// with `validators` sent as conditions when given.
+    pub async fn fetch(
+        &self,
+        source: &Source,
+        url: &Url,
+        validators: Option<&Validators>,
+    ) -> Result<Page, FetchError> {
+        let Origin::Http(req) = &source.origin else {
+            return Err(FetchError::Command("not an HTTP source".into()));
+        };
+        let mut resp = self.send(source, req, url, validators, false).await?;
+        if resp.status() == StatusCode::UNAUTHORIZED && auth::refreshable(req) {
+            // The cached token may have been revoked or expired early: one fresh try.
+            resp = self.send(source, req, url, validators, true).await?;
+        }
+        let method = req.method.to_string();
+        let shown = redact_url(url);
+        let status = resp.status();
+        if status == StatusCode::NOT_MODIFIED && validators.is_some() {
+            return Ok(Page::NotModified);
+        }
+        if !status.is_success() {
+            let retry_after = matches!(status.as_u16(), 429 | 503)
+                .then(|| {
+                    resp.headers()
+                        .get(RETRY_AFTER)?
+                        .to_str()
+                        .ok()
+                        .map(String::from)
+                })
+                .flatten()
+                .and_then(|v| parse_retry_after(&v, Utc::now()));
+            return Err(FetchError::Status {
+                method,
+                url: shown,
+                status: status.as_u16(),
+                body: snippet(&mut resp).await,
+                retry_after,
+            });
+        }
+        let next = next_link(resp.headers(), url);
+        let found = Validators::from_headers(resp.headers());
+        let body = read_capped(&mut resp, source, &method, &shown).await?;
+        Ok(Page::Body {
+            body,
+            next,
+            validators: found,
+        })
+    }
+
+    async fn send(
+        &self,
+        source: &Source,
+        req: &HttpRequest,
+        url: &Url,
+        validators: Option<&Validators>,
+        fresh_token: bool,
+    ) -> Result<reqwest::Response, FetchError> {
+        let mut builder = self
+            .client(source)
+            .request(req.method.clone(), url.clone())
+            .headers(req.headers.clone())
+            .header(USER_AGENT, user_agent())
+            .timeout(source.timeout);
+        if let Some((body, content_type)) = &req.body {
+            builder = builder
+                .header(CONTENT_TYPE, *content_type)
+                .body(body.clone());
+        }
+        if let Some(v) = validators {
+            if let Some(etag) = &v.etag {
+                builder = builder.header(IF_NONE_MATCH, etag.clone());
+            }
+            if let Some(lm) = &v.last_modified {
+                builder = builder.header(IF_MODIFIED_SINCE, lm.clone());
+            }
+        }
+        if let Some(a) = &req.auth {
+            let header = self
+                .shared
+                .tokens
+                .authorization(&self.client, source, a, fresh_token)
+                .await?;
+            builder = builder.header(reqwest::header::AUTHORIZATION, header);
+        }
+        builder.send().await.map_err(|e| FetchError::Request {
+            method: req.method.to_string(),
+            url: redact_url(url),
             detail: describe_send_error(
                 &e,
                 source.timeout,
@@ -81,65 +280,123 @@ impl Fetcher {
                     ca_file: source.ca_file.as_deref(),
                 },
             ),
-        };
-        let mut resp = self
-            .client(source)
-            .request(source.method.clone(), source.url.clone())
-            .headers(source.headers.clone())
-            .header(USER_AGENT, user_agent())
-            .timeout(source.timeout)
-            .send()
-            .await
-            .map_err(request_err)?;
-        let too_large = || FetchError::TooLarge {
-            method: method.clone(),
-            url: url.clone(),
-            limit: source.max_body,
-        };
-        let status = resp.status();
-        if !status.is_success() {
-            // A little of the body helps ("rate limit exceeded"); never more than that.
-            let mut snippet = Vec::new();
-            while snippet.len() < 200 {
-                match resp.chunk().await {
-                    Ok(Some(c)) => snippet.extend_from_slice(&c),
-                    _ => break,
-                }
-            }
-            snippet.truncate(200);
-            let text: String = String::from_utf8_lossy(&snippet)
-                .chars()
-                .map(|c| if c.is_control() { ' ' } else { c })
-                .collect();
-            let text = text.trim();
-            return Err(FetchError::Status {
-                method,
-                url,
-                status: status.as_u16(),
-                body: if text.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {text}")
-                },
-            });
+        })
+    }
+}
+
+/// A little of an error response's body, which often says why ("rate limit
+/// exceeded"); never more than that, and no control characters.
+async fn snippet(resp: &mut reqwest::Response) -> String {
+    let mut snippet = Vec::new();
+    while snippet.len() < 200 {
+        match resp.chunk().await {
+            Ok(Some(c)) => snippet.extend_from_slice(&c),
+            _ => break,
         }
-        // With gzip, content-length is the compressed size; the streaming check below
-        // counts decoded bytes, which is what memory pays for (a gzip bomb stops here).
-        if resp
-            .content_length()
-            .is_some_and(|len| len > source.max_body)
-        {
+    }
+    snippet.truncate(200);
+    let text: String = String::from_utf8_lossy(&snippet)
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let text = text.trim();
+    if text.is_empty() {
+        String::new()
+    } else {
+        format!(": {text}")
+    }
+}
+
+async fn read_capped(
+    resp: &mut reqwest::Response,
+    source: &Source,
+    method: &str,
+    url: &str,
+) -> Result<Vec<u8>, FetchError> {
+    let too_large = || FetchError::TooLarge {
+        method: method.to_string(),
+        url: url.to_string(),
+        limit: source.max_body,
+    };
+    // With gzip, content-length is the compressed size; the streaming check below
+    // counts decoded bytes, which is what memory pays for (a gzip bomb stops here).
+    if resp
+        .content_length()
+        .is_some_and(|len| len > source.max_body)
+    {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    loop {
+        let chunk = resp.chunk().await.map_err(|e| FetchError::Request {
+            method: method.to_string(),
+            url: url.to_string(),
+            detail: describe_send_error(
+                &e,
+                source.timeout,
+                Peer::Source {
+                    ca_file: source.ca_file.as_deref(),
+                },
+            ),
+        })?;
+        let Some(chunk) = chunk else {
+            return Ok(body);
+        };
+        if (body.len() + chunk.len()) as u64 > source.max_body {
             return Err(too_large());
         }
-        let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(request_err)? {
-            if (body.len() + chunk.len()) as u64 > source.max_body {
-                return Err(too_large());
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(body)
+        body.extend_from_slice(&chunk);
     }
+}
+
+/// The `rel="next"` target of RFC 8288 `Link` headers, resolved against `base`.
+pub fn next_link(headers: &HeaderMap, base: &Url) -> Option<Url> {
+    for value in headers.get_all(LINK) {
+        let Ok(text) = value.to_str() else { continue };
+        for link in split_links(text) {
+            let Some((target, params)) = link
+                .trim()
+                .strip_prefix('<')
+                .and_then(|l| l.split_once('>'))
+            else {
+                continue;
+            };
+            let is_next = params.split(';').any(|p| {
+                let Some((k, v)) = p.split_once('=') else {
+                    return false;
+                };
+                k.trim().eq_ignore_ascii_case("rel")
+                    && v.trim()
+                        .trim_matches('"')
+                        .split_ascii_whitespace()
+                        .any(|r| r.eq_ignore_ascii_case("next"))
+            });
+            if is_next {
+                return base.join(target.trim()).ok();
+            }
+        }
+    }
+    None
+}
+
+/// Splits a `Link` header at the commas between links, not those inside `<…>` or
+/// quoted parameter values.
+fn split_links(text: &str) -> Vec<&str> {
+    let (mut out, mut start, mut in_uri, mut in_quote) = (Vec::new(), 0, false, false);
+    for (i, c) in text.char_indices() {
+        match c {
+            '<' if !in_quote => in_uri = true,
+            '>' if !in_quote => in_uri = false,
+            '"' if !in_uri => in_quote = !in_quote,
+            ',' if !in_uri && !in_quote => {
+                out.push(&text[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&text[start..]);
+    out
 }
 
 /// Every source client has the same settings; only the trusted roots differ.
@@ -148,4 +405,38 @@ fn client_builder() -> reqwest::ClientBuilder {
         .connect_timeout(Duration::from_secs(10))
         .gzip(true)
         .redirect(reqwest::redirect::Policy::limited(5))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(value: &str) -> Option<String> {
+        let mut h = HeaderMap::new();
+        h.insert(LINK, HeaderValue::from_str(value).unwrap());
+        let base = Url::parse("https://api.example.com/items?page=1").unwrap();
+        next_link(&h, &base).map(|u| u.to_string())
+    }
+
+    #[test]
+    fn link_headers_as_apis_write_them() {
+        // GitHub's form.
+        assert_eq!(
+            link(
+                r#"<https://api.example.com/items?page=2>; rel="next", <https://api.example.com/items?page=5>; rel="last""#
+            ),
+            Some("https://api.example.com/items?page=2".into())
+        );
+        // Relative target, unquoted rel, other relation types in the same value.
+        assert_eq!(
+            link(r#"</items?cursor=a,b>; rel="prev", </items?cursor=c%2Cd>; rel=next"#),
+            Some("https://api.example.com/items?cursor=c%2Cd".into())
+        );
+        assert_eq!(
+            link(r#"<https://x.example/2>; title="a, b"; rel="last next""#),
+            Some("https://x.example/2".into())
+        );
+        assert_eq!(link(r#"<https://x.example/1>; rel="prev""#), None);
+        assert_eq!(link("garbage"), None);
+    }
 }

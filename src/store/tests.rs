@@ -48,7 +48,7 @@ fn event(source: &str, generation: u64, kind: ChangeKind, id: &str, object: Valu
         changes: None,
         object,
     };
-    crate::event::build(source, generation, &change, now())
+    crate::event::build(source, source, generation, &change, now())
 }
 
 /// A created event for item `id` of `source`, going to `targets`.

@@ -114,7 +114,7 @@ impl Setup {
             .chain(std::iter::repeat_n("1s", 300))
             .collect();
         let mut text = format!(
-            "state_dir = {:?}\nshutdown_grace = \"5s\"\n\n[admin]\nlisten = \"\"\n\n[sources.src]\nurl = \"{source_url}\"\ninterval = \"100ms\"\nitems = \"/items\"\nbaseline = false\n{source_extra}\n",
+            "state_dir = {:?}\nshutdown_grace = \"5s\"\n\n[admin]\nlisten = \"\"\n\n[sources.src]\nurl = \"{source_url}\"\ninterval = \"100ms\"\nmax_backoff = \"400ms\"\nitems = \"/items\"\nbaseline = false\n{source_extra}\n",
             self.state().display().to_string()
         );
         for (name, url, extra) in targets {

@@ -15,7 +15,9 @@ async fn source_faults_never_look_like_deletions() {
     for id in ["1", "2", "3"] {
         h.api.set(id, json!({"name": id}));
     }
-    h.start(h.config("timeout = \"500ms\"", ""));
+    // Failed polls back off; capped at the interval here, so each fault is polled a few
+    // times quickly (backoff itself is tested in `sources`).
+    h.start(h.config("timeout = \"500ms\"\nmax_backoff = \"200ms\"", ""));
     h.polls(2).await;
     let faults = [
         Fault::Status(500),

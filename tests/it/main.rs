@@ -9,6 +9,8 @@
 //! - `faults`: failed polls change nothing (no false deletions), body cap.
 //! - `service`: the binary under a service manager: notify protocol, SIGHUP, JSON logs,
 //!   the operator's commands.
+//! - `sources`: pagination, conditional requests, auth, feeds, transforms, commands,
+//!   Retry-After, backoff and per-host limits, against `shaped_api`.
 //! - `reload`: a new config applied to a running daemon.
 //! - `process`: the binary: restart after kill -9, clean SIGTERM, secrets never logged,
 //!   `check` and the demo.
@@ -20,4 +22,6 @@ mod flow;
 mod process;
 mod reload;
 mod service;
+mod shaped_api;
+mod sources;
 mod support;

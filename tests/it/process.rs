@@ -197,6 +197,19 @@ retry = ["100ms"]
 url = "{api}?api_key=${{API_TOKEN}}"
 interval = "200ms"
 items = "/nope"
+
+[sources.basic]
+url = "{api}"
+query = {{ key = "query-secret-2468" }}
+interval = "200ms"
+items = "/nope"
+auth = {{ basic = {{ username = "u", password = "basic-secret-1357" }} }}
+
+[sources.oauth]
+url = "{api}"
+interval = "200ms"
+items = "/items"
+auth = {{ oauth2 = {{ token_url = "http://127.0.0.1:1/token", client_id = "id", client_secret = "oauth-secret-8642" }} }}
 "#,
         rx = h.rx.url(),
         file = secret_file.display().to_string(),
@@ -225,6 +238,7 @@ items = "/nope"
         + &String::from_utf8_lossy(&check.stderr);
     let log = d.log();
     assert!(log.contains("poll failed"), "{log}");
+    assert!(log.contains("OAuth2 token request failed"), "{log}");
     for secret in [
         SECRET,
         "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
@@ -233,6 +247,9 @@ items = "/nope"
         "pass-secret-9",
         "env-token-1234",
         "stripe-secret-5678",
+        "query-secret-2468",
+        "basic-secret-1357",
+        "oauth-secret-8642",
     ] {
         assert!(!log.contains(secret), "{secret} in the log:\n{log}");
         assert!(

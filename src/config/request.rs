@@ -1,0 +1,509 @@
+//! What a source asks for and how: its HTTP request (query, body, auth) or command,
+//! its pagination, and how its response becomes items (format, transform, mode).
+//! The types here are validated settings; `impl Validator` below builds them from
+//! the raw file, reporting every problem with its key.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use reqwest::header::HeaderMap;
+use reqwest::{Method, Url};
+
+use super::raw::{RawAuth, RawPaginate, RawSource};
+use super::validate::Validator;
+use super::KeyPath;
+use crate::transform::Transform;
+
+/// Where a source's document comes from.
+// One per source, built once: the size of the HTTP variant costs nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, PartialEq)]
+pub enum Origin {
+    Http(HttpRequest),
+    /// A program and its arguments; its stdout is the response.
+    Command(Vec<String>),
+}
+
+/// One source's HTTP request, as sent for its first page.
+#[derive(Clone, PartialEq)]
+pub struct HttpRequest {
+    /// The URL with `query` appended.
+    pub url: Url,
+    pub method: Method,
+    pub headers: HeaderMap,
+    /// `body` or `json`, with its content type.
+    pub body: Option<(Vec<u8>, &'static str)>,
+    pub auth: Option<Auth>,
+}
+
+/// `[sources.<name>.auth]`. Secrets are resolved at load (value, `_env` or `_file`).
+#[derive(Clone, PartialEq, Eq)]
+pub enum Auth {
+    Bearer(String),
+    Basic { username: String, password: String },
+    OAuth2(OAuth2),
+}
+
+/// OAuth2 client credentials (RFC 6749 §4.4): a token from `token_url`, cached until
+/// shortly before it expires.
+#[derive(Clone, PartialEq, Eq)]
+pub struct OAuth2 {
+    pub token_url: Url,
+    pub client_id: String,
+    pub client_secret: String,
+    pub scopes: Vec<String>,
+}
+
+// Debug never shows secrets (invariant 6).
+impl fmt::Debug for Auth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Auth::Bearer(_) => f.write_str("Bearer(<secret>)"),
+            Auth::Basic { username, .. } => write!(f, "Basic({username}:<secret>)"),
+            Auth::OAuth2(o) => write!(
+                f,
+                "OAuth2(token_url: {}, client_id: {}, scopes: {:?})",
+                super::redact_url(&o.token_url),
+                o.client_id,
+                o.scopes
+            ),
+        }
+    }
+}
+
+impl fmt::Debug for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Http(r) => f
+                .debug_struct("Http")
+                .field("url", &super::redact_url(&r.url))
+                .field("method", &r.method)
+                .field("headers", &r.headers.keys().collect::<Vec<_>>())
+                .field("body_bytes", &r.body.as_ref().map(|b| b.0.len()))
+                .field("auth", &r.auth)
+                .finish(),
+            Origin::Command(argv) => f.debug_tuple("Command").field(&argv.first()).finish(),
+        }
+    }
+}
+
+/// `[sources.<name>.paginate]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pagination {
+    pub style: PageStyle,
+    /// Pages fetched at most in one poll; a walk cut short emits no deletions.
+    pub max_pages: u32,
+}
+
+/// How the next page is found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PageStyle {
+    /// The RFC 8288 `Link: <…>; rel="next"` header.
+    Link,
+    /// A JSON Pointer to the next page's URL in the body.
+    NextUrl(String),
+    /// A JSON Pointer to a cursor, passed as query parameter `param`.
+    Cursor { pointer: String, param: String },
+    /// Page numbers in query parameter `param` from `start`, optionally with a page
+    /// size parameter; ends at the first page without items.
+    Page {
+        param: String,
+        start: u64,
+        size: Option<(String, u64)>,
+    },
+}
+
+/// `format`: how the response body is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    #[default]
+    Json,
+    /// RSS, Atom or JSON Feed; each entry is an item (see [`crate::feed`]).
+    Feed,
+}
+
+/// `mode`: what an item is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    #[default]
+    Items,
+    /// The whole document (after `items` and `transform`) is one item.
+    Document,
+}
+
+/// Default pages per walk.
+pub const DEFAULT_MAX_PAGES: u32 = 100;
+/// Default cap on the backoff of a failing source.
+pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(3600);
+
+/// The parts of a source built here.
+pub(super) struct Shape {
+    pub origin: Option<Origin>,
+    pub pagination: Option<Pagination>,
+    pub format: Format,
+    pub transform: Option<Transform>,
+    pub mode: Mode,
+    pub event_type: String,
+    pub max_backoff: Duration,
+}
+
+impl Validator<'_> {
+    /// Origin, pagination and response shape of source `name`.
+    pub(super) fn shape(&mut self, key: &KeyPath, name: &str, s: &RawSource) -> Shape {
+        let origin = match (&s.url, &s.command) {
+            (Some(_), Some(_)) => {
+                self.problem(&key.key("command"), "set either url or command, not both");
+                None
+            }
+            (None, Some(argv)) => self.command(key, s, argv),
+            _ => self.http_request(key, s),
+        };
+        let pagination = s.paginate.as_ref().and_then(|p| {
+            if matches!(origin, Some(Origin::Command(_))) {
+                self.problem(
+                    &key.key("paginate"),
+                    "a command source has no pages; remove [paginate] or use url",
+                );
+            }
+            self.pagination(&key.key("paginate"), p)
+        });
+        let format = self.choice(
+            &key.key("format"),
+            s.format.as_deref(),
+            &[
+                ("json", Format::Json, "the default"),
+                ("feed", Format::Feed, "RSS, Atom, JSON Feed"),
+            ],
+        );
+        let transform = s.transform.as_deref().and_then(|program| {
+            Transform::compile(program)
+                .map_err(|e| {
+                    self.problem(
+                        &key.key("transform"),
+                        format!("not a valid jq program: {e}"),
+                    )
+                })
+                .ok()
+        });
+        let mode = self.choice(
+            &key.key("mode"),
+            s.mode.as_deref(),
+            &[
+                ("items", Mode::Items, "the default"),
+                ("document", Mode::Document, "the whole document is one item"),
+            ],
+        );
+        if mode == Mode::Document && pagination.is_some() {
+            self.problem(
+                &key.key("mode"),
+                "mode = \"document\" takes one document; it cannot be combined with [paginate]",
+            );
+        }
+        let event_type = match &s.event_type {
+            None => name.to_string(),
+            Some(t) => {
+                let ok = !t.is_empty()
+                    && t.len() <= 128
+                    && t.starts_with(|c: char| c.is_ascii_alphanumeric())
+                    && t.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+                if !ok {
+                    self.problem(&key.key("event_type"), "must be 1-128 letters, digits, '_', '-' or '.', starting with a letter or digit (events are typed \"<event_type>.created\")");
+                }
+                t.clone()
+            }
+        };
+        let max_backoff = self.duration(
+            &key.key("max_backoff"),
+            s.max_backoff.as_deref(),
+            DEFAULT_MAX_BACKOFF,
+        );
+        Shape {
+            origin,
+            pagination,
+            format,
+            transform,
+            mode,
+            event_type,
+            max_backoff,
+        }
+    }
+
+    fn command(&mut self, key: &KeyPath, s: &RawSource, argv: &[String]) -> Option<Origin> {
+        let key = key.key("command");
+        for (what, set) in [
+            ("method", s.method.is_some()),
+            ("headers", !s.headers.is_empty()),
+            ("query", !s.query.is_empty()),
+            ("body", s.body.is_some()),
+            ("json", s.json.is_some()),
+            ("auth", s.auth.is_some()),
+            ("ca_file", s.ca_file.is_some()),
+        ] {
+            if set {
+                self.problem(
+                    &key,
+                    format!(
+                        "{what} applies to HTTP sources only; a command source runs its program"
+                    ),
+                );
+            }
+        }
+        match argv.first() {
+            None => {
+                self.problem(
+                    &key,
+                    "is empty; give the program and its arguments, e.g. [\"/usr/local/bin/list-things\", \"--json\"]",
+                );
+                None
+            }
+            Some(program) if program.trim().is_empty() => {
+                self.problem(&key, "the program name is empty");
+                None
+            }
+            Some(_) => Some(Origin::Command(argv.to_vec())),
+        }
+    }
+
+    fn http_request(&mut self, key: &KeyPath, s: &RawSource) -> Option<Origin> {
+        let mut url = self.url(&key.key("url"), s.url.as_deref());
+        for (name, value) in &s.query {
+            let Some(value) = self.expand(&key.key("query").key(name), value) else {
+                continue;
+            };
+            if let Some(u) = url.as_mut() {
+                u.query_pairs_mut().append_pair(name, &value);
+            }
+        }
+        let body = match (&s.body, &s.json) {
+            (Some(_), Some(_)) => {
+                self.problem(&key.key("json"), "set either body or json, not both");
+                None
+            }
+            (Some(b), None) => self
+                .expand(&key.key("body"), b)
+                .map(|b| (b.into_bytes(), "text/plain; charset=utf-8")),
+            (None, Some(j)) => match serde_json::to_vec(j) {
+                Ok(bytes) => Some((bytes, "application/json")),
+                Err(e) => {
+                    self.problem(&key.key("json"), format!("cannot be written as JSON: {e}"));
+                    None
+                }
+            },
+            (None, None) => None,
+        };
+        // A request with a body is a POST unless the config says otherwise.
+        let default_method = if body.is_some() {
+            Method::POST
+        } else {
+            Method::GET
+        };
+        let method = match s.method.as_deref() {
+            None => Some(default_method),
+            Some(m) => match Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
+                Ok(m) => Some(m),
+                Err(_) => {
+                    self.problem(&key.key("method"), format!("{m:?} is not an HTTP method"));
+                    None
+                }
+            },
+        };
+        let headers = self.headers(&key.key("headers"), &s.headers);
+        let auth = s.auth.as_ref().and_then(|a| self.auth(&key.key("auth"), a));
+        if auth.is_some() && headers.contains_key(reqwest::header::AUTHORIZATION) {
+            self.problem(
+                &key.key("headers"),
+                "sets Authorization and [auth] is set too; keep one",
+            );
+        }
+        Some(Origin::Http(HttpRequest {
+            url: url?,
+            method: method?,
+            headers,
+            body,
+            auth,
+        }))
+    }
+
+    /// A secret given as a value, an environment variable (`<name>_env`) or a file
+    /// (`<name>_file`): exactly one.
+    fn secret(
+        &mut self,
+        key: &KeyPath,
+        name: &str,
+        value: Option<&String>,
+        env: Option<&String>,
+        file: Option<&String>,
+    ) -> Option<String> {
+        match (value, env, file) {
+            (Some(v), None, None) => self.expand(&key.key(name), v),
+            (None, Some(var), None) => match (self.env)(var).filter(|v| !v.trim().is_empty()) {
+                Some(v) => Some(v.trim().to_string()),
+                None => {
+                    self.problem(
+                        &key.key(&format!("{name}_env")),
+                        format!("environment variable {var} is not set or empty"),
+                    );
+                    None
+                }
+            },
+            (None, None, Some(f)) => {
+                let k = key.key(&format!("{name}_file"));
+                let expanded = self.expand(&k, f)?;
+                let path: PathBuf = self.base.join(expanded);
+                match std::fs::read_to_string(&path) {
+                    Ok(v) if !v.trim().is_empty() => Some(v.trim().to_string()),
+                    Ok(_) => {
+                        self.problem(&k, format!("{} is empty", path.display()));
+                        None
+                    }
+                    Err(e) => {
+                        self.problem(&k, format!("cannot read {}: {e}", path.display()));
+                        None
+                    }
+                }
+            }
+            (None, None, None) => {
+                self.problem(
+                    key,
+                    format!("missing {name}: set one of {name}, {name}_env or {name}_file"),
+                );
+                None
+            }
+            _ => {
+                self.problem(
+                    &key.key(name),
+                    format!("set only one of {name}, {name}_env and {name}_file"),
+                );
+                None
+            }
+        }
+    }
+
+    fn auth(&mut self, key: &KeyPath, a: &RawAuth) -> Option<Auth> {
+        let bearer = a.bearer.is_some() || a.bearer_env.is_some() || a.bearer_file.is_some();
+        let kinds = [bearer, a.basic.is_some(), a.oauth2.is_some()];
+        if kinds.iter().filter(|k| **k).count() != 1 {
+            self.problem(
+                key,
+                "set exactly one of bearer (or bearer_env, bearer_file), basic = { … } and oauth2 = { … }",
+            );
+            return None;
+        }
+        if bearer {
+            let token = self.secret(
+                key,
+                "bearer",
+                a.bearer.as_ref(),
+                a.bearer_env.as_ref(),
+                a.bearer_file.as_ref(),
+            )?;
+            return Some(Auth::Bearer(token));
+        }
+        if let Some(b) = &a.basic {
+            let key = key.key("basic");
+            let Some(username) = b.username.as_ref().and_then(|u| self.expand(&key, u)) else {
+                self.problem(&key.key("username"), "missing");
+                return None;
+            };
+            let password = self.secret(
+                &key,
+                "password",
+                b.password.as_ref(),
+                b.password_env.as_ref(),
+                b.password_file.as_ref(),
+            )?;
+            return Some(Auth::Basic { username, password });
+        }
+        let o = a.oauth2.as_ref()?;
+        let key = key.key("oauth2");
+        let token_url = self.url(&key.key("token_url"), o.token_url.as_deref());
+        let client_id = o.client_id.as_ref().and_then(|c| self.expand(&key, c));
+        if client_id.is_none() {
+            self.problem(&key.key("client_id"), "missing");
+        }
+        let client_secret = self.secret(
+            &key,
+            "client_secret",
+            o.client_secret.as_ref(),
+            o.client_secret_env.as_ref(),
+            o.client_secret_file.as_ref(),
+        );
+        Some(Auth::OAuth2(OAuth2 {
+            token_url: token_url?,
+            client_id: client_id?,
+            client_secret: client_secret?,
+            scopes: o.scopes.clone(),
+        }))
+    }
+
+    fn pagination(&mut self, key: &KeyPath, p: &RawPaginate) -> Option<Pagination> {
+        let max_pages = match p.max_pages {
+            None => DEFAULT_MAX_PAGES,
+            Some(n) if (1..=100_000).contains(&n) => n as u32,
+            Some(_) => {
+                self.problem(&key.key("max_pages"), "must be between 1 and 100000");
+                DEFAULT_MAX_PAGES
+            }
+        };
+        let styles = [p.next.is_some(), p.cursor.is_some(), p.page.is_some()];
+        if styles.iter().filter(|s| **s).count() != 1 {
+            self.problem(key, "set exactly one of next = \"link\" (or a JSON Pointer to the next URL), cursor = \"<pointer>\" with param, or page = \"<query parameter>\"");
+            return None;
+        }
+        let unused = |v: &mut Self, what: &str, set: bool, style: &str| {
+            if set {
+                v.problem(&key.key(what), format!("is not used with {style}"));
+            }
+        };
+        let style = if let Some(next) = &p.next {
+            unused(self, "param", p.param.is_some(), "next");
+            if next == "link" {
+                PageStyle::Link
+            } else {
+                self.pointer(&key.key("next"), next);
+                PageStyle::NextUrl(next.clone())
+            }
+        } else if let Some(cursor) = &p.cursor {
+            self.pointer(&key.key("cursor"), cursor);
+            let Some(param) = p.param.clone().filter(|p| !p.is_empty()) else {
+                self.problem(
+                    &key.key("param"),
+                    "missing: the query parameter that takes the cursor, e.g. param = \"cursor\"",
+                );
+                return None;
+            };
+            PageStyle::Cursor {
+                pointer: cursor.clone(),
+                param,
+            }
+        } else {
+            let param = p.page.clone().unwrap_or_default();
+            if param.is_empty() {
+                self.problem(
+                    &key.key("page"),
+                    "names the query parameter of the page number, e.g. page = \"page\"",
+                );
+            }
+            let start = match p.start {
+                None => 1,
+                Some(n) if n >= 0 => n as u64,
+                Some(_) => {
+                    self.problem(&key.key("start"), "must be 0 or more");
+                    1
+                }
+            };
+            let size = match (&p.size, p.size_value) {
+                (None, None) => None,
+                (Some(name), Some(v)) if v > 0 => Some((name.clone(), v as u64)),
+                _ => {
+                    self.problem(&key.key("size"), "set both size (the query parameter) and size_value (a positive number), or neither");
+                    None
+                }
+            };
+            PageStyle::Page { param, start, size }
+        };
+        Some(Pagination { style, max_pages })
+    }
+}

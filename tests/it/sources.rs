@@ -1,0 +1,500 @@
+//! Every kind of API users poll, against `shaped_api` on loopback: pagination in each
+//! style (and a walk failing on page 3), conditional requests, auth (bearer, basic,
+//! OAuth2 with expiring tokens), POST bodies and queries, feeds, jq transforms,
+//! document mode, event types, command sources, Retry-After, backoff, per-host limits.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pollhook::config::Config;
+use pollhook::poll::{PollReport, Poller};
+use pollhook::source::Fetcher;
+use pollhook::store::{SharedStore, SledStore};
+use tokio_util::sync::CancellationToken;
+
+use crate::shaped_api::{ShapedApi, BEARER};
+use crate::support::{accepted, wait_for, Harness, SECRET};
+
+/// A config with target `t` (the harness receiver) and source `s` made of `source`.
+fn config(h: &Harness, source: &str) -> Config {
+    h.write_config(&format!(
+        r#"state_dir = {state:?}
+
+[admin]
+listen = ""
+
+[targets.t]
+url = "{rx}"
+secret = "{SECRET}"
+retry = ["200ms"]
+timeout = "2s"
+
+[sources.s]
+interval = "100ms"
+{source}
+"#,
+        state = h.state_dir().display().to_string(),
+        rx = h.rx.url(),
+    ))
+}
+
+struct Setup {
+    h: Harness,
+    api: ShapedApi,
+    _servers: tokio_util::sync::DropGuard,
+}
+
+async fn setup() -> Setup {
+    let servers = CancellationToken::new();
+    let api = ShapedApi::start(servers.clone()).await;
+    Setup {
+        h: Harness::new().await,
+        api,
+        _servers: servers.drop_guard(),
+    }
+}
+
+/// Polls `s` of `config` once, in-process.
+async fn poll(config: &Config, store: &SharedStore) -> Result<PollReport, String> {
+    let poller = Poller::new(
+        store.clone(),
+        Fetcher::new(&config.sources).unwrap(),
+        pollhook::poll::Wakes::default(),
+    );
+    poller
+        .poll(&config.sources["s"])
+        .await
+        .map_err(|e| e.to_string())
+}
+
+fn ids(store: &SharedStore) -> BTreeSet<String> {
+    store.snapshot("s").unwrap().into_keys().collect()
+}
+
+fn expect_ids(range: std::ops::Range<usize>) -> BTreeSet<String> {
+    range.map(|n| format!("i{n}")).collect()
+}
+
+#[tokio::test]
+async fn pagination_in_each_style_walks_every_page_and_a_failed_walk_deletes_nothing() {
+    let styles = [
+        ("link", "url = \"{api}/link\"\nitems = \"\"\n[sources.s.paginate]\nnext = \"link\""),
+        (
+            "next",
+            "url = \"{api}/next\"\nitems = \"/items\"\n[sources.s.paginate]\nnext = \"/links/next\"",
+        ),
+        (
+            "cursor",
+            "url = \"{api}/cursor\"\nitems = \"/results\"\n[sources.s.paginate]\ncursor = \"/meta/next_cursor\"\nparam = \"cursor\"",
+        ),
+        (
+            "page",
+            "url = \"{api}/pages\"\nitems = \"/data\"\n[sources.s.paginate]\npage = \"page\"\nstart = 1\nsize = \"per_page\"\nsize_value = 2",
+        ),
+    ];
+    for (style, table) in styles {
+        let s = setup().await;
+        s.api.set_items(0..5, 1);
+        let c = config(
+            &s.h,
+            &table.replace("{api}", &format!("http://{}", s.api.addr)),
+        );
+        let store: SharedStore = Arc::new(SledStore::open(&s.h.state_dir()).unwrap());
+
+        let r = poll(&c, &store).await.unwrap();
+        assert_eq!(r.items, 5, "{style}: {r:?}");
+        assert!(r.pages >= 3, "{style}: five items, two a page: {r:?}");
+        assert!(!r.truncated);
+        assert_eq!(ids(&store), expect_ids(0..5), "{style}");
+
+        // An item gone from page 2 is a deletion once the whole walk succeeded.
+        s.api.set_items([0, 1, 3, 4], 1);
+        let r = poll(&c, &store).await.unwrap();
+        assert_eq!((r.items, r.deleted), (4, 1), "{style}: {r:?}");
+
+        // A walk that fails on page 3 changes nothing.
+        s.api.set_items(0..6, 2);
+        s.api.fail_page(Some(3));
+        let before = store.snapshot("s").unwrap();
+        let err = poll(&c, &store).await.unwrap_err();
+        assert!(err.contains("500"), "{style}: {err}");
+        assert_eq!(store.snapshot("s").unwrap(), before, "{style}");
+        s.api.fail_page(None);
+    }
+}
+
+#[tokio::test]
+async fn a_walk_cut_short_by_max_pages_updates_what_it_saw_and_deletes_nothing() {
+    let s = setup().await;
+    s.api.set_items(0..6, 1);
+    let table = format!(
+        "url = \"http://{}/next\"\nitems = \"/items\"\n[sources.s.paginate]\nnext = \"/links/next\"\nmax_pages = 2",
+        s.api.addr
+    );
+    let c = config(&s.h, &table);
+    let store: SharedStore = Arc::new(SledStore::open(&s.h.state_dir()).unwrap());
+    let r = poll(&c, &store).await.unwrap();
+    assert_eq!((r.items, r.pages, r.truncated), (4, 2, true), "{r:?}");
+    // i0 is gone and i1 changed: the change is seen, the absence is not a deletion.
+    s.api.set_items(1..6, 1);
+    s.api.set_items([1, 2, 3, 4, 5], 2);
+    let r = poll(&c, &store).await.unwrap();
+    // Pages 1-2 now hold i1-i4: three updates and a creation.
+    assert_eq!(
+        (r.updated, r.created, r.deleted, r.truncated),
+        (3, 1, 0, true),
+        "{r:?}"
+    );
+    assert!(ids(&store).contains("i0"), "kept: its page was not fetched");
+}
+
+#[tokio::test]
+async fn conditional_requests_cost_a_304_and_a_change_still_arrives() {
+    let mut s = setup().await;
+    let c = config(
+        &s.h,
+        &format!("url = \"http://{}/etag\"\nitems = \"/items\"", s.api.addr),
+    );
+    s.h.start(c);
+    wait_for(|| s.api.not_modified() >= 3).await;
+    let log = s.api.log();
+    assert!(log[0].headers.get("if-none-match").is_none());
+    let later = &log[1];
+    assert_eq!(later.headers["if-none-match"], "\"v0\"");
+    assert_eq!(
+        later.headers["if-modified-since"],
+        "Wed, 25 Nov 2026 10:00:00 GMT"
+    );
+    s.api.bump_version();
+    let got =
+        s.h.received("the update after 304s", |r| {
+            accepted(r, "s.updated").count() == 1
+        })
+        .await;
+    assert_eq!(got[0].body["data"]["object"]["version"], 1);
+    let n = s.api.not_modified();
+    wait_for(|| s.api.not_modified() > n + 1).await;
+    s.h.stop().await;
+}
+
+#[tokio::test]
+async fn bearer_basic_post_json_and_query() {
+    let s = setup().await;
+    s.api.set_items(0..3, 1);
+    let api = format!("http://{}", s.api.addr);
+    for (what, table) in [
+        (
+            "bearer from a file",
+            format!(
+                "url = \"{api}/bearer\"\nitems = \"/items\"\n[sources.s.auth]\nbearer_file = \"token\""
+            ),
+        ),
+        (
+            "basic from the environment",
+            format!(
+                "url = \"{api}/basic\"\nitems = \"/items\"\n[sources.s.auth]\nbasic = {{ username = \"alice\", password_env = \"PH_TEST_PASSWORD\" }}"
+            ),
+        ),
+        (
+            "GraphQL",
+            format!(
+                "url = \"{api}/graphql\"\nitems = \"/data/repository/issues/nodes\"\njson = {{ query = \"{{ repository {{ issues {{ nodes {{ id }} }} }} }}\", variables = {{ first = 100 }} }}\nquery = {{ state = \"open\", label = \"a b\" }}"
+            ),
+        ),
+    ] {
+        std::fs::write(s.h.dir.path().join("token"), format!("{BEARER}\n")).unwrap();
+        // SAFETY: set before any thread of this test reads the environment for it, and no
+        // other test uses this variable.
+        unsafe { std::env::set_var("PH_TEST_PASSWORD", "pa55:word") };
+        let c = config(&s.h, &table);
+        let store: SharedStore = Arc::new(SledStore::open(&s.h.state_dir()).unwrap());
+        let r = poll(&c, &store).await.unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(r.items, 3, "{what}");
+        drop(store);
+        std::fs::remove_dir_all(s.h.state_dir()).unwrap();
+    }
+    let gql = s
+        .api
+        .log()
+        .into_iter()
+        .find(|l| l.path == "/graphql")
+        .unwrap();
+    assert_eq!(gql.method, "POST", "a body makes the request a POST");
+    assert_eq!(gql.headers["content-type"], "application/json");
+    let body: serde_json::Value = serde_json::from_slice(&gql.body).unwrap();
+    assert_eq!(body["variables"]["first"], 100);
+    assert_eq!(gql.query["state"], "open");
+    assert_eq!(gql.query["label"], "a b");
+}
+
+#[tokio::test]
+async fn oauth2_tokens_are_cached_refreshed_before_expiry_and_after_a_401() {
+    let mut s = setup().await;
+    s.api.set_items(0..2, 1);
+    s.api.set_token_lifetime(2);
+    let api = format!("http://{}", s.api.addr);
+    let table = format!(
+        "url = \"{api}/oauth-items\"\nitems = \"/items\"\nbaseline = false\n[sources.s.auth]\noauth2 = {{ token_url = \"{api}/token\", client_id = \"pollhook-client\", client_secret_env = \"PH_TEST_CLIENT_SECRET\", scopes = [\"read\", \"items\"] }}"
+    );
+    // SAFETY: set before the config is read; no other test uses this variable.
+    unsafe { std::env::set_var("PH_TEST_CLIENT_SECRET", "s3cr3t-client-secret") };
+    let c = config(&s.h, &table);
+    s.h.start(c);
+    s.h.received("the first items", |r| accepted(r, "s.created").count() == 2)
+        .await;
+    // About 30 polls in 3 s, and tokens living 2 s: a token is reused, and renewed
+    // before it runs out (no poll meets a 401).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let polls = s.api.requests_to("/oauth-items");
+    let tokens = s.api.token_requests();
+    assert!(polls >= 10, "{polls} polls");
+    assert!(
+        (2..=4).contains(&tokens),
+        "{tokens} token requests for {polls} polls"
+    );
+    // A revoked token: the 401 gets a new token at once and the poll succeeds.
+    s.api.revoke_tokens();
+    s.api.set_items(0..3, 1);
+    s.h.received("the item after the revocation", |r| {
+        accepted(r, "s.created").count() == 3
+    })
+    .await;
+    s.h.stop().await;
+    // The client secret and tokens appear in no request but the token endpoint's.
+    for l in s.api.log() {
+        if l.path != "/token" {
+            let auth = l.headers["authorization"].to_str().unwrap().to_string();
+            assert!(auth.starts_with("Bearer tok-"), "{auth}");
+        }
+    }
+}
+
+const RSS: &str = r#"<?xml version="1.0"?>
+<rss version="2.0"><channel><title>News</title><link>https://news.example/</link><description>d</description>
+<item><guid>urn:news:1</guid><title>One</title><link>https://news.example/1</link><pubDate>Wed, 25 Nov 2026 10:00:00 GMT</pubDate></item>
+<item><title>Two (no guid)</title><link>https://news.example/2</link><pubDate>Wed, 25 Nov 2026 11:00:00 GMT</pubDate></item>
+<item><title>Three (no guid, no link)</title><pubDate>Wed, 25 Nov 2026 12:00:00 GMT</pubDate></item>
+</channel></rss>"#;
+
+const ATOM: &str = r#"<?xml version="1.0" encoding="utf-8"?>
+<feed xmlns="http://www.w3.org/2005/Atom"><title>Blog</title><id>urn:blog</id><updated>2026-11-25T10:00:00Z</updated>
+<entry><id>urn:blog:a</id><title>A</title><link href="https://blog.example/a"/><updated>2026-11-25T10:00:00Z</updated><summary>first</summary><author><name>Ann</name></author></entry>
+<entry><id>urn:blog:b</id><title>B</title><link href="https://blog.example/b"/><updated>2026-11-25T11:00:00Z</updated></entry>
+</feed>"#;
+
+#[tokio::test]
+async fn feeds_become_items_with_stable_ids() {
+    let s = setup().await;
+    let c = config(
+        &s.h,
+        &format!(
+            "url = \"http://{}/feed\"\nformat = \"feed\"\nbaseline = false",
+            s.api.addr
+        ),
+    );
+    let store: SharedStore = Arc::new(SledStore::open(&s.h.state_dir()).unwrap());
+    s.api.set_feed("application/rss+xml", RSS);
+    let r = poll(&c, &store).await.unwrap();
+    assert_eq!((r.items, r.created), (3, 3), "{r:?}");
+    let first = ids(&store);
+    assert!(first.contains("urn:news:1"), "{first:?}");
+    assert!(
+        first.contains("https://news.example/2"),
+        "no guid: the link: {first:?}"
+    );
+    // Ids never random: the same document polled again changes nothing.
+    let r = poll(&c, &store).await.unwrap();
+    assert_eq!((r.created, r.updated, r.deleted), (0, 0, 0), "{r:?}");
+    assert_eq!(ids(&store), first);
+
+    // Atom, with a title change on one entry: an update of that entry.
+    std::fs::remove_dir_all(s.h.state_dir()).ok();
+    drop(store);
+    let store: SharedStore = Arc::new(SledStore::open(&s.h.state_dir()).unwrap());
+    s.api.set_feed("application/atom+xml", ATOM);
+    poll(&c, &store).await.unwrap();
+    s.api.set_feed(
+        "application/atom+xml",
+        &ATOM.replace("<title>B</title>", "<title>B2</title>"),
+    );
+    let r = poll(&c, &store).await.unwrap();
+    assert_eq!((r.updated, r.created), (1, 0), "{r:?}");
+    let b = &store.snapshot("s").unwrap()["urn:blog:b"];
+    let b: serde_json::Value = serde_json::from_slice(&b.raw).unwrap();
+    assert_eq!(b["title"], "B2");
+    assert_eq!(b["link"], "https://blog.example/b");
+    let a = &store.snapshot("s").unwrap()["urn:blog:a"];
+    let a: serde_json::Value = serde_json::from_slice(&a.raw).unwrap();
+    assert_eq!(a["authors"], serde_json::json!(["Ann"]));
+}
+
+#[tokio::test]
+async fn a_jq_transform_shapes_items_and_a_failing_one_fails_the_poll() {
+    let s = setup().await;
+    s.api.set_items(0..4, 1);
+    s.api.set_per_page(10);
+    let table = format!(
+        "url = \"http://{}/pages\"\ntransform = '.data | map(select(.id != \"i0\") | {{id, version: .v}})'\nitems = \"\"",
+        s.api.addr
+    );
+    let c = config(&s.h, &table);
+    let store: SharedStore = Arc::new(SledStore::open(&s.h.state_dir()).unwrap());
+    let r = poll(&c, &store).await.unwrap();
+    assert_eq!(r.items, 3);
+    let i1: serde_json::Value =
+        serde_json::from_slice(&store.snapshot("s").unwrap()["i1"].raw).unwrap();
+    assert_eq!(i1, serde_json::json!({"id": "i1", "version": 1}));
+
+    let failing = config(
+        &s.h,
+        &format!(
+            "url = \"http://{}/pages\"\ntransform = '.data[0].v | error(\"no good\")'\nitems = \"\"",
+            s.api.addr
+        ),
+    );
+    let before = store.snapshot("s").unwrap();
+    let err = poll(&failing, &store).await.unwrap_err();
+    assert!(err.contains("transform failed"), "{err}");
+    assert_eq!(store.snapshot("s").unwrap(), before);
+}
+
+#[tokio::test]
+async fn document_mode_and_event_type() {
+    let mut s = setup().await;
+    let c = config(
+        &s.h,
+        &format!(
+            "url = \"http://{}/etag\"\nmode = \"document\"\nevent_type = \"acme.status\"\nbaseline = false",
+            s.api.addr
+        ),
+    );
+    s.h.start(c);
+    s.h.received("the document", |r| {
+        accepted(r, "acme.status.created").count() == 1
+    })
+    .await;
+    s.api.bump_version();
+    let got =
+        s.h.received("the document's update", |r| {
+            accepted(r, "acme.status.updated").count() == 1
+        })
+        .await;
+    let update = accepted(&got, "acme.status.updated").next().unwrap();
+    assert_eq!(update.body["source"], "s");
+    assert_eq!(
+        update.body["data"]["changes"],
+        serde_json::json!([{"op": "replace", "path": "/items/0/version", "value": 1}])
+    );
+    s.h.stop().await;
+}
+
+#[tokio::test]
+async fn command_sources() {
+    let s = setup().await;
+    let file = s.h.dir.path().join("things.json");
+    std::fs::write(&file, r#"{"items": [{"id": 1}, {"id": 2}]}"#).unwrap();
+    let c = config(
+        &s.h,
+        &format!(
+            "command = [\"/bin/sh\", \"-c\", \"cat '{}'\"]\nitems = \"/items\"\ntimeout = \"5s\"",
+            file.display()
+        ),
+    );
+    let store: SharedStore = Arc::new(SledStore::open(&s.h.state_dir()).unwrap());
+    assert_eq!(poll(&c, &store).await.unwrap().items, 2);
+    std::fs::write(&file, r#"{"items": [{"id": 1, "x": 1}, {"id": 2}]}"#).unwrap();
+    assert_eq!(poll(&c, &store).await.unwrap().updated, 1);
+
+    let failing = config(
+        &s.h,
+        "command = [\"/bin/sh\", \"-c\", \"echo oops >&2; exit 3\"]\nitems = \"/items\"",
+    );
+    let before = store.snapshot("s").unwrap();
+    let err = poll(&failing, &store).await.unwrap_err();
+    assert!(err.contains("status 3") && err.contains("oops"), "{err}");
+    let slow = config(
+        &s.h,
+        "command = [\"/bin/sh\", \"-c\", \"sleep 5\"]\nitems = \"/items\"\ntimeout = \"300ms\"",
+    );
+    let started = Instant::now();
+    let err = poll(&slow, &store).await.unwrap_err();
+    assert!(
+        err.contains("timeout") && started.elapsed() < Duration::from_secs(3),
+        "{err}"
+    );
+    assert_eq!(store.snapshot("s").unwrap(), before);
+}
+
+#[tokio::test]
+async fn retry_after_and_backoff_space_out_polls_of_a_failing_source() {
+    let mut s = setup().await;
+    s.api.set_items(0..1, 1);
+    s.api.rate_limit(Some(2));
+    let c = config(
+        &s.h,
+        &format!(
+            "url = \"http://{}/limited\"\nitems = \"/items\"",
+            s.api.addr
+        ),
+    );
+    s.h.start(c);
+    wait_for(|| s.api.requests_to("/limited") >= 2).await;
+    s.h.stop().await;
+    let times = s.api.requests_times("/limited");
+    let gap = times[1] - times[0];
+    assert!(
+        gap >= Duration::from_millis(1800),
+        "Retry-After: 2 was not waited out: {gap:?}"
+    );
+
+    // Failures in a row back off (100 ms doubling to a 400 ms cap), and a success
+    // returns to the schedule.
+    let mut s = setup().await;
+    s.api.set_items(0..1, 1);
+    s.api.fail_page(Some(1));
+    let c = config(
+        &s.h,
+        &format!(
+            "url = \"http://{}/pages\"\nitems = \"/data\"\nmax_backoff = \"400ms\"",
+            s.api.addr
+        ),
+    );
+    s.h.start(c);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let failing = s.api.requests_to("/pages");
+    assert!(
+        (3..=11).contains(&failing),
+        "{failing} polls in 2.5 s: at most one per 400 ms once backed off"
+    );
+    s.api.fail_page(None);
+    wait_for(|| s.api.requests_to("/pages") >= failing + 10).await;
+    s.h.stop().await;
+}
+
+#[tokio::test]
+async fn at_most_max_per_host_polls_in_flight_to_one_host() {
+    let s = setup().await;
+    let mut text = format!(
+        "state_dir = {:?}\nmax_per_host = 2\n\n[admin]\nlisten = \"\"\n\n[targets.t]\nurl = \"{}\"\nsecret = \"{SECRET}\"\n",
+        s.h.state_dir().display().to_string(),
+        s.h.rx.url()
+    );
+    for n in 0..6 {
+        text.push_str(&format!(
+            "\n[sources.s{n}]\nurl = \"http://{}/slow\"\ninterval = \"100ms\"\nitems = \"/items\"\n",
+            s.api.addr
+        ));
+    }
+    let mut h = s.h;
+    let c = h.write_config(&text);
+    h.start(c);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    h.stop().await;
+    assert!(
+        s.api.requests_to("/slow") >= 6,
+        "{}",
+        s.api.requests_to("/slow")
+    );
+    assert_eq!(s.api.max_in_flight(), 2, "max_per_host = 2");
+}
