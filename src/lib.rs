@@ -11,8 +11,9 @@
 //! ```
 //!
 //! - [`config`]: the TOML file, validated completely at load.
-//! - [`schedule`]: intervals with jitter, cron with crontab(5) semantics.
-//! - [`source`]: one HTTP fetch with timeouts and a body cap.
+//! - [`schedule`]: intervals with jitter, cron with crontab(5) semantics in a time zone.
+//! - [`source`]: getting a document: HTTP pages (query, body, auth incl. OAuth2,
+//!   conditional requests, per-host turns, timeouts, a body cap) or a command's output.
 //! - [`transform`]: the `transform` option, a jq program run on the response before
 //!   extraction (jaq). Pure.
 //! - [`extract`], [`diff`]: items and their ids; created/updated/deleted. Pure.
@@ -20,7 +21,7 @@
 //!   stable ids, for `format = "feed"` sources. Pure.
 //! - [`event`]: the envelope and its stable id. Pure.
 //! - [`store`]: the `Store` trait and its sled implementation.
-//! - [`poll`]: one poll, fetch to commit.
+//! - [`poll`]: one poll, fetch (page walks) to commit.
 //! - [`deliver`]: target workers, per-item order, retry policy.
 //! - [`sign`]: Standard Webhooks, GitHub and Stripe signatures, and `verify`.
 //! - [`daemon`]: wiring, signals, reloads, clean shutdown.

@@ -181,8 +181,9 @@ async fn replay(State(h): State<Arc<Handle>>, body: Bytes) -> ApiResult<ops::Rep
             format!("the body is not a replay request: {e}"),
         )
     })?;
+    let configured = ops::configured_targets(&h.config());
     let response = on_store(&h, move |s| {
-        ops::replay(s, &req, Utc::now().timestamp_millis())
+        ops::replay(s, &req, &configured, Utc::now().timestamp_millis())
     })
     .await?;
     for d in &response.deliveries {

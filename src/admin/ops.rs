@@ -123,16 +123,30 @@ pub struct ReplayResponse {
 /// Moves dead deliveries back to the outbox with fresh attempts; the caller wakes the
 /// targets of the returned deliveries. A replayed delivery is queued after every
 /// delivery pending now, so it may reach its target after later changes of its item.
+/// Only deliveries to `configured` targets are replayed: another target's would wait
+/// in the outbox with no worker to send them.
 pub fn replay(
     store: &dyn Store,
     req: &ReplayRequest,
+    configured: &BTreeMap<String, String>,
     now_ms: i64,
 ) -> Result<ReplayResponse, OpError> {
     let target = req.target.as_deref().filter(|t| !t.is_empty());
-    match (req.event.as_deref(), req.status.as_deref()) {
+    if let Some(t) = target {
+        if !configured.contains_key(t) {
+            return Err(OpError::BadRequest(format!(
+                "target {t:?} is not in the config; configure it (and reload) before replaying to it"
+            )));
+        }
+    }
+    let targets: Vec<&str> = match target {
+        Some(t) => vec![t],
+        None => configured.keys().map(String::as_str).collect(),
+    };
+    let (event, already_pending) = match (req.event.as_deref(), req.status.as_deref()) {
         (Some(event), None) => {
-            let found = store.find_event(event)?;
-            let found: Vec<_> = found
+            let found: Vec<_> = store
+                .find_event(event)?
                 .into_iter()
                 .filter(|(_, d)| target.is_none_or(|t| d.target == t))
                 .collect();
@@ -142,21 +156,24 @@ pub fn replay(
                     target.map(|t| format!(" to target {t}")).unwrap_or_default()
                 )));
             }
-            let already_pending = found
+            let pending = found
                 .iter()
                 .filter(|(s, _)| *s == DeliveryStatus::Pending)
                 .count();
-            let moved = store.replay_dead(target, Some(event), now_ms)?;
-            Ok(response(moved, already_pending))
+            (Some(event), pending)
         }
-        (None, Some("dead")) => {
-            let moved = store.replay_dead(target, None, now_ms)?;
-            Ok(response(moved, 0))
+        (None, Some("dead")) => (None, 0),
+        _ => {
+            return Err(OpError::BadRequest(
+                "send {\"event\": \"evt_…\"} to replay one event, or {\"status\": \"dead\"} (with an optional \"target\") to replay dead deliveries".into(),
+            ))
         }
-        _ => Err(OpError::BadRequest(
-            "send {\"event\": \"evt_…\"} to replay one event, or {\"status\": \"dead\"} (with an optional \"target\") to replay dead deliveries".into(),
-        )),
+    };
+    let mut moved = Vec::new();
+    for t in targets {
+        moved.extend(store.replay_dead(Some(t), event, now_ms)?);
     }
+    Ok(response(moved, already_pending))
 }
 
 fn response(moved: Vec<Delivery>, already_pending: usize) -> ReplayResponse {

@@ -213,7 +213,8 @@ pub async fn replay(config: &Config, req: ReplayRequest) -> anyhow::Result<ExitC
         }
         Backend::Store(store) => {
             let now = Utc::now().timestamp_millis();
-            on_store(store, move |s| ops::replay(s, &req, now)).await?
+            let configured = ops::configured_targets(config);
+            on_store(store, move |s| ops::replay(s, &req, &configured, now)).await?
         }
     };
     for d in &r.deliveries {

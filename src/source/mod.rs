@@ -266,7 +266,7 @@ impl Fetcher {
             let header = self
                 .shared
                 .tokens
-                .authorization(&self.client, source, a, fresh_token)
+                .authorization(self.client(source), source, a, fresh_token)
                 .await?;
             builder = builder.header(reqwest::header::AUTHORIZATION, header);
         }

@@ -182,6 +182,17 @@ async fn dead_deliveries_are_listed_and_replayed_with_the_same_id_and_bytes() {
     .await;
     assert_eq!(status, 404, "{body}");
     assert!(body["error"].as_str().unwrap().contains("evt_nope"));
+    // Replaying to a target not configured would leave the deliveries with no worker.
+    let (status, body) = post(
+        format!("{base}/v1/deliveries/replay"),
+        json!({"status": "dead", "target": "gone"}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]
+        .as_str()
+        .unwrap()
+        .contains("not in the config"));
 
     h.rx.set_status(200);
     let failed_body = h.rx.received()[0].body.clone();
