@@ -17,6 +17,14 @@ use crate::store::{SharedStore, SledStore, StoreError};
 #[error("no pollhook daemon answers and there is no database in {} (state_dir). If the daemon runs under systemd with StateDirectory=, run this command with STATE_DIRECTORY=/var/lib/pollhook, or set state_dir in the config", .0.display())]
 pub struct NoDatabase(pub std::path::PathBuf);
 
+/// The daemon answered, but not with a success.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Refused {
+    pub status: u16,
+    pub message: String,
+}
+
 /// Where the state is read and changed.
 pub enum Backend {
     /// A daemon answers at this base URL (`http://127.0.0.1:9187`).
@@ -124,7 +132,11 @@ async fn decode<T: DeserializeOwned>(
             .ok()
             .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(String::from))
             .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-        bail!("{message} (the daemon answered {status} to {path})");
+        return Err(Refused {
+            status: status.as_u16(),
+            message: format!("{message} (the daemon answered {status} to {path})"),
+        }
+        .into());
     }
     serde_json::from_slice(&body)
         .with_context(|| format!("the daemon's answer to {path} is not what this pollhook expects (is it another version?)"))

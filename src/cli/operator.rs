@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use chrono::{DateTime, SecondsFormat, Utc};
 use reqwest::Method;
 
-use super::client::{Backend, NoDatabase};
+use super::client::{Backend, NoDatabase, Refused};
 use crate::admin::ops::{self, DeliveryQuery, DeliveryView, ForgetResponse, ReplayRequest};
 use crate::admin::{
     DeliveriesResponse, PollRequest, PollResponse, SourcesResponse, TargetsResponse,
@@ -270,7 +270,9 @@ pub async fn poll(config: &Config, name: &str, dry_run: bool) -> anyhow::Result<
                     }
                     r
                 }
-                Err(e) if dry_run && e.to_string().contains("in the running config") => {
+                Err(e)
+                    if dry_run && e.downcast_ref::<Refused>().is_some_and(|r| r.status == 404) =>
+                {
                     // Not in the daemon's config yet: it has no state either, so a local
                     // dry run against nothing stored shows the same.
                     eprintln!("(source {name} is not in the running daemon's config: every item shows as created)");

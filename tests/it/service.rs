@@ -221,6 +221,25 @@ async fn operator_commands_with_a_running_daemon_and_without_one() {
             .any(|e| e["type"] == "s.created" && e["data"]["id"] == "2"),
         "{out}"
     );
+    // A source the running daemon does not know yet (an edit not reloaded) is tried
+    // locally against nothing stored: both items show as created.
+    let edited = h.dir.path().join("edited.toml");
+    std::fs::write(
+        &edited,
+        format!(
+            "{text}\n[sources.s2]\nurl = \"{}\"\ninterval = \"1h\"\nitems = \"/items\"\n",
+            h.api.url()
+        ),
+    )
+    .unwrap();
+    let (ok, out, stderr) = cli(&edited, &["poll", "s2", "--dry-run"], "");
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("not in the running daemon's config"),
+        "{stderr}"
+    );
+    assert_eq!(out.lines().count(), 2, "{out}");
+
     d.sigterm();
     assert_eq!(d.wait(WAIT).await, Some(0));
 
