@@ -42,6 +42,21 @@ pub enum PollError {
         page: u32,
         error: String,
     },
+    #[error("{url}: page {page} names a next page on another origin ({next}); pollhook sends a source's credentials only to the scheme, host and port of its url, so the walk stops here")]
+    ForeignPage {
+        url: String,
+        page: u32,
+        next: String,
+    },
+    #[error("{url}: the pages of this walk total more than max_body = {limit} bytes (at page {page}); raise max_body, which caps a whole walk, if the API really returns that much")]
+    WalkTooLarge { url: String, page: u32, limit: u64 },
+    #[error("{url}: processing the response took longer than {} (a transform that never ends?); the poll is abandoned", humantime::format_duration(*.limit))]
+    ProcessingTimeout {
+        url: String,
+        limit: std::time::Duration,
+    },
+    #[error("{url}: processing the response failed: {detail}")]
+    Processing { url: String, detail: String },
     #[error("{url}: the response has no items but {previous} were held; refusing to treat them all as deleted (set allow_empty = true on this source if an empty list is real)")]
     SuddenlyEmpty { url: String, previous: usize },
     #[error(transparent)]
@@ -90,6 +105,14 @@ pub struct PollReport {
 pub struct Plan {
     pub commit: PollCommit,
     pub report: PollReport,
+}
+
+/// What a conditional request sends: a response's validators and the source's stored
+/// generation they belong to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conditions {
+    pub validators: Validators,
+    pub generation: u64,
 }
 
 /// What fetching a source brought back, before the diff.
@@ -155,14 +178,25 @@ impl Poller {
         self.poll_conditional(source, None).await.map(|(r, _)| r)
     }
 
-    /// [`Poller::poll`] with the validators of the source's last good response, sent
-    /// as conditions; returns this response's validators once its poll is committed
-    /// (so a failed commit never hides a change behind a 304 later).
+    /// [`Poller::poll`] with the conditions of the source's last good response. They are
+    /// sent only if the source's stored state is still the one they were saved with (a
+    /// `forget` in between must get a full response, or a 304 would hide the items).
+    /// Returns this response's conditions once its poll is committed, so a failed
+    /// commit never hides a change behind a later 304.
     pub async fn poll_conditional(
         &self,
         source: &Arc<Source>,
-        validators: Option<&Validators>,
-    ) -> Result<(PollReport, Option<Validators>), PollError> {
+        conditions: Option<&Conditions>,
+    ) -> Result<(PollReport, Option<Conditions>), PollError> {
+        let conditions = match conditions {
+            Some(c) => {
+                let name = source.name.clone();
+                let state = blocking(&self.store, move |s| s.source_state(&name)).await?;
+                (state.generation == c.generation).then_some(c)
+            }
+            None => None,
+        };
+        let validators = conditions.map(|c| &c.validators);
         let (fetched, found) = self.fetch(source, validators).await?;
         if matches!(fetched, Fetched::NotModified) {
             return Ok((
@@ -170,18 +204,33 @@ impl Poller {
                     not_modified: true,
                     ..PollReport::default()
                 },
-                validators.cloned(),
+                conditions.cloned(),
             ));
         }
         let Plan { commit, report } = self.plan_fetched(source, fetched, Utc::now()).await?;
+        let mut generation = commit.expected_generation;
         if report.events > 0 || commit.upserts.len() + commit.removals.len() > 0 || report.first {
-            blocking(&self.store, move |s| s.commit_poll(commit)).await?;
+            let wakes = self.wakes.clone();
+            let targets = source.targets.clone();
+            let events = report.events;
+            // The wake happens on the blocking thread, right after the commit: if this
+            // future is dropped meanwhile (a reload, a shutdown) the commit still lands,
+            // and its deliveries must not wait for some later wake.
+            generation = blocking(&self.store, move |s| {
+                let result = s.commit_poll(commit);
+                if events > 0 {
+                    for t in &targets {
+                        wakes.wake(t);
+                    }
+                }
+                result
+            })
+            .await?;
         }
-        if report.events > 0 {
-            for t in &source.targets {
-                self.wakes.wake(t);
-            }
-        }
+        let found = found.map(|validators| Conditions {
+            validators,
+            generation,
+        });
         Ok((report, found))
     }
 
@@ -197,13 +246,11 @@ impl Poller {
         fetched: Fetched,
         now: DateTime<Utc>,
     ) -> Result<Plan, PollError> {
-        let source = source.clone();
         let store = self.store.clone();
         // Parsing, extraction and diff are CPU work on possibly large documents, and the
         // snapshot read blocks: all of it runs off the async workers.
-        tokio::task::spawn_blocking(move || plan_fetched(&*store, &source, fetched, now))
-            .await
-            .map_err(|e| StoreError::Db(format!("poll task stopped: {e}")))?
+        let s = source.clone();
+        cpu(source, move || plan_fetched(&*store, &s, fetched, now)).await
     }
 
     /// Gets the source's document(s): one request, a page walk, or a command.
@@ -212,8 +259,9 @@ impl Poller {
         source: &Arc<Source>,
         validators: Option<&Validators>,
     ) -> Result<(Fetched, Option<Validators>), PollError> {
-        // One turn at the host for the whole poll, every page of it.
-        let _permit = self.fetcher.host_permit(source).await;
+        // One turn at the host for the whole poll, every page of it; a single body is
+        // processed after the turn is given back.
+        let permit = self.fetcher.host_permit(source).await;
         let req = match &source.origin {
             Origin::Command(_) => {
                 let body = self.fetcher.run_command(source).await?;
@@ -224,7 +272,9 @@ impl Poller {
         if let Some(p) = &source.pagination {
             return Ok((self.walk(source, req, p).await?, None));
         }
-        match self.fetcher.fetch(source, &req.url, validators).await? {
+        let page = self.fetcher.fetch(source, &req.url, validators).await?;
+        drop(permit);
+        match page {
             Page::NotModified => Ok((Fetched::NotModified, None)),
             Page::Body {
                 body, validators, ..
@@ -238,9 +288,7 @@ impl Poller {
             return Ok(Fetched::Body(body));
         }
         let s = source.clone();
-        let (items, _) = tokio::task::spawn_blocking(move || read_page(&s, &body, None))
-            .await
-            .map_err(|e| StoreError::Db(format!("poll task stopped: {e}")))??;
+        let (items, _) = cpu(source, move || read_page(&s, &body, None)).await?;
         Ok(Fetched::Items {
             items,
             pages: 1,
@@ -267,6 +315,7 @@ impl Poller {
         let mut fetched_urls = HashSet::new();
         let mut items = Vec::new();
         let mut pages = 0;
+        let mut walked: u64 = 0;
         loop {
             pages += 1;
             if !fetched_urls.insert(url.clone()) {
@@ -283,12 +332,19 @@ impl Poller {
                     page: pages,
                 });
             };
+            // max_body caps the whole walk: its items are all held until the diff.
+            walked += body.len() as u64;
+            if walked > source.max_body {
+                return Err(PollError::WalkTooLarge {
+                    url: source.location(),
+                    page: pages,
+                    limit: source.max_body,
+                });
+            }
             let s = source.clone();
             let style = p.style.clone();
             let (page_items, token) =
-                tokio::task::spawn_blocking(move || read_page(&s, &body, Some(&style)))
-                    .await
-                    .map_err(|e| StoreError::Db(format!("poll task stopped: {e}")))??;
+                cpu(source, move || read_page(&s, &body, Some(&style))).await?;
             let empty = page_items.is_empty();
             items.extend(page_items);
             let next = match &p.style {
@@ -328,9 +384,43 @@ impl Poller {
                         complete: false,
                     })
                 }
+                Some(u) if u.origin() != req.url.origin() => {
+                    return Err(PollError::ForeignPage {
+                        url: source.location(),
+                        page: pages,
+                        next: u.origin().ascii_serialization(),
+                    })
+                }
                 Some(u) => url = u,
             }
         }
+    }
+}
+
+/// How long the CPU work of a poll (parsing, transform, extraction, diff) may take:
+/// the request timeout, but at least a minute, since a large document takes seconds.
+fn processing_limit(source: &Source) -> std::time::Duration {
+    source.timeout.max(std::time::Duration::from_secs(60))
+}
+
+/// Runs `f` on a blocking thread, giving up after [`processing_limit`]. A thread given
+/// up on (a transform that never ends) runs on; the poll fails and the loop goes on.
+async fn cpu<T, F>(source: &Source, f: F) -> Result<T, PollError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, PollError> + Send + 'static,
+{
+    let limit = processing_limit(source);
+    match tokio::time::timeout(limit, tokio::task::spawn_blocking(f)).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(e)) => Err(PollError::Processing {
+            url: source.location(),
+            detail: e.to_string(),
+        }),
+        Err(_) => Err(PollError::ProcessingTimeout {
+            url: source.location(),
+            limit,
+        }),
     }
 }
 

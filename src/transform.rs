@@ -144,8 +144,8 @@ impl Transform {
     /// runs, and may allocate, until the process ends; infinite or very deep
     /// non-tail recursion (`def f: 1 + f; f`) and building then dropping a very
     /// deeply nested value inside the program overflow the stack, which aborts
-    /// the process. The caller runs this on a blocking thread under the poll's
-    /// timeout, which stops the poll waiting but cannot stop the thread.
+    /// the process. The poll runs this on a blocking thread under a time limit
+    /// (`poll::cpu`), which fails the poll but cannot stop the thread.
     pub fn apply(&self, input: Value) -> Result<Value, TransformError> {
         let ctx = Ctx::<JustLut<Val>>::new(&self.filter.lut, Vars::new([]));
         let mut outputs = self.filter.id.run((ctx, from_json(input)));

@@ -182,13 +182,17 @@ async fn replay(State(h): State<Arc<Handle>>, body: Bytes) -> ApiResult<ops::Rep
         )
     })?;
     let configured = ops::configured_targets(&h.config());
+    let wakes = h.wakes.clone();
     let response = on_store(&h, move |s| {
-        ops::replay(s, &req, &configured, Utc::now().timestamp_millis())
+        let r = ops::replay(s, &req, &configured, Utc::now().timestamp_millis())?;
+        // Woken on the blocking thread, as soon as the replay is stored: a client that
+        // hangs up meanwhile must not leave the deliveries waiting for some later wake.
+        for d in &r.deliveries {
+            wakes.wake(&d.target);
+        }
+        Ok(r)
     })
     .await?;
-    for d in &response.deliveries {
-        h.wakes.wake(&d.target);
-    }
     if response.replayed > 0 {
         tracing::info!(replayed = response.replayed, "dead deliveries replayed");
     }
@@ -250,11 +254,20 @@ async fn poll(
         }));
     }
     let (tx, rx) = tokio::sync::oneshot::channel();
-    if running.poll_now.send(tx).await.is_err() {
-        return Err(ApiError(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("source {name} is stopping (reload or shutdown); try again"),
-        ));
+    match tokio::time::timeout(wait, running.poll_now.send(tx)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => {
+            return Err(ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("source {name} is stopping (reload or shutdown); try again"),
+            ))
+        }
+        Err(_) => {
+            return Err(ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("source {name} has too many poll requests waiting; try again later"),
+            ))
+        }
     }
     let report = match tokio::time::timeout(wait, rx).await {
         Ok(Ok(Ok(report))) => report,

@@ -273,8 +273,9 @@ pub async fn poll(config: &Config, name: &str, dry_run: bool) -> anyhow::Result<
                 Err(e)
                     if dry_run && e.downcast_ref::<Refused>().is_some_and(|r| r.status == 404) =>
                 {
-                    // Not in the daemon's config yet: it has no state either, so a local
-                    // dry run against nothing stored shows the same.
+                    // Not in the daemon's config (yet): tried here against nothing
+                    // stored, since the daemon holds the store. A source removed from
+                    // the daemon's config may still have stored items; they are not seen.
                     eprintln!("(source {name} is not in the running daemon's config: every item shows as created)");
                     local_poll(config, source, None, dry_run).await?
                 }

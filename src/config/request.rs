@@ -194,6 +194,23 @@ impl Validator<'_> {
                 ("document", Mode::Document, "the whole document is one item"),
             ],
         );
+        if transform.is_some()
+            && matches!(
+                pagination,
+                Some(Pagination {
+                    style: PageStyle::Page { .. },
+                    ..
+                })
+            )
+        {
+            // The walk ends at the first page without items; a transform that filters
+            // could empty a page in the middle and cut the walk short, turning the
+            // items of later pages into false deletions.
+            self.problem(
+                &key.key("transform"),
+                "cannot be combined with page-number pagination, whose walk ends at the first page without items (a filtering transform could empty a page in the middle); use next or cursor pagination, or ignore/events to filter",
+            );
+        }
         if mode == Mode::Document && pagination.is_some() {
             self.problem(
                 &key.key("mode"),
@@ -399,6 +416,10 @@ impl Validator<'_> {
                 a.bearer_env.as_ref(),
                 a.bearer_file.as_ref(),
             )?;
+            if reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).is_err() {
+                self.problem(key, "the bearer token has characters HTTP headers do not allow (a line break or non-ASCII); check the value or file");
+                return None;
+            }
             return Some(Auth::Bearer(token));
         }
         if let Some(b) = &a.basic {
@@ -414,6 +435,13 @@ impl Validator<'_> {
                 b.password_env.as_ref(),
                 b.password_file.as_ref(),
             )?;
+            if username.contains(':') {
+                self.problem(
+                    &key.key("username"),
+                    "may not contain ':' (basic auth separates username and password with it)",
+                );
+                return None;
+            }
             return Some(Auth::Basic { username, password });
         }
         let o = a.oauth2.as_ref()?;

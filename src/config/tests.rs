@@ -539,6 +539,13 @@ interval = "1m"
 [sources.c.paginate]
 cursor = "/next"
 
+[sources.h]
+url = "https://api.example.com/h"
+interval = "1m"
+transform = "[.[] | select(.open)]"
+[sources.h.paginate]
+page = "page"
+
 [sources.d]
 url = "https://api.example.com/d"
 interval = "1m"
@@ -571,6 +578,7 @@ oauth2 = { token_url = "https://auth.example.com/token", client_id = "id", clien
         "sources.d.auth",
         "sources.e.command",
         "sources.f.auth.oauth2.client_secret_env",
+        "sources.h.transform",
     ] {
         assert!(
             keys.iter().any(|k| k == want),

@@ -20,9 +20,8 @@ use tokio_util::sync::CancellationToken;
 use super::handle::{Handle, PollNow};
 use crate::config::Source;
 use crate::metrics::PollOutcome;
-use crate::poll::{PollError, PollReport, Poller};
+use crate::poll::{Conditions, PollError, PollReport, Poller};
 use crate::schedule::{random_unit, Schedule};
-use crate::source::Validators;
 
 pub(super) struct SourceLoop {
     pub source: Arc<Source>,
@@ -36,7 +35,7 @@ impl SourceLoop {
     pub async fn run(mut self) {
         let s = self.source.clone();
         let mut scheduled = s.schedule.first(Utc::now(), random_unit());
-        let mut validators: Option<Validators> = None;
+        let mut conditions: Option<Conditions> = None;
         let mut failures: u32 = 0;
         loop {
             self.handle
@@ -49,13 +48,13 @@ impl SourceLoop {
             };
             let result = tokio::select! {
                 _ = self.stop.cancelled() => return,
-                result = self.poll_once(validators.as_ref()) => result,
+                result = self.poll_once(conditions.as_ref()) => result,
             };
             let now = Utc::now();
             let wait_at_least = match &result {
                 Ok((_, found)) => {
                     failures = 0;
-                    validators = found.clone();
+                    conditions = found.clone();
                     None
                 }
                 Err(e) => {
@@ -87,11 +86,11 @@ impl SourceLoop {
 
     async fn poll_once(
         &self,
-        validators: Option<&Validators>,
-    ) -> Result<(PollReport, Option<Validators>), PollError> {
+        conditions: Option<&Conditions>,
+    ) -> Result<(PollReport, Option<Conditions>), PollError> {
         let s = &self.source;
         let started = Instant::now();
-        let result = self.poller.poll_conditional(s, validators).await;
+        let result = self.poller.poll_conditional(s, conditions).await;
         let took = started.elapsed();
         let took_ms = took.as_millis() as u64;
         let now = Utc::now();

@@ -169,7 +169,8 @@ async fn request_token(
         .get("expires_in")
         .and_then(|e| e.as_u64().or_else(|| e.as_str()?.parse().ok()))
         .map(Duration::from_secs)
-        .unwrap_or(NO_EXPIRY);
+        // A year at most: a huge expires_in must not overflow the clock arithmetic.
+        .map_or(NO_EXPIRY, |d| d.min(NO_EXPIRY));
     Ok((sensitive(&format!("Bearer {token}"))?, lifetime))
 }
 

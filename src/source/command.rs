@@ -39,11 +39,10 @@ pub(super) async fn run(
         let mut out = Vec::new();
         // One byte more than allowed tells "too large" from "exactly the limit".
         let mut limited_out = (&mut stdout).take(max_body.saturating_add(1));
-        let mut limited_err = (&mut stderr).take(4096);
         let mut err = Vec::new();
         let (r1, _) = tokio::join!(
             limited_out.read_to_end(&mut out),
-            limited_err.read_to_end(&mut err)
+            drain_keeping_start(&mut stderr, &mut err, 4096)
         );
         r1.map_err(|e| fail(format!("cannot read its output: {e}")))?;
         if out.len() as u64 > max_body {
@@ -75,5 +74,23 @@ pub(super) async fn run(
             "did not finish within {} (timeout); it was killed",
             humantime::format_duration(timeout)
         ))),
+    }
+}
+
+/// Reads `from` to its end, keeping the first `keep` bytes in `into`: a program that
+/// writes a lot to stderr must not block on a full pipe.
+async fn drain_keeping_start(
+    from: &mut tokio::process::ChildStderr,
+    into: &mut Vec<u8>,
+    keep: usize,
+) -> std::io::Result<()> {
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        let room = keep.saturating_sub(into.len());
+        into.extend_from_slice(&buf[..n.min(room)]);
     }
 }

@@ -151,6 +151,16 @@ const OAUTH_CLIENT: &str = "pollhook-client";
 const OAUTH_SECRET: &str = "s3cr3t-client-secret";
 pub const BEARER: &str = "static-bearer-token";
 
+/// The port the request was sent to, from its Host header.
+fn uri_port(headers: &HeaderMap) -> String {
+    headers
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.rsplit(':').next())
+        .unwrap_or("")
+        .to_string()
+}
+
 fn json_response(v: Value) -> Response {
     (
         [(axum::http::header::CONTENT_TYPE, "application/json")],
@@ -237,6 +247,11 @@ async fn route(
             }
             json_response(json!({"items": page_of(&s, page), "links": {"next": next}}))
         }
+        // A first page whose next page is on another origin (same port, other name).
+        "/foreign" => json_response(json!({
+            "items": page_of(&s, 1),
+            "links": {"next": format!("http://localhost:{}/next?page=2", uri_port(&headers))}
+        })),
         // A cursor: the index of the next item, base64-looking to show it is opaque.
         "/cursor" => {
             let start: usize = query

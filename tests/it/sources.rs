@@ -406,6 +406,16 @@ async fn command_sources() {
     std::fs::write(&file, r#"{"items": [{"id": 1, "x": 1}, {"id": 2}]}"#).unwrap();
     assert_eq!(poll(&c, &store).await.unwrap().updated, 1);
 
+    // Plenty on stderr must not block the program on a full pipe.
+    let chatty = config(
+        &s.h,
+        &format!(
+            "command = [\"/bin/sh\", \"-c\", \"head -c 300000 /dev/zero >&2; cat '{}'\"]\nitems = \"/items\"\ntimeout = \"5s\"",
+            file.display()
+        ),
+    );
+    assert_eq!(poll(&chatty, &store).await.unwrap().items, 2);
+
     let failing = config(
         &s.h,
         "command = [\"/bin/sh\", \"-c\", \"echo oops >&2; exit 3\"]\nitems = \"/items\"",
@@ -497,4 +507,74 @@ async fn at_most_max_per_host_polls_in_flight_to_one_host() {
         s.api.requests_to("/slow")
     );
     assert_eq!(s.api.max_in_flight(), 2, "max_per_host = 2");
+}
+
+#[tokio::test]
+async fn walks_stay_on_their_origin_and_under_max_body() {
+    let s = setup().await;
+    s.api.set_items(0..6, 1);
+    let store: SharedStore = Arc::new(SledStore::open(&s.h.state_dir()).unwrap());
+    // Credentials go only where the source's url points: a next page elsewhere fails.
+    let c = config(
+        &s.h,
+        &format!(
+            "url = \"http://{}/foreign\"\nitems = \"/items\"\n[sources.s.auth]\nbearer = \"{BEARER}\"\n[sources.s.paginate]\nnext = \"/links/next\"",
+            s.api.addr
+        ),
+    );
+    let err = poll(&c, &store).await.unwrap_err();
+    assert!(err.contains("another origin"), "{err}");
+    assert_eq!(
+        s.api.requests_to("/next"),
+        0,
+        "the foreign page was not fetched"
+    );
+    assert!(store.snapshot("s").unwrap().is_empty());
+    // max_body caps the whole walk: three pages of about 80 bytes against 150.
+    let c = config(
+        &s.h,
+        &format!(
+            "url = \"http://{}/next\"\nitems = \"/items\"\nmax_body = 150\n[sources.s.paginate]\nnext = \"/links/next\"",
+            s.api.addr
+        ),
+    );
+    let err = poll(&c, &store).await.unwrap_err();
+    assert!(
+        err.contains("pages of this walk total more than max_body"),
+        "{err}"
+    );
+    assert!(store.snapshot("s").unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn after_a_forget_the_next_request_is_not_conditional() {
+    let s = setup().await;
+    let c = config(
+        &s.h,
+        &format!("url = \"http://{}/etag\"\nitems = \"/items\"", s.api.addr),
+    );
+    let store: SharedStore = Arc::new(SledStore::open(&s.h.state_dir()).unwrap());
+    let poller = Poller::new(
+        store.clone(),
+        Fetcher::new(&c.sources).unwrap(),
+        pollhook::poll::Wakes::default(),
+    );
+    let source = &c.sources["s"];
+    let (_, conditions) = poller.poll_conditional(source, None).await.unwrap();
+    let conditions = conditions.expect("the response had an ETag");
+    let (r, _) = poller
+        .poll_conditional(source, Some(&conditions))
+        .await
+        .unwrap();
+    assert!(r.not_modified);
+    assert!(store.forget_source("s").unwrap());
+    // The stored items are gone: a 304 now would leave the source without a baseline.
+    let (r, _) = poller
+        .poll_conditional(source, Some(&conditions))
+        .await
+        .unwrap();
+    assert!(!r.not_modified && r.first, "{r:?}");
+    let last = s.api.log().pop().unwrap();
+    assert!(last.headers.get("if-none-match").is_none());
+    assert_eq!(ids(&store).len(), 1);
 }
