@@ -160,14 +160,28 @@ async fn operator_commands_with_a_running_daemon_and_without_one() {
     h.rx.set_status(500);
     h.api.set("1", json!({"v": 1}));
     let port = free_port();
-    let text = with_admin(&h.config_text("baseline = false", ""), port).replacen(
-        "retry = [\"200ms\", \"200ms\", \"200ms\", \"200ms\", \"200ms\", \"200ms\", \"200ms\", \"200ms\", \"200ms\", \"200ms\"]",
-        "retry = [\"100ms\"]",
-        1,
-    );
+    // No scheduled poll during the test (January 1st only): the operator polls, so a
+    // dry run is never raced by the daemon's own poll.
+    let text = with_admin(&h.config_text("baseline = false", ""), port)
+        .replacen(
+            "retry = [\"200ms\", \"200ms\", \"200ms\", \"200ms\", \"200ms\", \"200ms\", \"200ms\", \"200ms\", \"200ms\", \"200ms\"]",
+            "retry = [\"100ms\"]",
+            1,
+        )
+        .replacen("interval = \"200ms\"", "cron = \"0 0 1 1 *\"", 1);
     let config = h.dir.path().join("config.toml");
     std::fs::write(&config, &text).unwrap();
     let mut d = Daemon::start(&config, &h.dir.path().join("log"), &[]);
+    // Ready once the admin API listens (it binds after the store is open); asking
+    // before would have the CLI open the store itself and contend for its lock.
+    let deadline = Instant::now() + WAIT;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "no daemon; log:\n{}", d.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A real poll, through the daemon.
+    let (ok, _, stderr) = cli(&config, &["poll", "s"], "");
+    assert!(ok && stderr.contains("s: 1 items, 1 created"), "{stderr}");
 
     // The delivery dies (two 500s); the operator sees it ...
     let deadline = Instant::now() + WAIT;
