@@ -110,8 +110,15 @@ pub trait Store: Send + Sync + 'static {
     /// Dead deliveries, optionally of one target, oldest first.
     fn dead(&self, target: Option<&str>, limit: usize) -> Result<Vec<Delivery>, StoreError>;
 
-    /// Number of pending deliveries per target.
-    fn pending_counts(&self) -> Result<HashMap<String, u64>, StoreError>;
+    /// Number of pending deliveries per target (those with any), from [`Store::target_stats`].
+    fn pending_counts(&self) -> Result<HashMap<String, u64>, StoreError> {
+        Ok(self
+            .target_stats()?
+            .into_iter()
+            .filter(|(_, s)| s.pending > 0)
+            .map(|(target, s)| (target, s.pending))
+            .collect())
+    }
 
     /// Pending deliveries, optionally of one target, in outbox order (by target, then
     /// detection order), at most `limit`. The mirror of [`Store::dead`].
