@@ -336,6 +336,20 @@ impl Running {
             Err(e) => return Err(first_error.unwrap_or(DaemonError::Http(e))),
         };
         let poller = Poller::new(handle.store.clone(), fetcher, handle.wakes.clone());
+        // Items held, for status and metrics: one read for all sources, not one each
+        // (a start with thousands of sources would otherwise queue thousands of reads).
+        let stored: std::collections::HashMap<String, crate::store::SourceState> = match blocking(
+            &handle.store,
+            |s| s.sources(),
+        )
+        .await
+        {
+            Ok(list) => list.into_iter().collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the stored sources; item counts show 0 until each source polls");
+                Default::default()
+            }
+        };
         for source in changed {
             let name = source.name.clone();
             if let Some(old) = self.sources.remove(&name) {
@@ -344,11 +358,7 @@ impl Running {
                 // committing makes the new loop's first commit conflict and retry.
                 old.stop.cancel();
             }
-            let state = {
-                let n = name.clone();
-                blocking(&handle.store, move |s| s.source_state(&n)).await
-            };
-            let items = state.as_ref().map(|s| s.items).unwrap_or(0);
+            let items = stored.get(&name).map_or(0, |s| s.items);
             handle.metrics.set_items(&name, items);
             let (tx, rx) = mpsc::channel(8);
             handle.set_source(
