@@ -168,11 +168,6 @@ impl Poller {
         }
     }
 
-    /// The fetcher (its token cache survives a reload).
-    pub fn fetcher(&self) -> &Fetcher {
-        &self.fetcher
-    }
-
     /// Polls `source` once and commits the result.
     pub async fn poll(&self, source: &Arc<Source>) -> Result<PollReport, PollError> {
         self.poll_conditional(source, None).await.map(|(r, _)| r)
@@ -240,6 +235,23 @@ impl Poller {
         self.plan_fetched(source, fetched, now).await
     }
 
+    /// What a poll of `source` would emit now, committing nothing: the report and the
+    /// event envelopes. A first poll shows its items as created even with
+    /// `baseline = true`: seeing them is the point of a dry run.
+    pub async fn dry_run(&self, source: &Source) -> Result<(PollReport, Vec<Value>), PollError> {
+        let mut source = source.clone();
+        source.baseline = false;
+        let plan = self.plan(&Arc::new(source), Utc::now()).await?;
+        let events = plan
+            .commit
+            .events
+            .iter()
+            // The body is the envelope serde_json wrote, so it parses.
+            .map(|(e, _)| serde_json::from_slice(&e.body).unwrap_or(Value::Null))
+            .collect();
+        Ok((plan.report, events))
+    }
+
     async fn plan_fetched(
         &self,
         source: &Arc<Source>,
@@ -263,8 +275,8 @@ impl Poller {
         // processed after the turn is given back.
         let permit = self.fetcher.host_permit(source).await;
         let req = match &source.origin {
-            Origin::Command(_) => {
-                let body = self.fetcher.run_command(source).await?;
+            Origin::Command(argv) => {
+                let body = self.fetcher.run_command(source, argv).await?;
                 return Ok((self.shape(source, body).await?, None));
             }
             Origin::Http(req) => req,
@@ -272,7 +284,10 @@ impl Poller {
         if let Some(p) = &source.pagination {
             return Ok((self.walk(source, req, p).await?, None));
         }
-        let page = self.fetcher.fetch(source, &req.url, validators).await?;
+        let page = self
+            .fetcher
+            .fetch(source, req, &req.url, validators)
+            .await?;
         drop(permit);
         match page {
             Page::NotModified => Ok((Fetched::NotModified, None)),
@@ -324,7 +339,7 @@ impl Poller {
                     page: pages,
                 });
             }
-            let Page::Body { body, next, .. } = self.fetcher.fetch(source, &url, None).await?
+            let Page::Body { body, next, .. } = self.fetcher.fetch(source, req, &url, None).await?
             else {
                 // Only a conditional request gets a 304, and pages are never conditional.
                 return Err(PollError::PageLoop {

@@ -243,9 +243,11 @@ async fn poll(
     let wait = running.source.timeout * 2 + Duration::from_secs(30);
     let failed = |e: String| ApiError(StatusCode::BAD_GATEWAY, e);
     if req.dry_run {
-        let (report, events) = dry_run(&running.poller, &running.source)
+        let (report, events) = running
+            .poller
+            .dry_run(&running.source)
             .await
-            .map_err(failed)?;
+            .map_err(|e| failed(e.to_string()))?;
         return Ok(Json(PollResponse {
             source: name,
             dry_run: true,
@@ -291,27 +293,6 @@ async fn poll(
         report,
         events: Vec::new(),
     }))
-}
-
-/// Plans a poll of `running` without committing it. A first poll shows its items as
-/// created even with `baseline = true`: seeing them is the point of a dry run.
-pub async fn dry_run(
-    poller: &crate::poll::Poller,
-    source: &crate::config::Source,
-) -> Result<(PollReport, Vec<serde_json::Value>), String> {
-    let mut source = source.clone();
-    source.baseline = false;
-    let plan = poller
-        .plan(&Arc::new(source), Utc::now())
-        .await
-        .map_err(|e| e.to_string())?;
-    let events = plan
-        .commit
-        .events
-        .iter()
-        .map(|(e, _)| serde_json::from_slice(&e.body).unwrap_or(serde_json::Value::Null))
-        .collect();
-    Ok((plan.report, events))
 }
 
 async fn forget(

@@ -26,7 +26,7 @@ use reqwest::header::{
 use reqwest::{StatusCode, Url};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::config::{redact_url, HttpRequest, Origin, Source};
+use crate::config::{redact_url, HttpRequest, Source};
 use crate::deliver::retry::parse_retry_after;
 use crate::deliver::{describe_send_error, user_agent, Peer};
 use auth::Tokens;
@@ -176,25 +176,24 @@ impl Fetcher {
         semaphore.acquire_owned().await.ok()
     }
 
-    /// A command source's output, at most `max_body` bytes.
-    pub async fn run_command(&self, source: &Source) -> Result<Vec<u8>, FetchError> {
-        match &source.origin {
-            Origin::Command(argv) => command::run(argv, source.timeout, source.max_body).await,
-            Origin::Http(_) => Err(FetchError::Command("not a command source".into())),
-        }
+    /// The output of a command source's program `argv`, at most `max_body` bytes.
+    pub async fn run_command(
+        &self,
+        source: &Source,
+        argv: &[String],
+    ) -> Result<Vec<u8>, FetchError> {
+        command::run(argv, source.timeout, source.max_body).await
     }
 
-    /// One page of an HTTP source: `url` (the first page's, or one pagination found),
-    /// with `validators` sent as conditions when given.
+    /// One page of an HTTP source's request `req`: `url` (the first page's, or one
+    /// pagination found), with `validators` sent as conditions when given.
     pub async fn fetch(
         &self,
         source: &Source,
+        req: &HttpRequest,
         url: &Url,
         validators: Option<&Validators>,
     ) -> Result<Page, FetchError> {
-        let Origin::Http(req) = &source.origin else {
-            return Err(FetchError::Command("not an HTTP source".into()));
-        };
         let mut resp = self.send(source, req, url, validators, false).await?;
         if resp.status() == StatusCode::UNAUTHORIZED && auth::refreshable(req) {
             // The cached token may have been revoked or expired early: one fresh try.
