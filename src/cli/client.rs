@@ -17,6 +17,23 @@ use crate::store::{SharedStore, SledStore, StoreError};
 #[error("no pollhook daemon answers and there is no database in {} (state_dir). If the daemon runs under systemd with StateDirectory=, run this command with STATE_DIRECTORY=/var/lib/pollhook, or set state_dir in the config", .0.display())]
 pub struct NoDatabase(pub std::path::PathBuf);
 
+/// The path of an admin API request: `/v1/<segments…>?<query>`, each part
+/// percent-encoded by the URL library (a name or value is never pasted in raw).
+pub fn api_path(segments: &[&str], query: &[(&str, &str)]) -> String {
+    // The base only carries the path; it is never requested.
+    let mut url = reqwest::Url::parse("http://admin.invalid/v1").expect("a valid constant URL");
+    if let Ok(mut path) = url.path_segments_mut() {
+        path.extend(segments);
+    }
+    if !query.is_empty() {
+        url.query_pairs_mut().extend_pairs(query);
+    }
+    match url.query() {
+        Some(q) => format!("{}?{q}", url.path()),
+        None => url.path().to_string(),
+    }
+}
+
 /// The daemon answered, but not with a success.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
@@ -140,4 +157,20 @@ async fn decode<T: DeserializeOwned>(
     }
     serde_json::from_slice(&body)
         .with_context(|| format!("the daemon's answer to {path} is not what this pollhook expects (is it another version?)"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn api_paths_encode_names_and_values() {
+        assert_eq!(super::api_path(&["sources"], &[]), "/v1/sources");
+        assert_eq!(
+            super::api_path(&["sources", "a b/c", "poll"], &[]),
+            "/v1/sources/a%20b%2Fc/poll"
+        );
+        assert_eq!(
+            super::api_path(&["deliveries"], &[("status", "dead"), ("target", "a&b")]),
+            "/v1/deliveries?status=dead&target=a%26b"
+        );
+    }
 }

@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use chrono::{DateTime, SecondsFormat, Utc};
 use reqwest::Method;
 
-use super::client::{Backend, NoDatabase, Refused};
+use super::client::{api_path, Backend, NoDatabase, Refused};
 use crate::admin::ops::{self, DeliveryQuery, DeliveryView, ForgetResponse, ReplayRequest};
 use crate::admin::{
     DeliveriesResponse, PollRequest, PollResponse, SourcesResponse, TargetsResponse,
@@ -46,8 +46,8 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let now_ms = Utc::now().timestamp_millis();
     let (sources, targets) = match &backend {
         Backend::Daemon { .. } => {
-            let s: SourcesResponse = backend.get("/v1/sources").await?;
-            let t: TargetsResponse = backend.get("/v1/targets").await?;
+            let s: SourcesResponse = backend.get(&api_path(&["sources"], &[])).await?;
+            let t: TargetsResponse = backend.get(&api_path(&["targets"], &[])).await?;
             (s.sources, t.targets)
         }
         Backend::Store(store) => {
@@ -144,16 +144,16 @@ pub async fn deliveries(config: &Config, q: DeliveryQuery, json: bool) -> anyhow
     let backend = Backend::connect(config).await?;
     let list: Vec<DeliveryView> = match &backend {
         Backend::Daemon { .. } => {
-            let mut path = String::from("/v1/deliveries?");
-            let query = serde_json::to_value(&q)?;
-            for (k, v) in query.as_object().into_iter().flatten() {
-                match v {
-                    serde_json::Value::String(s) => path.push_str(&format!("{k}={}&", encode(s))),
-                    serde_json::Value::Number(n) => path.push_str(&format!("{k}={n}&")),
-                    _ => {}
-                }
-            }
-            let r: DeliveriesResponse = backend.get(path.trim_end_matches('&')).await?;
+            let limit = q.limit.map(|l| l.to_string());
+            let query: Vec<(&str, &str)> = [
+                ("status", q.status.as_deref()),
+                ("target", q.target.as_deref()),
+                ("limit", limit.as_deref()),
+            ]
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, v?)))
+            .collect();
+            let r: DeliveriesResponse = backend.get(&api_path(&["deliveries"], &query)).await?;
             r.deliveries
         }
         Backend::Store(store) => on_store(store, move |s| ops::deliveries(s, &q)).await?,
@@ -190,25 +190,17 @@ pub async fn deliveries(config: &Config, q: DeliveryQuery, json: bool) -> anyhow
     Ok(ExitCode::SUCCESS)
 }
 
-/// Percent-encodes a query value (names are plain ASCII; this covers anything else).
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// `pollhook replay`.
 pub async fn replay(config: &Config, req: ReplayRequest) -> anyhow::Result<ExitCode> {
     let backend = Backend::connect(config).await?;
     let r: ops::ReplayResponse = match &backend {
         Backend::Daemon { .. } => {
             backend
-                .send(Method::POST, "/v1/deliveries/replay", &req)
+                .send(
+                    Method::POST,
+                    &api_path(&["deliveries", "replay"], &[]),
+                    &req,
+                )
                 .await?
         }
         Backend::Store(store) => {
@@ -259,7 +251,7 @@ pub async fn poll(config: &Config, name: &str, dry_run: bool) -> anyhow::Result<
     };
     let response: PollResponse = match &backend {
         Backend::Daemon { .. } => {
-            let path = format!("/v1/sources/{}/poll", encode(name));
+            let path = api_path(&["sources", name, "poll"], &[]);
             match backend
                 .send(Method::POST, &path, &PollRequest { dry_run })
                 .await
@@ -340,9 +332,9 @@ async fn local_poll(
         crate::poll::Wakes::default(),
     );
     if dry_run {
-        let (report, events) = crate::admin::dry_run(&poller, source)
+        let (report, events) = poller
+            .dry_run(source)
             .await
-            .map_err(anyhow::Error::msg)
             .with_context(|| format!("poll of {} failed", source.name))?;
         return Ok(PollResponse {
             source: source.name.clone(),
@@ -406,7 +398,7 @@ pub async fn forget(config: &Config, name: &str, yes: bool) -> anyhow::Result<Ex
     let backend = Backend::connect(config).await?;
     let r: ForgetResponse = match &backend {
         Backend::Daemon { .. } => {
-            let path = format!("/v1/sources/{}/state", encode(name));
+            let path = api_path(&["sources", name, "state"], &[]);
             backend.send(Method::DELETE, &path, &()).await?
         }
         Backend::Store(store) => {
