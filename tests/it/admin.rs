@@ -271,7 +271,7 @@ async fn poll_now_and_dry_run() {
 }
 
 #[tokio::test]
-async fn readiness_is_lost_at_shutdown_and_the_port_is_released() {
+async fn the_admin_port_is_released_at_shutdown() {
     let mut h = Harness::new().await;
     let text = h.config_text("", "");
     let base = start(&mut h, &text).await;

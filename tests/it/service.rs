@@ -67,9 +67,9 @@ async fn systemd_notify_protocol_sighup_reload_and_json_logs() {
             .any(|m| m.contains("STATUS=running: 1 sources, 1 targets")),
         "{seen:?}"
     );
-    let pings =
-        notified(&sock, "WATCHDOG=1", &logs).len() + notified(&sock, "WATCHDOG=1", &logs).len();
-    assert!(pings >= 2);
+    // Two pings (each wait fails the test if none comes).
+    notified(&sock, "WATCHDOG=1", &logs);
+    notified(&sock, "WATCHDOG=1", &logs);
 
     // SIGHUP: the new config (a second source) is read and applied.
     std::fs::write(
