@@ -86,6 +86,9 @@ pub struct Metrics {
     pending: Family<TargetLabel, Gauge>,
     oldest_pending: Family<TargetLabel, Gauge<f64, AtomicU64>>,
     dead: Family<TargetLabel, Gauge>,
+    /// Held while a scrape rewrites the outbox gauges and encodes: two scrapes at once
+    /// (a Prometheus HA pair) must not see each other's cleared families.
+    scrape: std::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -115,6 +118,7 @@ impl Metrics {
             pending: Family::default(),
             oldest_pending: Family::default(),
             dead: Family::default(),
+            scrape: std::sync::Mutex::new(()),
         };
         let build = Family::<Vec<(String, String)>, Gauge>::default();
         build
@@ -254,6 +258,8 @@ impl Metrics {
         stats: &BTreeMap<String, TargetStats>,
         now_ms: i64,
     ) -> String {
+        // A poisoned lock only means another scrape panicked; the families are intact.
+        let _scrape = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
         self.pending.clear();
         self.oldest_pending.clear();
         self.dead.clear();
@@ -326,5 +332,25 @@ mod tests {
             assert!(text.contains(line), "missing {line:?} in:\n{text}");
         }
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn concurrent_scrapes_each_see_every_outbox_series() {
+        let m = std::sync::Arc::new(Metrics::new());
+        let stats = BTreeMap::from([("app".to_string(), TargetStats::default())]);
+        let scrapers: Vec<_> = (0..4)
+            .map(|_| {
+                let (m, stats) = (m.clone(), stats.clone());
+                std::thread::spawn(move || {
+                    (0..500).all(|_| {
+                        m.encode(&["app".to_string()], &stats, 0)
+                            .contains("pollhook_pending_deliveries{target=\"app\"} 0")
+                    })
+                })
+            })
+            .collect();
+        for s in scrapers {
+            assert!(s.join().unwrap(), "a scrape missed the pending gauge");
+        }
     }
 }
