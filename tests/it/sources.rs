@@ -18,7 +18,27 @@ use crate::support::{accepted, wait_for, Harness, SECRET};
 
 /// A config with target `t` (the harness receiver) and source `s` made of `source`.
 fn config(h: &Harness, source: &str) -> Config {
-    h.write_config(&format!(
+    h.write_config(&config_text(h, source))
+}
+
+/// [`config`] read with `env` as the environment: tests never change the process's
+/// environment, which other test threads read at the same time.
+fn config_with_env(h: &Harness, source: &str, env: &[(&str, &str)]) -> Config {
+    let lookup = |name: &str| {
+        env.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string())
+    };
+    Config::parse(
+        &config_text(h, source),
+        &h.dir.path().join("config.toml"),
+        &lookup,
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn config_text(h: &Harness, source: &str) -> String {
+    format!(
         r#"state_dir = {state:?}
 
 [admin]
@@ -36,7 +56,7 @@ interval = "100ms"
 "#,
         state = h.state_dir().display().to_string(),
         rx = h.rx.url(),
-    ))
+    )
 }
 
 struct Setup {
@@ -204,10 +224,7 @@ async fn bearer_basic_post_json_and_query() {
         ),
     ] {
         std::fs::write(s.h.dir.path().join("token"), format!("{BEARER}\n")).unwrap();
-        // SAFETY: set before any thread of this test reads the environment for it, and no
-        // other test uses this variable.
-        unsafe { std::env::set_var("PH_TEST_PASSWORD", "pa55:word") };
-        let c = config(&s.h, &table);
+        let c = config_with_env(&s.h, &table, &[("PH_TEST_PASSWORD", "pa55:word")]);
         let store: SharedStore = Arc::new(SledStore::open(&s.h.state_dir()).unwrap());
         let r = poll(&c, &store).await.unwrap_or_else(|e| panic!("{what}: {e}"));
         assert_eq!(r.items, 3, "{what}");
@@ -237,9 +254,11 @@ async fn oauth2_tokens_are_cached_refreshed_before_expiry_and_after_a_401() {
     let table = format!(
         "url = \"{api}/oauth-items\"\nitems = \"/items\"\nbaseline = false\n[sources.s.auth]\noauth2 = {{ token_url = \"{api}/token\", client_id = \"pollhook-client\", client_secret_env = \"PH_TEST_CLIENT_SECRET\", scopes = [\"read\", \"items\"] }}"
     );
-    // SAFETY: set before the config is read; no other test uses this variable.
-    unsafe { std::env::set_var("PH_TEST_CLIENT_SECRET", "s3cr3t-client-secret") };
-    let c = config(&s.h, &table);
+    let c = config_with_env(
+        &s.h,
+        &table,
+        &[("PH_TEST_CLIENT_SECRET", "s3cr3t-client-secret")],
+    );
     s.h.start(c);
     s.h.received("the first items", |r| accepted(r, "s.created").count() == 2)
         .await;
