@@ -4,7 +4,6 @@
 //! the raw file, reporting every problem with its key.
 
 use std::fmt;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use reqwest::header::HeaderMap;
@@ -355,32 +354,10 @@ impl Validator<'_> {
     ) -> Option<String> {
         match (value, env, file) {
             (Some(v), None, None) => self.expand(&key.key(name), v),
-            (None, Some(var), None) => match (self.env)(var).filter(|v| !v.trim().is_empty()) {
-                Some(v) => Some(v.trim().to_string()),
-                None => {
-                    self.problem(
-                        &key.key(&format!("{name}_env")),
-                        format!("environment variable {var} is not set or empty"),
-                    );
-                    None
-                }
-            },
-            (None, None, Some(f)) => {
-                let k = key.key(&format!("{name}_file"));
-                let expanded = self.expand(&k, f)?;
-                let path: PathBuf = self.base.join(expanded);
-                match std::fs::read_to_string(&path) {
-                    Ok(v) if !v.trim().is_empty() => Some(v.trim().to_string()),
-                    Ok(_) => {
-                        self.problem(&k, format!("{} is empty", path.display()));
-                        None
-                    }
-                    Err(e) => {
-                        self.problem(&k, format!("cannot read {}: {e}", path.display()));
-                        None
-                    }
-                }
+            (None, Some(var), None) => {
+                self.secret_from_env(&key.key(&format!("{name}_env")), var, "")
             }
+            (None, None, Some(f)) => self.secret_from_file(&key.key(&format!("{name}_file")), f),
             (None, None, None) => {
                 self.problem(
                     key,

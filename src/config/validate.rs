@@ -260,39 +260,59 @@ impl Validator<'_> {
         if let Some(s) = t.secret.clone() {
             out = s.into_vec();
         } else if let Some(names) = t.secret_env.clone() {
+            let k = key.key("secret_env");
             for (i, name) in names.into_vec().into_iter().enumerate() {
-                match (self.env)(&name).filter(|v| !v.trim().is_empty()) {
-                    Some(v) => out.push(v.trim().to_string()),
-                    None => self.problem(
-                        &key.key("secret_env"),
-                        format!(
-                            "environment variable {name} (secret {}) is not set or empty",
-                            i + 1
-                        ),
-                    ),
-                }
+                let which = format!(" (secret {})", i + 1);
+                out.extend(self.secret_from_env(&k, &name, &which));
             }
         } else if let Some(files) = t.secret_file.clone() {
+            let k = key.key("secret_file");
             for file in files.into_vec() {
-                let expanded = self.expand(&key.key("secret_file"), &file)?;
-                let path = self.base.join(&expanded);
-                match std::fs::read_to_string(&path) {
-                    Ok(v) if !v.trim().is_empty() => out.push(v.trim().to_string()),
-                    Ok(_) => self.problem(
-                        &key.key("secret_file"),
-                        format!("{} is empty", path.display()),
-                    ),
-                    Err(e) => self.problem(
-                        &key.key("secret_file"),
-                        format!("cannot read {}: {e}", path.display()),
-                    ),
-                }
+                out.extend(self.secret_from_file(&k, &file));
             }
         }
         if out.is_empty() {
             None
         } else {
             Some(out)
+        }
+    }
+
+    /// A secret in environment variable `var` (trimmed; unset or blank is a problem at
+    /// `key`, naming the variable and `which` secret it is).
+    pub(super) fn secret_from_env(
+        &mut self,
+        key: &KeyPath,
+        var: &str,
+        which: &str,
+    ) -> Option<String> {
+        match (self.env)(var).filter(|v| !v.trim().is_empty()) {
+            Some(v) => Some(v.trim().to_string()),
+            None => {
+                self.problem(
+                    key,
+                    format!("environment variable {var}{which} is not set or empty"),
+                );
+                None
+            }
+        }
+    }
+
+    /// A secret in a file (`${VAR}` expanded, relative to the config file, trimmed; a
+    /// missing or empty file is a problem at `key`).
+    pub(super) fn secret_from_file(&mut self, key: &KeyPath, file: &str) -> Option<String> {
+        let expanded = self.expand(key, file)?;
+        let path = self.base.join(expanded);
+        match std::fs::read_to_string(&path) {
+            Ok(v) if !v.trim().is_empty() => Some(v.trim().to_string()),
+            Ok(_) => {
+                self.problem(key, format!("{} is empty", path.display()));
+                None
+            }
+            Err(e) => {
+                self.problem(key, format!("cannot read {}: {e}", path.display()));
+                None
+            }
         }
     }
 
