@@ -14,7 +14,13 @@
 //! - `outbox-v1` and `dead-v1`: target name, 0x00, sequence (u64 big-endian, so keys sort
 //!   in detection order) → u32 big-endian header length, header JSON, event body bytes.
 //!
-//! Names cannot contain 0x00 (config validation), so the first 0x00 splits a key.
+//! A name in a key is escaped so that it holds no 0x00 (0x01 → 0x01 0x02, 0x00 → 0x01
+//! 0x01) and the first 0x00 ends it: no name's keys are a prefix of another name's, so a
+//! prefix scan of one name never reaches another's keys, whatever bytes the name has
+//! (`"s\0"` included). The names config validation allows have neither byte, so their
+//! keys are the plain name bytes, as in every earlier release.
+
+use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
@@ -108,11 +114,41 @@ struct HeaderRef<'a> {
     last_error: Option<&'a str>,
 }
 
+/// The key prefix of every record of `name`: the escaped name, then 0x00.
 pub(super) fn prefix(name: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(name.len() + 1);
-    k.extend_from_slice(name.as_bytes());
+    for &b in name.as_bytes() {
+        match b {
+            0 => k.extend_from_slice(&[1, 1]),
+            1 => k.extend_from_slice(&[1, 2]),
+            b => k.push(b),
+        }
+    }
     k.push(0);
     k
+}
+
+/// The name escaped in `key` before its first 0x00, and the bytes after that 0x00.
+/// None if the escaping is broken or the name is not UTF-8.
+fn split_name(key: &[u8]) -> Option<(Cow<'_, str>, &[u8])> {
+    let zero = key.iter().position(|b| *b == 0)?;
+    let (escaped, rest) = (&key[..zero], &key[zero + 1..]);
+    if !escaped.contains(&1) {
+        return Some((Cow::Borrowed(std::str::from_utf8(escaped).ok()?), rest));
+    }
+    let mut out = Vec::with_capacity(escaped.len());
+    let mut bytes = escaped.iter();
+    while let Some(&b) = bytes.next() {
+        out.push(match b {
+            1 => match bytes.next() {
+                Some(1) => 0,
+                Some(2) => 1,
+                _ => return None,
+            },
+            b => b,
+        });
+    }
+    Some((Cow::Owned(String::from_utf8(out).ok()?), rest))
 }
 
 /// Buckets for a source first seen with `items` items: about 32 items a bucket, a
@@ -212,23 +248,21 @@ pub(super) fn delivery_key(target: &str, seq: u64) -> Vec<u8> {
 /// Splits a delivery key into target and sequence.
 pub(super) fn split_delivery_key(key: &[u8]) -> Result<(String, u64), StoreError> {
     let (target, seq) = split_delivery_key_ref(key)?;
-    Ok((target.to_string(), seq))
+    Ok((target.into_owned(), seq))
 }
 
-/// [`split_delivery_key`] borrowing the target from the key: for scans over many keys.
-pub(super) fn split_delivery_key_ref(key: &[u8]) -> Result<(&str, u64), StoreError> {
+/// [`split_delivery_key`] borrowing the target from the key (every name config
+/// validation allows is stored unescaped): for scans over many keys.
+pub(super) fn split_delivery_key_ref(key: &[u8]) -> Result<(Cow<'_, str>, u64), StoreError> {
     let corrupt = |reason: &str| StoreError::Corrupt {
         key: String::from_utf8_lossy(key).into_owned(),
         reason: reason.into(),
     };
-    let zero = key
-        .iter()
-        .position(|b| *b == 0)
-        .ok_or_else(|| corrupt("no separator"))?;
-    let seq: [u8; 8] = key[zero + 1..]
+    let (target, seq) =
+        split_name(key).ok_or_else(|| corrupt("no separator, or the target name is not UTF-8"))?;
+    let seq: [u8; 8] = seq
         .try_into()
         .map_err(|_| corrupt("sequence is not 8 bytes"))?;
-    let target = std::str::from_utf8(&key[..zero]).map_err(|_| corrupt("target is not UTF-8"))?;
     Ok((target, u64::from_be_bytes(seq)))
 }
 

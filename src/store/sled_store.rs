@@ -550,9 +550,9 @@ impl Store for SledStore {
                 let k = k.map_err(db_err)?;
                 let (target, _) = split_delivery_key_ref(&k)?;
                 // Keys come grouped by target, but a lookup by &str allocates nothing.
-                let stats = match out.get_mut(target) {
+                let stats = match out.get_mut(&*target) {
                     Some(stats) => stats,
-                    None => out.entry(target.to_string()).or_default(),
+                    None => out.entry(target.into_owned()).or_default(),
                 };
                 if !pending {
                     stats.dead += 1;

@@ -1243,3 +1243,55 @@ fn concurrent_commits_never_land_behind_a_reader() {
         "the reader missed deliveries committed behind it"
     );
 }
+
+#[test]
+fn no_name_reaches_the_keys_of_another() {
+    // A NUL in a name from the admin API once matched the keys of the name before it
+    // by prefix: forgetting "s\0" dropped the snapshot of "s".
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let item = |i: usize| (format!("id-{i}"), seen(&json!({"id": i})));
+    let names = ["s", "s\0", "s\0\0", "s\u{1}", "s\u{1}\u{2}", "s\0x"];
+    for (n, name) in names.iter().enumerate() {
+        store
+            .commit_poll(PollCommit {
+                upserts: (n * 10..n * 10 + 3).map(item).collect(),
+                item_count: 3,
+                ..events_commit(name, 0, Vec::new())
+            })
+            .unwrap();
+        queue_events(&store, name, 1, &[&format!("e{n}")], &[name], NOW_MS);
+    }
+    let before = dump(&store, &names, &names);
+    for (n, name) in names.iter().enumerate() {
+        let expected: HashMap<String, Seen> = (n * 10..n * 10 + 3).map(item).collect();
+        assert_eq!(
+            store.snapshot(name).unwrap(),
+            expected,
+            "snapshot of {name:?}"
+        );
+        let pending = all_pending(&store, name);
+        assert_eq!(pending.len(), 1, "outbox of {name:?}");
+        assert_eq!(pending[0].target, *name);
+    }
+    // Listing and statistics give the names back as they were.
+    let stats = store.target_stats().unwrap();
+    assert_eq!(stats.len(), names.len());
+    assert!(names.iter().all(|n| stats[*n].pending == 1));
+    let listed: Vec<String> = store
+        .sources()
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(listed.len(), names.len());
+    // Forgetting one touches no other.
+    assert!(store.forget_source("s\0").unwrap());
+    let after = dump(&store, &names, &names);
+    for (i, _) in names.iter().enumerate().filter(|(i, _)| *i != 1) {
+        assert_eq!(after.snapshots[i], before.snapshots[i]);
+        assert_eq!(after.states[i], before.states[i]);
+    }
+    assert!(after.snapshots[1].is_empty());
+    assert_eq!(after.pending, before.pending);
+}
