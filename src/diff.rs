@@ -10,7 +10,7 @@ use std::str::FromStr;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::extract::{array_index, pointer_tokens, Item};
+use crate::extract::{array_index, pointer_tokens, Item, Kind, Kinds};
 
 /// A sha256 fingerprint of an item's canonical JSON.
 pub type Hash = [u8; 32];
@@ -309,6 +309,8 @@ pub struct Differ<'a> {
     created: HashSet<String>,
     /// Which kinds of change to return in `changes` (all by default).
     keep: Vec<ChangeKind>,
+    /// The JSON types of the items pushed.
+    kinds: Kinds,
     out: Diff,
 }
 
@@ -324,6 +326,7 @@ impl<'a> Differ<'a> {
                 ChangeKind::Updated,
                 ChangeKind::Deleted,
             ],
+            kinds: Kinds::default(),
             out: Diff::default(),
         }
     }
@@ -336,8 +339,14 @@ impl<'a> Differ<'a> {
         self
     }
 
+    /// The JSON types of the items pushed so far.
+    pub fn kinds(&self) -> Kinds {
+        self.kinds
+    }
+
     /// Compares one item of this poll with what was seen before.
     pub fn push(&mut self, Item { id, value }: Item) -> Result<(), DiffError> {
+        self.kinds.add(Kind::of(&value));
         let hash = fingerprint_parsed(&value, &self.ignore);
         let (kind, old) = match self.previous.get_key_value(&id) {
             None => {

@@ -29,7 +29,7 @@ struct SourceLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PollLabels {
     source: String,
-    /// `ok`, `not_modified` or `error`.
+    /// `ok`, `not_modified`, `held_back` or `error`.
     outcome: &'static str,
 }
 
@@ -71,6 +71,10 @@ pub enum PollOutcome {
     },
     /// 304 Not Modified.
     NotModified,
+    /// The deletion guard held the poll back: nothing committed.
+    HeldBack {
+        deletions: usize,
+    },
     Error,
 }
 
@@ -81,6 +85,7 @@ pub struct Metrics {
     poll_duration: Histograms<SourceLabel>,
     items: Family<SourceLabel, Gauge>,
     changes: Family<ChangeLabels, Counter>,
+    held_back: Family<SourceLabel, Counter>,
     deliveries: Family<DeliveryLabels, Counter>,
     delivery_duration: Histograms<TargetLabel>,
     pending: Family<TargetLabel, Gauge>,
@@ -111,6 +116,7 @@ impl Metrics {
             poll_duration: Family::new_with_constructor(duration_histogram as fn() -> Histogram),
             items: Family::default(),
             changes: Family::default(),
+            held_back: Family::default(),
             deliveries: Family::default(),
             delivery_duration: Family::new_with_constructor(
                 duration_histogram as fn() -> Histogram,
@@ -131,7 +137,7 @@ impl Metrics {
         r.register("build_info", "pollhook's version", build);
         r.register(
             "polls",
-            "Polls by source and outcome (ok, not_modified, error)",
+            "Polls by source and outcome (ok, not_modified, held_back, error)",
             m.polls.clone(),
         );
         r.register(
@@ -148,6 +154,11 @@ impl Metrics {
             "changes",
             "Changes detected by source and kind (created, updated, deleted)",
             m.changes.clone(),
+        );
+        r.register(
+            "deletions_held_back",
+            "Deletions the deletion guard held back (not committed) until later polls confirm them, by source",
+            m.held_back.clone(),
         );
         r.register(
             "deliveries",
@@ -186,6 +197,7 @@ impl Metrics {
         let outcome = match result {
             PollOutcome::Ok { .. } => "ok",
             PollOutcome::NotModified => "not_modified",
+            PollOutcome::HeldBack { .. } => "held_back",
             PollOutcome::Error => "error",
         };
         self.polls
@@ -194,6 +206,11 @@ impl Metrics {
                 outcome,
             })
             .inc();
+        if let PollOutcome::HeldBack { deletions } = result {
+            self.held_back
+                .get_or_create(&label)
+                .inc_by(deletions as u64);
+        }
         if let PollOutcome::Ok {
             items,
             created,

@@ -13,11 +13,12 @@ use tokio::sync::Notify;
 
 use reqwest::Url;
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 use crate::config::{redact_url, Format, Mode, Origin, PageStyle, Pagination, Source};
 use crate::diff::{ChangeKind, DiffError, Differ};
 use crate::event;
-use crate::extract::{extract_each, EachError, ExtractError, Item};
+use crate::extract::{extract_each, Collection, EachError, ExtractError, Item, Kind, Kinds};
 use crate::source::{FetchError, Fetcher, Page, Validators};
 use crate::store::{blocking, PollCommit, SharedStore, StoreError};
 
@@ -59,6 +60,25 @@ pub enum PollError {
     Processing { url: String, detail: String },
     #[error("{url}: the response has no items but {previous} were held; refusing to treat them all as deleted (set allow_empty = true on this source if an empty list is real)")]
     SuddenlyEmpty { url: String, previous: usize },
+    /// The collection has another shape than the one the source holds: most likely an
+    /// error answer sent with status 200 (`{"message": "API rate limit exceeded"}` read
+    /// as an object of two items would delete every held item).
+    #[error("{url}: {detail}; refusing the poll, which would report them all deleted (an error answer sent with status 200?). Nothing changed. If the API really changed its format, run `pollhook forget {source_name}` to start the source afresh")]
+    ShapeChanged {
+        url: String,
+        source_name: String,
+        /// What came and what was held.
+        detail: String,
+    },
+    /// The store holds fewer items of the source than its last commit wrote: part of
+    /// the snapshot is lost, and polling would report the missing items as created.
+    #[error("source {source_name}: the state database holds {found} of the {stored} items its last commit stored (snapshot records in {state} are missing or cut short); refusing to poll, since every missing item would be reported as created. Restore the state_dir from a backup, or run `pollhook forget {source_name}` to start this source afresh (its next poll records a new baseline)")]
+    SnapshotDamaged {
+        source_name: String,
+        found: usize,
+        stored: u64,
+        state: String,
+    },
     #[error(transparent)]
     Diff(#[from] DiffError),
     #[error(transparent)]
@@ -99,12 +119,30 @@ pub struct PollReport {
     /// was deleted, since unseen items may be on the pages not fetched.
     #[serde(default)]
     pub truncated: bool,
+    /// The poll would have deleted more items than the source's `deletion_guard`
+    /// allows at once, so nothing was committed (see [`HeldBack`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_back: Option<HeldBack>,
+}
+
+/// A poll held back by the deletion guard: it would have deleted `deletions` of the
+/// `held` items. The same deletions seen by `needed` polls in a row are committed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HeldBack {
+    pub deletions: usize,
+    pub held: usize,
+    /// Polls in a row that saw these deletions, this one included.
+    pub seen: u32,
+    /// Polls in a row that must see them before they are committed.
+    pub needed: u32,
 }
 
 /// What a poll would commit, before committing it.
 pub struct Plan {
     pub commit: PollCommit,
     pub report: PollReport,
+    /// Items the source held before this poll.
+    pub held: usize,
 }
 
 /// What a conditional request sends: a response's validators and the source's stored
@@ -125,6 +163,8 @@ pub enum Fetched {
         pages: u32,
         /// Every page was fetched; only then may unseen items count as deleted.
         complete: bool,
+        /// What the items came in (None for a document source's one item).
+        collection: Option<Collection>,
     },
     /// 304 Not Modified.
     NotModified,
@@ -137,6 +177,15 @@ pub struct Poller {
     fetcher: Fetcher,
     /// Per target: wakes its worker after a commit queued deliveries for it.
     wakes: Wakes,
+    /// Per source: the mass deletion its last polls held back.
+    holds: Arc<Mutex<HashMap<String, Hold>>>,
+}
+
+/// Deletions the guard held back: which (a digest of the ids) and how many polls in a
+/// row have seen exactly these.
+struct Hold {
+    digest: [u8; 32],
+    seen: u32,
 }
 
 /// One [`Notify`] per target name, for the life of the process: whoever queues
@@ -165,6 +214,7 @@ impl Poller {
             store,
             fetcher,
             wakes,
+            holds: Arc::default(),
         }
     }
 
@@ -202,7 +252,18 @@ impl Poller {
                 conditions.cloned(),
             ));
         }
-        let Plan { commit, report } = self.plan_fetched(source, fetched, Utc::now()).await?;
+        let plan = self.plan_fetched(source, fetched, Utc::now()).await?;
+        if let Some(held_back) = self.hold_back(source, &plan) {
+            // Nothing is committed, and no conditions are kept: the next poll must get
+            // the full answer again to confirm (or take back) these deletions.
+            let report = PollReport {
+                held_back: Some(held_back),
+                events: 0,
+                ..plan.report
+            };
+            return Ok((report, None));
+        }
+        let Plan { commit, report, .. } = plan;
         let mut generation = commit.expected_generation;
         if report.events > 0 || commit.upserts.len() + commit.removals.len() > 0 || report.first {
             let wakes = self.wakes.clone();
@@ -227,6 +288,45 @@ impl Poller {
             generation,
         });
         Ok((report, found))
+    }
+
+    /// Whether the deletion guard holds `plan` back: it deletes more than the source's
+    /// guard allows, and fewer than `confirm` polls before it in a row saw exactly these
+    /// deletions. A one-off bad answer (a truncated list) then deletes nothing; deletions
+    /// that persist are committed by the poll that confirms them. Any other poll ends the
+    /// run. Kept in memory: a restart or a reload of the source starts counting again.
+    fn hold_back(&self, source: &Source, plan: &Plan) -> Option<HeldBack> {
+        // A poisoned lock means a panic while updating a map entry; the map is intact.
+        let mut holds = self.holds.lock().unwrap_or_else(|e| e.into_inner());
+        let deletions = plan.commit.removals.len();
+        if !source.deletion_guard.holds_back(deletions, plan.held) {
+            holds.remove(&source.name);
+            return None;
+        }
+        let mut digest = Sha256::new();
+        for id in &plan.commit.removals {
+            digest.update(id.as_bytes());
+            digest.update([0u8]);
+        }
+        let digest: [u8; 32] = digest.finalize().into();
+        let hold = holds
+            .entry(source.name.clone())
+            .or_insert(Hold { digest, seen: 0 });
+        if hold.digest != digest {
+            *hold = Hold { digest, seen: 0 };
+        }
+        hold.seen += 1;
+        let needed = source.deletion_guard.confirm + 1;
+        if hold.seen >= needed {
+            holds.remove(&source.name);
+            return None;
+        }
+        Some(HeldBack {
+            deletions,
+            held: plan.held,
+            seen: hold.seen,
+            needed,
+        })
     }
 
     /// Fetches `source` and works out what a commit would write, committing nothing.
@@ -303,11 +403,14 @@ impl Poller {
             return Ok(Fetched::Body(body));
         }
         let s = source.clone();
-        let (items, _) = cpu(source, move || read_page(&s, &body, None)).await?;
+        let PageRead {
+            items, collection, ..
+        } = cpu(source, move || read_page(&s, &body, None)).await?;
         Ok(Fetched::Items {
             items,
             pages: 1,
             complete: true,
+            collection,
         })
     }
 
@@ -329,6 +432,7 @@ impl Poller {
         }
         let mut fetched_urls = HashSet::new();
         let mut items = Vec::new();
+        let mut collection = None;
         let mut pages = 0;
         let mut walked: u64 = 0;
         loop {
@@ -358,8 +462,9 @@ impl Poller {
             }
             let s = source.clone();
             let style = p.style.clone();
-            let (page_items, token) =
-                cpu(source, move || read_page(&s, &body, Some(&style))).await?;
+            let page = cpu(source, move || read_page(&s, &body, Some(&style))).await?;
+            let (page_items, token) = (page.items, page.token);
+            collection = collection.or(page.collection);
             let empty = page_items.is_empty();
             items.extend(page_items);
             let next = match &p.style {
@@ -390,6 +495,7 @@ impl Poller {
                         items,
                         pages,
                         complete: true,
+                        collection,
                     })
                 }
                 Some(_) if pages >= p.max_pages => {
@@ -397,6 +503,7 @@ impl Poller {
                         items,
                         pages,
                         complete: false,
+                        collection,
                     })
                 }
                 Some(u) if u.origin() != req.url.origin() => {
@@ -460,13 +567,21 @@ fn set_param(url: &mut Url, name: &str, value: &str) {
         .append_pair(name, value);
 }
 
-/// The items of one parsed document (a page, a feed, a command's output), and for
-/// pagination by body the next page's URL or cursor. Blocking: CPU work.
+/// What one parsed document (a page, a feed, a command's output) holds.
+struct PageRead {
+    items: Vec<Item>,
+    /// What the items came in (None for a document source).
+    collection: Option<Collection>,
+    /// For pagination by body: the next page's URL or cursor.
+    token: Option<String>,
+}
+
+/// Reads one parsed document's items. Blocking: CPU work.
 fn read_page(
     source: &Source,
     body: &[u8],
     style: Option<&PageStyle>,
-) -> Result<(Vec<Item>, Option<String>), PollError> {
+) -> Result<PageRead, PollError> {
     let url = source.location();
     let doc: Value = match source.format {
         Format::Feed => crate::feed::entries(body).map_err(|e| PollError::Feed {
@@ -496,9 +611,13 @@ fn read_page(
         })?,
         None => doc,
     };
+    let mut collection = None;
     let items = match source.mode {
-        Mode::Items => crate::extract::extract(&doc, &source.items, &source.id)
-            .map_err(|error| PollError::Extract { url, error })?,
+        Mode::Items => {
+            collection = doc.pointer(&source.items).and_then(Collection::of);
+            crate::extract::extract(&doc, &source.items, &source.id)
+                .map_err(|error| PollError::Extract { url, error })?
+        }
         Mode::Document => {
             let Some(value) = doc.pointer(&source.items) else {
                 return Err(PollError::Extract {
@@ -515,7 +634,11 @@ fn read_page(
             }]
         }
     };
-    Ok((items, token))
+    Ok(PageRead {
+        items,
+        collection,
+        token,
+    })
 }
 
 /// The item id of a `mode = "document"` source's one item.
@@ -534,13 +657,14 @@ pub fn plan_fetched(
             items,
             pages,
             complete,
+            collection,
         } => {
             let mut plan = plan_with(store, source, now, complete, |differ| {
-                let n = items.len();
+                let count = items.len();
                 for item in items {
                     differ.push(item)?;
                 }
-                Ok(n)
+                Ok((count, collection))
             })?;
             plan.report.pages = pages;
             plan.report.truncated = !complete;
@@ -552,6 +676,7 @@ pub fn plan_fetched(
                 not_modified: true,
                 ..PollReport::default()
             },
+            held: 0,
         }),
     }
 }
@@ -571,6 +696,7 @@ pub fn plan_response(
         extract_each(body, &source.items, &source.id, &mut |item| {
             differ.push(item)
         })
+        .map(|found| (found.count, Some(found.collection)))
         .map_err(|e| match e {
             EachError::Json(e) => PollError::Json {
                 url: url.clone(),
@@ -588,20 +714,32 @@ pub fn plan_response(
 }
 
 /// The diff and events of a poll whose items `push` feeds to the differ (returning how
-/// many it pushed). With `complete` false, items not seen are kept, not deleted.
+/// many it pushed and the collection they came in). With `complete` false, items not
+/// seen are kept, not deleted.
 fn plan_with(
     store: &dyn crate::store::Store,
     source: &Source,
     now: DateTime<Utc>,
     complete: bool,
-    push: impl FnOnce(&mut Differ<'_>) -> Result<usize, PollError>,
+    push: impl FnOnce(&mut Differ<'_>) -> Result<(usize, Option<Collection>), PollError>,
 ) -> Result<Plan, PollError> {
     let state = store.source_state(&source.name)?;
     let previous = store.snapshot(&source.name)?;
+    if (previous.len() as u64) < state.items {
+        return Err(PollError::SnapshotDamaged {
+            source_name: source.name.clone(),
+            found: previous.len(),
+            stored: state.items,
+            state: store.describe(),
+        });
+    }
     let baseline = !state.initialized && source.baseline;
     let emit: &[ChangeKind] = if baseline { &[] } else { &source.events };
     let mut differ = Differ::new(&previous, &source.ignore).keep_only(emit);
-    let count = push(&mut differ)?;
+    let (count, collection) = push(&mut differ)?;
+    if source.mode == Mode::Items {
+        check_shape(source, &state, &previous, collection, differ.kinds())?;
+    }
     if count == 0 && !previous.is_empty() && !source.allow_empty {
         return Err(PollError::SuddenlyEmpty {
             url: source.location(),
@@ -638,15 +776,69 @@ fn plan_with(
             upserts: d.upserts,
             removals: d.removals,
             events,
-            // A truncated walk keeps the unseen items, so the source holds at least
-            // what it held before.
+            // Exactly what the snapshot holds after this commit (a truncated walk keeps
+            // the unseen items and adds the new ones): a later read that finds fewer
+            // knows that records are lost.
             item_count: if complete {
                 count as u64
             } else {
-                (count as u64).max(state.items)
+                (previous.len() + d.created) as u64
             },
+            collection: collection.or(state.collection),
             now_ms: now.timestamp_millis(),
         },
         report,
+        held: previous.len(),
+    })
+}
+
+/// Refuses a poll whose items came in another collection than the one the source
+/// holds (an array before, an object now), or whose items are of another JSON type
+/// than the held ones, all of one type (objects before, strings now). That is the
+/// mark of an error answer sent with status 200, which would otherwise read as every
+/// held item deleted and the error's members created.
+fn check_shape(
+    source: &Source,
+    state: &crate::store::SourceState,
+    previous: &HashMap<String, crate::diff::Seen>,
+    collection: Option<Collection>,
+    kinds: Kinds,
+) -> Result<(), PollError> {
+    if previous.is_empty() {
+        return Ok(());
+    }
+    let mut held_kinds = Kinds::default();
+    for seen in previous.values() {
+        if let Some(k) = Kind::of_json(&seen.raw) {
+            held_kinds.add(k);
+        }
+    }
+    let held_kind = held_kinds.single();
+    let new_collection = match (state.collection, collection) {
+        (Some(held), Some(now)) if held != now => Some((held, now)),
+        _ => None,
+    };
+    let new_kind = held_kind.and_then(|k| kinds.other_than(k).map(|other| (k, other)));
+    if new_collection.is_none() && new_kind.is_none() {
+        return Ok(());
+    }
+    let describe = |c: Option<Collection>, k: Option<Kind>| {
+        let c = c.map_or("a collection", Collection::describe);
+        match k {
+            Some(k) => format!("{c} of {}", k.plural()),
+            None => c.to_string(),
+        }
+    };
+    let found_kind = new_kind.map(|(_, other)| other).or(kinds.single());
+    Err(PollError::ShapeChanged {
+        url: source.location(),
+        source_name: source.name.clone(),
+        detail: format!(
+            "the response's items at items pointer {:?} are {}, but the {} items this source holds came as {}",
+            source.items,
+            describe(collection, found_kind),
+            previous.len(),
+            describe(state.collection, held_kind),
+        ),
     })
 }

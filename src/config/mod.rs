@@ -150,12 +150,48 @@ pub struct Source {
     pub baseline: bool,
     /// An empty list after a non-empty one is accepted.
     pub allow_empty: bool,
+    /// How many deletions one poll may commit without the next polls confirming them.
+    pub deletion_guard: DeletionGuard,
     /// `ca_file` as resolved against the config file's directory, if set.
     pub ca_file: Option<PathBuf>,
     /// The certificates read from `ca_file`, trusted in addition to the built-in roots.
     pub ca: Vec<Certificate>,
     /// SHA-256 of the `ca_file` as read (zeros without one), so a reload sees a new file.
     pub ca_digest: [u8; 32],
+}
+
+/// `[sources.<name>.deletion_guard]`: a poll that would delete more than `share` of the
+/// items a source holds (holding at least `min_items`) is held back, and committed only
+/// when the next `confirm` polls in a row see the same deletions. A one-off bad answer
+/// (a list cut short, an error page) then deletes nothing.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DeletionGuard {
+    /// The share of held items a poll may delete at once; None turns the guard off.
+    pub share: Option<f64>,
+    /// Sources holding fewer items are not guarded.
+    pub min_items: usize,
+    /// Further polls in a row that must see the same deletions.
+    pub confirm: u32,
+}
+
+impl Default for DeletionGuard {
+    fn default() -> DeletionGuard {
+        DeletionGuard {
+            share: Some(0.5),
+            min_items: 20,
+            confirm: 2,
+        }
+    }
+}
+
+impl DeletionGuard {
+    /// Whether a poll deleting `deletions` of `held` items needs confirming.
+    pub fn holds_back(&self, deletions: usize, held: usize) -> bool {
+        match self.share {
+            Some(share) => held >= self.min_items && deletions as f64 > share * held as f64,
+            None => false,
+        }
+    }
 }
 
 // Debug never shows secrets: URLs lose credentials and query, headers show names only.
@@ -196,6 +232,7 @@ impl fmt::Debug for Source {
             .field("targets", &self.targets)
             .field("baseline", &self.baseline)
             .field("allow_empty", &self.allow_empty)
+            .field("deletion_guard", &self.deletion_guard)
             .field("ca_file", &self.ca_file)
             .field("ca_certificates", &self.ca.len())
             .finish()
@@ -241,6 +278,7 @@ impl Source {
             && self.targets == other.targets
             && self.baseline == other.baseline
             && self.allow_empty == other.allow_empty
+            && self.deletion_guard == other.deletion_guard
             && self.ca_file == other.ca_file
             && self.ca_digest == other.ca_digest
     }

@@ -98,6 +98,15 @@ pub struct RawSource {
     pub mode: Option<String>,
     pub event_type: Option<String>,
     pub timezone: Option<String>,
+    pub deletion_guard: Option<RawDeletionGuard>,
+}
+
+/// `[sources.<name>.deletion_guard]`: how many deletions a poll may commit unconfirmed.
+#[derive(Deserialize)]
+pub struct RawDeletionGuard {
+    pub share: Option<String>,
+    pub min_items: Option<i64>,
+    pub confirm: Option<i64>,
 }
 
 /// `[sources.<name>.auth]`: exactly one of bearer, basic, oauth2.

@@ -12,9 +12,10 @@ use reqwest::{Certificate, Url};
 
 use super::raw::{self, RawConfig, RawSource, RawTarget};
 use super::{
-    ca, expand_env, parse_duration, parse_size, redact_url, Config, KeyPath, Locator, LogFormat,
-    Problem, Source, Target, DEFAULT_ADMIN_LISTEN, DEFAULT_GRACE, DEFAULT_MAX_BODY,
-    DEFAULT_MAX_IN_FLIGHT, DEFAULT_RETRY, DEFAULT_SOURCE_TIMEOUT, DEFAULT_TARGET_TIMEOUT,
+    ca, expand_env, parse_duration, parse_size, redact_url, Config, DeletionGuard, KeyPath,
+    Locator, LogFormat, Problem, Source, Target, DEFAULT_ADMIN_LISTEN, DEFAULT_GRACE,
+    DEFAULT_MAX_BODY, DEFAULT_MAX_IN_FLIGHT, DEFAULT_RETRY, DEFAULT_SOURCE_TIMEOUT,
+    DEFAULT_TARGET_TIMEOUT,
 };
 use crate::diff::ChangeKind;
 use crate::schedule::Schedule;
@@ -489,6 +490,7 @@ impl Validator<'_> {
             }
         };
         let (ca_file, ca, ca_digest) = self.ca_file(&key.key("ca_file"), s.ca_file.as_deref());
+        let deletion_guard = self.deletion_guard(&key.key("deletion_guard"), s.deletion_guard);
         let items = s.items.unwrap_or_default();
         let id = s.id.unwrap_or_else(|| "/id".to_string());
         self.pointer(&key.key("items"), &items);
@@ -567,10 +569,56 @@ impl Validator<'_> {
             targets,
             baseline: s.baseline.unwrap_or(true),
             allow_empty: s.allow_empty.unwrap_or(false),
+            deletion_guard,
             ca_file,
             ca_digest,
             ca,
         })
+    }
+
+    fn deletion_guard(
+        &mut self,
+        key: &KeyPath,
+        raw: Option<raw::RawDeletionGuard>,
+    ) -> DeletionGuard {
+        let mut guard = DeletionGuard::default();
+        let Some(raw) = raw else {
+            return guard;
+        };
+        if let Some(text) = raw.share {
+            let share = match text.trim() {
+                "off" => Ok(None),
+                t => t
+                    .strip_suffix('%')
+                    .and_then(|n| n.trim().parse::<f64>().ok())
+                    .filter(|p| (0.0..=100.0).contains(p))
+                    .map(|p| Some(p / 100.0))
+                    .ok_or(()),
+            };
+            match share {
+                Ok(s) => guard.share = s,
+                Err(()) => self.problem(
+                    &key.key("share"),
+                    format!("{text:?} is not a share of the held items such as \"50%\" (0% to 100%), or \"off\" to commit every deletion at once"),
+                ),
+            }
+        }
+        if let Some(n) = raw.min_items {
+            match usize::try_from(n) {
+                Ok(n) => guard.min_items = n,
+                Err(_) => self.problem(&key.key("min_items"), "must be 0 or more items"),
+            }
+        }
+        if let Some(n) = raw.confirm {
+            match u32::try_from(n) {
+                Ok(n) if n <= 100 => guard.confirm = n,
+                _ => self.problem(
+                    &key.key("confirm"),
+                    "must be 0 to 100 further polls (0 commits every deletion at once, as share = \"off\" does)",
+                ),
+            }
+        }
+        guard
     }
 
     pub(super) fn pointer(&mut self, key: &KeyPath, p: &str) {

@@ -110,6 +110,33 @@ impl SourceLoop {
                     st.polls_ok += 1;
                 });
             }
+            Ok((
+                PollReport {
+                    held_back: Some(h), ..
+                },
+                _,
+            )) => {
+                tracing::warn!(
+                    source = %s.name, deletions = h.deletions, held = h.held, seen = h.seen,
+                    needed = h.needed, took_ms,
+                    "the poll would delete more items than deletion_guard allows at once, so nothing was committed; the deletions are committed when {} polls in a row see the same (a one-off bad answer deletes nothing)",
+                    h.needed
+                );
+                self.handle.metrics.poll_done(
+                    &s.name,
+                    took.as_secs_f64(),
+                    PollOutcome::HeldBack {
+                        deletions: h.deletions,
+                    },
+                );
+                self.handle.update_status(&s.name, |st| {
+                    st.last_poll = Some(now);
+                    st.last_outcome = Some("held_back".into());
+                    st.last_duration_ms = Some(took_ms);
+                    st.consecutive_failures = 0;
+                    st.polls_ok += 1;
+                });
+            }
             Ok((r, _)) => {
                 if r.truncated {
                     tracing::warn!(source = %s.name, pages = r.pages, "the page walk stopped at max_pages; items on later pages were not seen, so nothing was deleted (raise max_pages if the API has more pages)");

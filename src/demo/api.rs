@@ -1,6 +1,7 @@
 //! A sample polling API on 127.0.0.1: a list of items that a caller (the demo, a test,
 //! the fault harness) changes at will, with switchable faults. Serves
-//! `GET /items` as `{"items": [{"id": …, …}, …]}`.
+//! `GET /items` as `{"items": [{"id": …, …}, …]}`, and the same items as a bare
+//! top-level array at `GET /array`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -37,6 +38,8 @@ pub enum Fault {
     Huge(usize),
     /// Answer 200 with these bytes and `Content-Encoding: gzip` (e.g. a gzip bomb).
     Gzip(bytes::Bytes),
+    /// Answer 200 with this JSON body (an error object, a list cut short).
+    Body(String),
 }
 
 struct ApiState {
@@ -61,7 +64,8 @@ impl SampleApi {
             requests: 0,
         }));
         let app = Router::new()
-            .route("/items", get(list))
+            .route("/items", get(|s| list(s, false)))
+            .route("/array", get(|s| list(s, true)))
             .with_state(state.clone());
         let addr = super::serve_loopback(app, shutdown, "sample API").await?;
         Ok(SampleApi { state, addr })
@@ -106,12 +110,18 @@ impl SampleApi {
     }
 }
 
-async fn list(State(state): State<Arc<Mutex<ApiState>>>) -> Response {
+/// The items, wrapped in `{"items": …}` or `bare` as the top-level array.
+async fn list(State(state): State<Arc<Mutex<ApiState>>>, bare: bool) -> Response {
     let (fault, body) = {
         let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
         s.requests += 1;
         let items: Vec<&Value> = s.items.values().collect();
-        (s.fault.clone(), json!({ "items": items }).to_string())
+        let doc = if bare {
+            json!(items)
+        } else {
+            json!({ "items": items })
+        };
+        (s.fault.clone(), doc.to_string())
     };
     let json = |b: String| ([(header::CONTENT_TYPE, "application/json")], b).into_response();
     match fault {
@@ -147,5 +157,6 @@ async fn list(State(state): State<Arc<Mutex<ApiState>>>) -> Response {
             bytes,
         )
             .into_response(),
+        Fault::Body(text) => json(text),
     }
 }

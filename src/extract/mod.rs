@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 mod stream;
-pub use stream::{extract_each, EachError};
+pub use stream::{extract_each, EachError, Found};
 
 use serde_json::Value;
 
@@ -16,6 +16,126 @@ pub struct Item {
     pub id: String,
     /// The whole item as it appeared in the response.
     pub value: Value,
+}
+
+/// What the items of a response came in: the collection at the items pointer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Collection {
+    /// An array of items, each with its id inside.
+    Array,
+    /// An object whose members are the items, keyed by id.
+    Object,
+}
+
+impl Collection {
+    /// The collection `v` is, if it is one.
+    pub fn of(v: &Value) -> Option<Collection> {
+        match v {
+            Value::Array(_) => Some(Collection::Array),
+            Value::Object(_) => Some(Collection::Object),
+            _ => None,
+        }
+    }
+
+    /// "an array" or "an object", for messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Collection::Array => "an array",
+            Collection::Object => "an object",
+        }
+    }
+}
+
+/// The JSON type of an item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Object,
+    Array,
+    String,
+    Number,
+    Bool,
+    Null,
+}
+
+impl Kind {
+    pub fn of(v: &Value) -> Kind {
+        match v {
+            Value::Object(_) => Kind::Object,
+            Value::Array(_) => Kind::Array,
+            Value::String(_) => Kind::String,
+            Value::Number(_) => Kind::Number,
+            Value::Bool(_) => Kind::Bool,
+            Value::Null => Kind::Null,
+        }
+    }
+
+    /// The type of the compact JSON text `raw` (as the store keeps items), from its
+    /// first byte; None if that is no JSON value's first byte.
+    pub fn of_json(raw: &[u8]) -> Option<Kind> {
+        Some(match raw.first()? {
+            b'{' => Kind::Object,
+            b'[' => Kind::Array,
+            b'"' => Kind::String,
+            b'-' | b'0'..=b'9' => Kind::Number,
+            b't' | b'f' => Kind::Bool,
+            b'n' => Kind::Null,
+            _ => return None,
+        })
+    }
+
+    /// "objects", "strings", …, for messages.
+    pub fn plural(self) -> &'static str {
+        match self {
+            Kind::Object => "objects",
+            Kind::Array => "arrays",
+            Kind::String => "strings",
+            Kind::Number => "numbers",
+            Kind::Bool => "booleans",
+            Kind::Null => "nulls",
+        }
+    }
+}
+
+/// The types of the items seen so far: a set of [`Kind`]s.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Kinds(u8);
+
+impl Kinds {
+    pub fn add(&mut self, kind: Kind) {
+        self.0 |= 1 << kind as u8;
+    }
+
+    /// The one type every item had; None if there were none or several.
+    pub fn single(self) -> Option<Kind> {
+        if self.0.count_ones() != 1 {
+            return None;
+        }
+        [
+            Kind::Object,
+            Kind::Array,
+            Kind::String,
+            Kind::Number,
+            Kind::Bool,
+            Kind::Null,
+        ]
+        .into_iter()
+        .find(|k| self.0 == 1 << *k as u8)
+    }
+
+    /// Whether some item had a type other than `kind`.
+    pub fn other_than(self, kind: Kind) -> Option<Kind> {
+        [
+            Kind::Object,
+            Kind::Array,
+            Kind::String,
+            Kind::Number,
+            Kind::Bool,
+            Kind::Null,
+        ]
+        .into_iter()
+        .find(|k| *k != kind && self.0 & (1 << *k as u8) != 0)
+    }
 }
 
 /// Why the items could not be pulled out of a response. The messages are meant

@@ -13,7 +13,7 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
-use super::{array_index, describe, item_id, pointer_tokens, ExtractError, Item};
+use super::{array_index, describe, item_id, pointer_tokens, Collection, ExtractError, Item};
 
 /// Why [`extract_each`] stopped.
 #[derive(Debug)]
@@ -26,6 +26,13 @@ pub enum EachError<E> {
     Stopped(E),
 }
 
+/// What [`extract_each`] found: how many items, in what collection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Found {
+    pub count: usize,
+    pub collection: Collection,
+}
+
 /// Parses `body` and calls `each` with every item of the collection at `items_ptr`, in
 /// document order; returns how many there were. See [`super::extract`] for the rules.
 pub fn extract_each<E>(
@@ -33,7 +40,7 @@ pub fn extract_each<E>(
     items_ptr: &str,
     id_ptr: &str,
     each: &mut dyn FnMut(Item) -> Result<(), E>,
-) -> Result<usize, EachError<E>> {
+) -> Result<Found, EachError<E>> {
     let invalid = |which, pointer: &str, reason| {
         EachError::Extract(ExtractError::InvalidPointer {
             which,
@@ -67,7 +74,10 @@ pub fn extract_each<E>(
     }
     parsed.map_err(EachError::Json)?;
     match walk.found {
-        Some(Ok(())) => Ok(walk.count),
+        Some(Ok(collection)) => Ok(Found {
+            count: walk.count,
+            collection,
+        }),
         Some(Err(e)) => Err(EachError::Extract(e)),
         None => Err(EachError::Extract(ExtractError::ItemsNotFound {
             pointer: items_ptr.to_string(),
@@ -87,7 +97,7 @@ struct Walk<'a, E> {
     first_index: HashMap<String, usize>,
     count: usize,
     /// Set once the pointer is resolved: Ok (a collection) or why not.
-    found: Option<Result<(), ExtractError>>,
+    found: Option<Result<Collection, ExtractError>>,
     /// Set when the walk stops the parser on purpose.
     failure: Option<EachError<E>>,
 }
@@ -208,7 +218,7 @@ impl<'de, E> Visitor<'de> for At<'_, '_, E> {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         if self.at_target() {
-            self.walk.found = Some(Ok(()));
+            self.walk.found = Some(Ok(Collection::Array));
             let mut index = 0;
             while let Some(element) = seq.next_element::<Value>()? {
                 let walk = &mut *self.walk;
@@ -253,7 +263,7 @@ impl<'de, E> Visitor<'de> for At<'_, '_, E> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         if self.at_target() {
-            self.walk.found = Some(Ok(()));
+            self.walk.found = Some(Ok(Collection::Object));
             let mut index = 0;
             while let Some(key) = map.next_key::<String>()? {
                 let value = map.next_value::<Value>()?;

@@ -52,6 +52,8 @@ pub struct PollCommit {
     pub events: Vec<(Event, Arc<[String]>)>,
     /// Items the source holds after this poll.
     pub item_count: u64,
+    /// What the items came in, kept to recognise an answer of another shape.
+    pub collection: Option<crate::extract::Collection>,
     /// Detection time, unix milliseconds (the deliveries' first attempt time).
     pub now_ms: i64,
 }
@@ -168,6 +170,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Writes everything to disk.
     fn flush(&self) -> Result<(), StoreError>;
+
+    /// Where the state is, for messages: "the sled database in /var/lib/pollhook/db".
+    fn describe(&self) -> String;
 }
 
 /// The store shared by the daemon's tasks.

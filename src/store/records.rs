@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::diff::Seen;
 use crate::event::Event;
+use crate::extract::Collection;
 
 use super::StoreError;
 
@@ -41,6 +42,10 @@ pub struct SourceState {
     /// Snapshot buckets, set at the first commit and raised as the source grows (0
     /// before the first commit).
     pub buckets: u32,
+    /// What the items came in at the last commit that saw a collection (None before,
+    /// for document sources, and for states written before this was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collection: Option<Collection>,
 }
 
 /// One event queued for one target.

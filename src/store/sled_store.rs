@@ -29,6 +29,8 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 /// The state database in one directory.
 pub struct SledStore {
     db: sled::Db,
+    /// The database directory (`state_dir/db`), for messages.
+    path: std::path::PathBuf,
     sources: sled::Tree,
     snap: sled::Tree,
     outbox: sled::Tree,
@@ -112,6 +114,7 @@ impl SledStore {
             outbox: tree("outbox-v1")?,
             dead: tree("dead-v1")?,
             enqueue: std::sync::Mutex::new(()),
+            path: dir.join("db"),
             db,
         })
     }
@@ -292,6 +295,7 @@ impl Store for SledStore {
                     initialized: true,
                     items: c.item_count,
                     buckets,
+                    collection: c.collection.or(current.collection),
                 };
                 // A struct of integers and bools always serialises.
                 let bytes = serde_json::to_vec(&next).unwrap_or_default();
@@ -390,6 +394,10 @@ impl Store for SledStore {
 
     fn flush(&self) -> Result<(), StoreError> {
         self.db.flush().map(|_| ()).map_err(db_err)
+    }
+
+    fn describe(&self) -> String {
+        format!("the sled database in {}", self.path.display())
     }
 
     fn outbox(&self, target: Option<&str>, limit: usize) -> Result<Vec<Delivery>, StoreError> {

@@ -140,7 +140,8 @@ fn commit_poll_writes_items_state_and_deliveries_durably() {
             generation: 1,
             initialized: true,
             items: 2,
-            buckets: 1
+            buckets: 1,
+            collection: None,
         }
     );
     let expected: HashMap<String, Seen> = [("a".into(), seen(&a)), ("b".into(), seen(&b))].into();
@@ -192,7 +193,8 @@ fn commit_poll_writes_items_state_and_deliveries_durably() {
             generation: 2,
             initialized: true,
             items: 1,
-            buckets: 1
+            buckets: 1,
+            collection: None,
         }
     );
     assert_eq!(
@@ -324,7 +326,8 @@ fn first_commit_without_changes_records_the_empty_baseline() {
                 generation: 0,
                 initialized: true,
                 items: 0,
-                buckets: 1
+                buckets: 1,
+                collection: None,
             }
         );
         assert!(store.snapshot("s").unwrap().is_empty());
@@ -1058,7 +1061,8 @@ fn forget_source_drops_the_snapshot_and_moves_the_generation_on() {
             generation: 3,
             initialized: false,
             items: 0,
-            buckets: 0
+            buckets: 0,
+            collection: None,
         }
     );
     assert_eq!(dump(&store, &["s2", "s\u{1}"], &[]), s2);
@@ -1084,7 +1088,8 @@ fn forget_source_drops_the_snapshot_and_moves_the_generation_on() {
             generation: 4,
             initialized: true,
             items: 20,
-            buckets: 1
+            buckets: 1,
+            collection: None,
         }
     );
     let expected: HashMap<String, Seen> = (990..1_010).map(item).collect();

@@ -3,8 +3,11 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use pollhook::config::Config;
 use pollhook::demo::api::Fault;
-use pollhook::store::Store;
+use pollhook::store::{SharedStore, SledStore, Store};
 use serde_json::json;
 
 use crate::support::{accepted, summary, Harness};
@@ -125,4 +128,209 @@ async fn a_hanging_source_does_not_delay_another() {
         "the hanging source polled twice at once"
     );
     h.stop().await;
+}
+
+/// A poller on the harness's source `s` and store, polled by the test itself, so that
+/// it knows exactly which poll saw which answer.
+fn poller(h: &Harness, config: &pollhook::config::Config) -> (pollhook::poll::Poller, SharedStore) {
+    let store: SharedStore = Arc::new(SledStore::open(&h.state_dir()).unwrap());
+    let poller = pollhook::poll::Poller::new(
+        store.clone(),
+        pollhook::source::Fetcher::new(&config.sources).unwrap(),
+        pollhook::poll::Wakes::default(),
+    );
+    (poller, store)
+}
+
+/// Every delivery queued for target `t`, as (event type, item id).
+fn queued(store: &SharedStore) -> Vec<(String, String)> {
+    store
+        .pending("t", None, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.event_type, d.item_id))
+        .collect()
+}
+
+/// An error answered with status 200 in place of the list (GitHub's rate limit) is an
+/// object of two string members where an array of objects was held, or strings where an
+/// object of objects was: the poll fails instead of deleting every held item.
+#[tokio::test]
+async fn an_error_object_in_place_of_the_list_deletes_nothing() {
+    let h = Harness::new().await;
+    for i in 0..30 {
+        h.api.set(&i.to_string(), json!({"n": i}));
+    }
+    let rate_limited = json!({
+        "message": "API rate limit exceeded for 127.0.0.1.",
+        "documentation_url": "https://docs.github.com/rest/overview/rate-limits"
+    })
+    .to_string();
+    let array = h.api.url().replace("/items", "/array");
+    let text = h
+        .config_text("baseline = false", "")
+        .replace(
+            &format!("url = \"{}\"\n", h.api.url()),
+            &format!("url = \"{array}\"\n"),
+        )
+        .replace("items = \"/items\"", "items = \"\"");
+    let config = Config::parse(&text, &h.dir.path().join("c.toml"), &|_| None).unwrap();
+    let source = &config.sources["s"];
+    let (poller, store) = poller(&h, &config);
+    assert_eq!(poller.poll(source).await.unwrap().created, 30);
+    let before = queued(&store);
+
+    h.api.set_fault(Fault::Body(rate_limited.clone()));
+    let err = poller.poll(source).await.unwrap_err().to_string();
+    assert!(
+        err.contains("are an object of strings") && err.contains("came as an array of objects"),
+        "{err}"
+    );
+    assert!(err.contains("pollhook forget s"), "{err}");
+    // Refused every time, not only once.
+    assert!(poller.poll(source).await.is_err());
+    assert_eq!(queued(&store), before);
+    assert_eq!(store.source_state("s").unwrap().items, 30);
+
+    // Back to normal: nothing happened, so nothing is sent.
+    h.api.set_fault(Fault::None);
+    let report = poller.poll(source).await.unwrap();
+    assert_eq!((report.created, report.deleted), (0, 0), "{report:?}");
+    assert_eq!(queued(&store), before);
+
+    // An object collection (items keyed by id) whose items were objects: the same
+    // error object has the same collection, but its items are strings.
+    let object_of = |n: usize| {
+        let m: serde_json::Map<String, serde_json::Value> =
+            (0..n).map(|i| (format!("k{i}"), json!({"n": i}))).collect();
+        serde_json::Value::Object(m).to_string()
+    };
+    h.api.set_fault(Fault::Body(object_of(25)));
+    let text = format!(
+        "{text}\n[sources.o]\nurl = \"{}\"\ninterval = \"1h\"\nitems = \"\"\nbaseline = false\n",
+        h.api.url()
+    );
+    let config = Config::parse(&text, &h.dir.path().join("c.toml"), &|_| None).unwrap();
+    let other = &config.sources["o"];
+    drop(poller);
+    let poller = pollhook::poll::Poller::new(
+        store.clone(),
+        pollhook::source::Fetcher::new(&config.sources).unwrap(),
+        pollhook::poll::Wakes::default(),
+    );
+    assert_eq!(poller.poll(other).await.unwrap().created, 25);
+    h.api.set_fault(Fault::Body(rate_limited));
+    let err = poller.poll(other).await.unwrap_err().to_string();
+    assert!(
+        err.contains("are an object of strings") && err.contains("came as an object of objects"),
+        "{err}"
+    );
+    assert_eq!(store.source_state("o").unwrap().items, 25);
+}
+
+/// A list cut short (one item of 291) is held back by the deletion guard: nothing is
+/// deleted unless the next two polls see the same; a one-off deletes nothing at all.
+#[tokio::test]
+async fn a_mass_deletion_waits_for_two_more_polls_that_confirm_it() {
+    let h = Harness::new().await;
+    for i in 0..291 {
+        h.api.set(&format!("{i:03}"), json!({"n": i}));
+    }
+    let first = json!({"items": [h.api.items()["000"]]}).to_string();
+    let config = h.config("baseline = false", "");
+    let source = &config.sources["s"];
+    let (poller, store) = poller(&h, &config);
+    assert_eq!(poller.poll(source).await.unwrap().created, 291);
+    let created = queued(&store);
+
+    // One bad answer, twice in a row, then the full list again: nothing deleted.
+    h.api.set_fault(Fault::Body(first.clone()));
+    for seen in 1..=2 {
+        let r = poller.poll(source).await.unwrap();
+        let held = r.held_back.as_ref().expect("held back");
+        assert_eq!(
+            (held.deletions, held.held, held.seen, held.needed),
+            (290, 291, seen, 3)
+        );
+        assert_eq!((r.deleted, r.events), (290, 0), "{r:?}");
+    }
+    h.api.set_fault(Fault::None);
+    let r = poller.poll(source).await.unwrap();
+    assert!(r.held_back.is_none() && r.deleted == 0, "{r:?}");
+    assert_eq!(queued(&store), created);
+    assert_eq!(store.source_state("s").unwrap().items, 291);
+
+    // The same deletions three polls in a row are real: the third commits them.
+    h.api.set_fault(Fault::Body(first));
+    assert!(poller.poll(source).await.unwrap().held_back.is_some());
+    assert!(poller.poll(source).await.unwrap().held_back.is_some());
+    let r = poller.poll(source).await.unwrap();
+    assert!(r.held_back.is_none(), "{r:?}");
+    assert_eq!((r.deleted, r.events), (290, 290));
+    assert_eq!(store.source_state("s").unwrap().items, 1);
+    let deleted = queued(&store)
+        .into_iter()
+        .filter(|(t, _)| t == "s.deleted")
+        .count();
+    assert_eq!(deleted, 290);
+
+    // Turned off, the same cut deletes at once; under min_items, too.
+    for extra in [
+        "[sources.s.deletion_guard]\nshare = \"off\"",
+        "[sources.s.deletion_guard]\nmin_items = 300",
+    ] {
+        h.api.set_fault(Fault::None);
+        let config = h.config("baseline = false", extra);
+        let poller = pollhook::poll::Poller::new(
+            store.clone(),
+            pollhook::source::Fetcher::new(&config.sources).unwrap(),
+            pollhook::poll::Wakes::default(),
+        );
+        let source = &config.sources["s"];
+        assert_eq!(poller.poll(source).await.unwrap().created, 290);
+        h.api.set_fault(Fault::Body(
+            json!({"items": [h.api.items()["000"]]}).to_string(),
+        ));
+        let r = poller.poll(source).await.unwrap();
+        assert!(r.held_back.is_none() && r.deleted == 290, "{extra}: {r:?}");
+    }
+}
+
+/// pollhook knows how many items each source held: when the store gives back fewer (a
+/// sled blob file lost with the one large item's bucket), it refuses to poll instead of
+/// sending every missing item as created.
+#[tokio::test]
+async fn a_snapshot_read_back_short_is_refused_not_sent_as_created() {
+    let h = Harness::new().await;
+    for i in 0..40 {
+        h.api.set(&i.to_string(), json!({"n": i}));
+    }
+    h.api.set("big", json!({"pad": "x".repeat(400_000)}));
+    let config = h.config("max_body = \"2MiB\"", "");
+    let source = &config.sources["s"];
+    {
+        let (poller, store) = poller(&h, &config);
+        assert_eq!(poller.poll(source).await.unwrap().items, 41);
+        store.flush().unwrap();
+    }
+    // Give sled's threads a moment to let go of the files, then lose the blobs.
+    let blobs = h.state_dir().join("db").join("blobs");
+    let lost: Vec<_> = std::fs::read_dir(&blobs)
+        .unwrap_or_else(|e| panic!("{}: {e}", blobs.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(!lost.is_empty(), "the large bucket is not a blob file");
+    for f in &lost {
+        std::fs::remove_file(f).unwrap();
+    }
+    let (poller, store) = poller(&h, &config);
+    let err = poller.poll(source).await.unwrap_err().to_string();
+    eprintln!("{err}");
+    assert!(err.contains("holds 0 of the 41 items"), "{err}");
+    assert!(err.contains("pollhook forget s"), "{err}");
+    assert!(queued(&store).is_empty());
+    // The way forward the message names: forget, and the next poll is a new baseline.
+    assert!(store.forget_source("s").unwrap());
+    let r = poller.poll(source).await.unwrap();
+    assert_eq!((r.items, r.events, r.baseline), (41, 0, true), "{r:?}");
 }
