@@ -635,3 +635,39 @@ max_pages = 7
     assert_eq!(g.event_type, "gh.viewer");
     assert_eq!(g.max_backoff, Duration::from_secs(600));
 }
+
+#[test]
+fn deletion_guard_defaults_off_and_bad_values() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.sources["weekly"].deletion_guard, DeletionGuard::default());
+    assert!(c.sources["weekly"].deletion_guard.holds_back(11, 20));
+    assert!(!c.sources["weekly"].deletion_guard.holds_back(10, 20));
+    assert!(!c.sources["weekly"].deletion_guard.holds_back(19, 19));
+    let with = |table: &str| {
+        GOOD.replace(
+            "max_body = \"1MiB\"",
+            &format!("max_body = \"1MiB\"\n\n[sources.weekly.deletion_guard]\n{table}"),
+        )
+    };
+    let c = parse(&with("share = \"10%\"\nmin_items = 0\nconfirm = 5")).unwrap();
+    assert_eq!(
+        c.sources["weekly"].deletion_guard,
+        DeletionGuard {
+            share: Some(0.1),
+            min_items: 0,
+            confirm: 5
+        }
+    );
+    let c = parse(&with("share = \"off\"")).unwrap();
+    assert!(!c.sources["weekly"].deletion_guard.holds_back(1_000, 1_000));
+    let e = parse(&with("share = \"half\"\nmin_items = -1\nconfirm = 1000")).unwrap_err();
+    let keys: Vec<String> = e.problems().into_iter().map(|p| p.key).collect();
+    for k in ["share", "min_items", "confirm"] {
+        let key = format!("sources.weekly.deletion_guard.{k}");
+        assert!(keys.contains(&key), "{key} missing from {keys:?}");
+    }
+    // A reload sees a changed guard.
+    let a = parse(GOOD).unwrap();
+    let b = parse(&with("confirm = 3")).unwrap();
+    assert!(!a.sources["weekly"].same_settings(&b.sources["weekly"]));
+}
