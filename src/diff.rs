@@ -4,7 +4,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::io::Write;
 use std::str::FromStr;
 
 use serde_json::{Map, Value};
@@ -219,10 +218,8 @@ fn canonical_into(v: &Value, ignore: &[Vec<String>], out: &mut Vec<u8>) {
                 }
             }
             Work::Value(Value::String(s), ..) => write_json_str(out, s),
-            // Number's Display is the text serde_json serialises.
             Work::Value(Value::Number(n), ..) => {
-                // Writing to a Vec cannot fail.
-                let _ = write!(out, "{n}");
+                out.extend_from_slice(crate::extract::number_text(n).as_bytes())
             }
             Work::Value(Value::Bool(b), ..) => {
                 out.extend_from_slice(if *b { b"true" } else { b"false" })
@@ -502,6 +499,9 @@ pub fn json_patch(from: &Value, to: &Value) -> Vec<Value> {
                     todo.push(Work::Emit(op("add", p, Some(y))));
                 }
             }
+            // One value written two ways (9.9 and 9.90) is no change.
+            (Value::Number(x), Value::Number(y))
+                if crate::extract::number_text(x) == crate::extract::number_text(y) => {}
             _ => todo.push(Work::Emit(op("replace", path, Some(b)))),
         }
         stack.extend(todo.into_iter().rev());

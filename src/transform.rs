@@ -191,9 +191,14 @@ fn from_json(value: Value) -> Val {
             Num::from_integral(i)
         } else if let Some(u) = n.as_u64() {
             Num::from_integral(u)
+        } else if let Some(big) = (!n.is_f64())
+            .then(|| Num::from_str_radix(n.as_str(), 10))
+            .flatten()
+        {
+            // An integer beyond 64 bits (serde_json keeps its text): exact.
+            big
         } else {
-            // Without serde_json's `arbitrary_precision`, a number that is not an
-            // i64 or u64 is an f64, so this is never NaN.
+            // A float literal that parses (serde_json checked it), so never NaN.
             Num::Float(n.as_f64().unwrap_or(f64::NAN))
         }),
         Value::String(s) => Val::from(s),
@@ -721,5 +726,16 @@ mod tests {
         let handle = std::thread::spawn(move || clone.apply(json!({"a": 1})));
         assert_eq!(handle.join().unwrap().unwrap(), json!(1));
         assert_eq!(transform.apply(json!({"a": 2})).unwrap(), json!(2));
+    }
+
+    #[test]
+    fn integers_beyond_64_bits_pass_through_exactly() {
+        let t = Transform::compile("[.[] | {id, next: (.id + 1)}]").unwrap();
+        let input: Value = serde_json::from_str(r#"[{"id": 18446744073709551617}]"#).unwrap();
+        let out = t.apply(input).unwrap().to_string();
+        assert_eq!(
+            out,
+            r#"[{"id":18446744073709551617,"next":18446744073709551618}]"#
+        );
     }
 }

@@ -239,6 +239,26 @@ pub enum ExtractError {
     },
 }
 
+/// A number's text for ids and fingerprints: integers exactly as written (also those
+/// beyond 64 bits, which serde_json keeps as text), other numbers as serde_json prints
+/// the nearest f64 (`9.90` and `9.9` are one value). The same text earlier releases
+/// gave every number they could hold, so stored ids and fingerprints stay valid.
+pub fn number_text(n: &serde_json::Number) -> std::borrow::Cow<'_, str> {
+    if let Some(i) = n.as_i64() {
+        return i.to_string().into();
+    }
+    if let Some(u) = n.as_u64() {
+        return u.to_string().into();
+    }
+    if n.is_f64() {
+        if let Some(f) = n.as_f64().and_then(serde_json::Number::from_f64) {
+            return f.to_string().into();
+        }
+    }
+    // An integer beyond 64 bits: its digits.
+    n.as_str().into()
+}
+
 /// Validates an RFC 6901 pointer string: `""` or starting with `'/'`, and every
 /// `'~'` followed by `0` or `1`. Used by config validation; the error is the reason.
 pub fn validate_pointer(p: &str) -> Result<(), String> {
@@ -356,7 +376,7 @@ fn item_id(
         Value::String(s) => s.clone(),
         // A number's id is its JSON text, so 1 and "1" collide (duplicates are caught
         // by the callers) while 1 and 1.0 stay distinct.
-        Value::Number(n) => n.to_string(),
+        Value::Number(n) => number_text(n).into_owned(),
         other => {
             return Err(ExtractError::BadIdType {
                 index,
@@ -449,6 +469,19 @@ pub fn extract(doc: &Value, items_ptr: &str, id_ptr: &str) -> Result<Vec<Item>, 
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn number_text_is_exact_for_integers_and_stable_for_floats() {
+        let text = |t: &str| number_text(&serde_json::from_str(t).unwrap()).into_owned();
+        assert_eq!(text("18446744073709551617"), "18446744073709551617");
+        assert_eq!(text("-18446744073709551617"), "-18446744073709551617");
+        assert_eq!(text("18446744073709551615"), "18446744073709551615");
+        assert_eq!(text("-5"), "-5");
+        // Floats as earlier releases printed them, whatever the literal.
+        assert_eq!(text("9.90"), "9.9");
+        assert_eq!(text("1e2"), "100.0");
+        assert_eq!(text("1.5"), "1.5");
+    }
+
     use super::*;
     use proptest::prelude::*;
     use serde_json::json;

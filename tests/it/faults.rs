@@ -334,3 +334,64 @@ async fn a_snapshot_read_back_short_is_refused_not_sent_as_created() {
     let r = poller.poll(source).await.unwrap();
     assert_eq!((r.items, r.events, r.baseline), (41, 0, true), "{r:?}");
 }
+
+/// Integers beyond 64 bits stay exact: two such ids are two items, a change in the last
+/// digit is an update, and the webhook body carries the digits as the API wrote them.
+#[tokio::test]
+async fn integers_beyond_64_bits_stay_exact() {
+    let h = Harness::new().await;
+    let body = |v: &str| {
+        format!(
+            r#"{{"items": [{{"id": 18446744073709551617, "v": {v}}}, {{"id": 18446744073709551618, "v": 1}}, {{"id": "p", "price": 9.90}}]}}"#
+        )
+    };
+    h.api.set_fault(Fault::Body(body("18446744073709551617")));
+    let config = h.config("baseline = false", "");
+    let source = &config.sources["s"];
+    let (poller, store) = poller(&h, &config);
+    let r = poller.poll(source).await.unwrap();
+    assert_eq!(r.created, 3, "{r:?}");
+    let ids: Vec<(String, String)> = queued(&store);
+    assert!(
+        ids.iter().any(|(_, id)| id == "18446744073709551617"),
+        "{ids:?}"
+    );
+    assert!(
+        ids.iter().any(|(_, id)| id == "18446744073709551618"),
+        "{ids:?}"
+    );
+    let bodies: Vec<String> = store
+        .pending("t", None, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|d| String::from_utf8(d.body).unwrap())
+        .collect();
+    assert!(
+        bodies
+            .iter()
+            .any(|b| b.contains(r#""v":18446744073709551617"#)),
+        "{bodies:?}"
+    );
+    assert!(bodies.iter().all(|b| !b.contains("e+19")), "{bodies:?}");
+
+    h.api.set_fault(Fault::Body(body("18446744073709551618")));
+    let r = poller.poll(source).await.unwrap();
+    assert_eq!((r.created, r.updated, r.deleted), (0, 1, 0), "{r:?}");
+    let update = store
+        .pending("t", None, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .find(|d| d.event_type == "s.updated")
+        .unwrap();
+    let text = String::from_utf8(update.body).unwrap();
+    assert!(
+        text.contains(r#""op":"replace","path":"/v","value":18446744073709551618"#),
+        "{text}"
+    );
+    // The same price written another way is no change.
+    h.api.set_fault(Fault::Body(
+        body("18446744073709551618").replace("9.90", "9.9"),
+    ));
+    let r = poller.poll(source).await.unwrap();
+    assert_eq!((r.created, r.updated, r.deleted), (0, 0, 0), "{r:?}");
+}
