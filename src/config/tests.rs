@@ -635,3 +635,37 @@ max_pages = 7
     assert_eq!(g.event_type, "gh.viewer");
     assert_eq!(g.max_backoff, Duration::from_secs(600));
 }
+
+#[test]
+fn secret_files_are_read_up_to_64_kib() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big");
+    std::fs::write(&big, "a".repeat(64 * 1024 + 1)).unwrap();
+    let limit = dir.path().join("limit");
+    std::fs::write(&limit, "a".repeat(64 * 1024)).unwrap();
+    let config = |target_file: &std::path::Path, bearer_file: &str| {
+        format!(
+            "[sources.s]\nurl = \"http://127.0.0.1:1/s\"\ninterval = \"1m\"\nauth = {{ bearer_file = {bearer_file:?} }}\n\
+             [targets.t]\nurl = \"http://127.0.0.1:1/h\"\nsignature = \"github\"\nsecret_file = {:?}\n",
+            target_file.display().to_string()
+        )
+    };
+    let err = parse(&config(&big, "/dev/null")).unwrap_err();
+    let problems = err.problems();
+    let target = problems
+        .iter()
+        .find(|p| p.key == "targets.t.secret_file")
+        .unwrap_or_else(|| panic!("no secret_file problem: {err}"));
+    assert!(
+        target.message.contains(&big.display().to_string()) && target.message.contains("64 KiB"),
+        "{}",
+        target.message
+    );
+    assert!(parse(&config(&limit, limit.to_str().unwrap())).is_ok());
+    // An endless file is read only up to the cap.
+    let err = parse(&config(&limit, "/dev/zero")).unwrap_err().to_string();
+    assert!(
+        err.contains("sources.s.auth.bearer_file") && err.contains("/dev/zero is larger"),
+        "{err}"
+    );
+}
