@@ -290,7 +290,7 @@ async fn route(
                 .insert("last-modified", modified.parse().unwrap());
             r
         }
-        "/feed" => (
+        p if p == "/feed" || p.starts_with("/feeds/") => (
             [(axum::http::header::CONTENT_TYPE, s.feed.0.clone())],
             s.feed.1.clone(),
         )

@@ -597,3 +597,72 @@ async fn after_a_forget_the_next_request_is_not_conditional() {
     assert!(last.headers.get("if-none-match").is_none());
     assert_eq!(ids(&store).len(), 1);
 }
+
+/// The `link` of every stored item, by id.
+fn links(store: &SharedStore) -> std::collections::BTreeMap<String, String> {
+    store
+        .snapshot("s")
+        .unwrap()
+        .into_iter()
+        .map(|(id, seen)| {
+            let item: serde_json::Value = serde_json::from_slice(&seen.raw).unwrap();
+            (id, item["link"].as_str().unwrap_or("").to_string())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn relative_feed_links_resolve_against_xml_base_and_the_feed_url() {
+    let s = setup().await;
+    let api = format!("http://{}", s.api.addr);
+    let c = config(
+        &s.h,
+        &format!("url = \"{api}/feeds/atomrel?key=k\"\nformat = \"feed\""),
+    );
+    let store: SharedStore = Arc::new(SledStore::open(&s.h.state_dir()).unwrap());
+    s.api.set_feed(
+        "application/atom+xml",
+        r#"<feed xmlns="http://www.w3.org/2005/Atom"><title>t</title><id>urn:f</id>
+<entry><id>urn:1</id><title>1</title><link href="posts/1.html"/></entry>
+<entry xml:base="/sub/dir/"><id>urn:2</id><title>2</title><link href="posts/2.html"/></entry>
+<entry><title>no id</title><link href="/posts/3.html"/></entry>
+</feed>"#,
+    );
+    poll(&c, &store).await.unwrap();
+    let got = links(&store);
+    assert_eq!(got["urn:1"], format!("{api}/feeds/posts/1.html"), "{got:?}");
+    assert_eq!(
+        got["urn:2"],
+        format!("{api}/sub/dir/posts/2.html"),
+        "{got:?}"
+    );
+    let third = format!("{api}/posts/3.html");
+    assert_eq!(
+        got.get(&third),
+        Some(&third),
+        "the id is the resolved link: {got:?}"
+    );
+    drop(store);
+
+    // RSS and JSON Feed links resolve against the feed's URL too.
+    for (content_type, doc) in [
+        (
+            "application/rss+xml",
+            r#"<rss version="2.0"><channel><title>t</title><item><guid>urn:1</guid><link>posts/1.html</link></item></channel></rss>"#,
+        ),
+        (
+            "application/feed+json",
+            r#"{"version": "https://jsonfeed.org/version/1.1", "title": "t", "items": [{"id": "urn:1", "url": "posts/1.html"}]}"#,
+        ),
+    ] {
+        std::fs::remove_dir_all(s.h.state_dir()).unwrap();
+        let store: SharedStore = Arc::new(SledStore::open(&s.h.state_dir()).unwrap());
+        s.api.set_feed(content_type, doc);
+        poll(&c, &store).await.unwrap();
+        assert_eq!(
+            links(&store)["urn:1"],
+            format!("{api}/feeds/posts/1.html"),
+            "{content_type}"
+        );
+    }
+}
