@@ -10,6 +10,10 @@
 //! - Politeness: at most `max_per_host` requests in flight to one host (a permit is
 //!   held for a whole poll, all its pages), and `Retry-After` is reported with a 429
 //!   or 503 so the source's next poll waits.
+//! - Redirects are followed only within the origin (scheme, host, port) of the URL
+//!   asked for, at most 5, and no `Referer` is sent: the source's headers (API keys,
+//!   auth) and query must never reach another server. A redirect elsewhere fails the
+//!   poll, naming both origins.
 
 mod auth;
 mod command;
@@ -30,6 +34,9 @@ use crate::config::{redact_url, HttpRequest, Source};
 use crate::deliver::retry::parse_retry_after;
 use crate::deliver::{describe_send_error, user_agent, Peer};
 use auth::Tokens;
+
+/// Redirects followed in one request at most.
+const MAX_REDIRECTS: usize = 5;
 
 /// Requests in flight to one host at once unless `max_per_host` says otherwise.
 pub const DEFAULT_MAX_PER_HOST: usize = 4;
@@ -398,12 +405,52 @@ fn split_links(text: &str) -> Vec<&str> {
     out
 }
 
-/// Every source client has the same settings; only the trusted roots differ.
+/// Every source client has the same settings; only the trusted roots differ. The
+/// OAuth2 token requests use the same clients, so the same redirect rule.
 fn client_builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .gzip(true)
-        .redirect(reqwest::redirect::Policy::limited(5))
+        // A Referer would carry the URL, query (api_key=…) and all, to the next server.
+        .referer(false)
+        .redirect(same_origin_redirects())
+}
+
+/// A redirect to another origin than the request's, refused.
+#[derive(Debug, thiserror::Error)]
+#[error("redirected from {from} to another origin, {to}; pollhook follows redirects only within the origin it asked (scheme, host and port), so the source's credentials never go elsewhere: point url at the final location")]
+struct CrossOriginRedirect {
+    from: String,
+    to: String,
+}
+
+/// More redirects than [`MAX_REDIRECTS`].
+#[derive(Debug, thiserror::Error)]
+#[error("more than {MAX_REDIRECTS} redirects; point url at the final location")]
+struct TooManyRedirects;
+
+/// Follows a redirect only within the origin of the first URL, at most
+/// [`MAX_REDIRECTS`] times. reqwest drops `Authorization` on a redirect to another
+/// host, but not `X-Api-Key`, `Private-Token` or the query, so other origins are not
+/// followed at all.
+fn same_origin_redirects() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let Some(first) = attempt.previous().first() else {
+            return attempt.follow();
+        };
+        let (from, to) = (first.origin(), attempt.url().origin());
+        if from != to {
+            let e = CrossOriginRedirect {
+                from: from.ascii_serialization(),
+                to: to.ascii_serialization(),
+            };
+            return attempt.error(e);
+        }
+        if attempt.previous().len() > MAX_REDIRECTS {
+            return attempt.error(TooManyRedirects);
+        }
+        attempt.follow()
+    })
 }
 
 #[cfg(test)]

@@ -53,6 +53,8 @@ struct ApiState {
     /// Requests in flight to `/slow`, and the most at once.
     in_flight: usize,
     max_in_flight: usize,
+    /// Where `/moved` redirects to (302).
+    redirect_to: String,
 }
 
 #[derive(Clone)]
@@ -119,6 +121,11 @@ impl ShapedApi {
 
     pub fn bump_version(&self) {
         self.lock().version += 1;
+    }
+
+    /// `/moved` answers 302 with `Location: location`.
+    pub fn redirect(&self, location: &str) {
+        self.lock().redirect_to = location.to_string();
     }
 
     pub fn set_feed(&self, content_type: &str, body: &str) {
@@ -293,6 +300,11 @@ async fn route(
         p if p == "/feed" || p.starts_with("/feeds/") => (
             [(axum::http::header::CONTENT_TYPE, s.feed.0.clone())],
             s.feed.1.clone(),
+        )
+            .into_response(),
+        "/moved" => (
+            StatusCode::FOUND,
+            [(axum::http::header::LOCATION, s.redirect_to.clone())],
         )
             .into_response(),
         "/limited" => match s.rate_limited {

@@ -666,3 +666,63 @@ async fn relative_feed_links_resolve_against_xml_base_and_the_feed_url() {
         );
     }
 }
+
+#[tokio::test]
+async fn redirects_stay_on_their_origin_and_send_no_referer() {
+    let s = setup().await;
+    let servers = CancellationToken::new();
+    let _servers = servers.clone().drop_guard();
+    let elsewhere = ShapedApi::start(servers).await;
+    s.api.set_items(0..2, 1);
+    elsewhere.set_items(0..2, 1);
+    let (here, there) = (
+        format!("http://{}", s.api.addr),
+        format!("http://{}", elsewhere.addr),
+    );
+    let store: SharedStore = Arc::new(SledStore::open(&s.h.state_dir()).unwrap());
+
+    // To another origin (another port): refused, and the other server sees nothing.
+    s.api.redirect(&format!("{there}/bearer"));
+    let c = config(
+        &s.h,
+        &format!(
+            "url = \"{here}/moved\"\nitems = \"/items\"\nquery = {{ api_key = \"query-key-1\" }}\nheaders = {{ X-Api-Key = \"header-key-2\", Private-Token = \"private-3\" }}\nauth = {{ bearer = \"{BEARER}\" }}"
+        ),
+    );
+    let err = poll(&c, &store).await.unwrap_err();
+    assert!(
+        err.contains(&format!(
+            "redirected from {here} to another origin, {there}"
+        )) && err.contains("point url at the final location"),
+        "{err}"
+    );
+    assert!(elsewhere.log().is_empty(), "{:#?}", elsewhere.log());
+
+    // The OAuth2 token request follows the same rule.
+    let oauth = config(
+        &s.h,
+        &format!(
+            "url = \"{here}/oauth-items\"\nitems = \"/items\"\n[sources.s.auth]\noauth2 = {{ token_url = \"{here}/moved\", client_id = \"pollhook-client\", client_secret = \"s3cr3t-client-secret\", scopes = [\"read\", \"items\"] }}"
+        ),
+    );
+    let err = poll(&oauth, &store).await.unwrap_err();
+    assert!(err.contains("to another origin"), "{err}");
+    assert!(elsewhere.log().is_empty(), "{:#?}", elsewhere.log());
+
+    // Within the origin: followed, credentials kept, and no Referer.
+    s.api.redirect("/bearer");
+    let r = poll(&c, &store).await.unwrap();
+    assert_eq!(r.items, 2);
+    let landed = s
+        .api
+        .log()
+        .into_iter()
+        .find(|l| l.path == "/bearer")
+        .unwrap();
+    assert_eq!(landed.headers["x-api-key"], "header-key-2");
+    assert!(
+        landed.headers.get("referer").is_none(),
+        "{:?}",
+        landed.headers
+    );
+}
