@@ -14,6 +14,8 @@
 //!   asked for, at most 5, and no `Referer` is sent: the source's headers (API keys,
 //!   auth) and query must never reach another server. A redirect elsewhere fails the
 //!   poll, naming both origins.
+//! - A UTF-8 byte order mark before a JSON body is dropped (RFC 8259 §8.1 lets
+//!   parsers ignore it; Windows tools and some .NET APIs write one).
 
 mod auth;
 mod command;
@@ -30,7 +32,7 @@ use reqwest::header::{
 use reqwest::{StatusCode, Url};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::config::{redact_url, HttpRequest, Source};
+use crate::config::{redact_url, Format, HttpRequest, Source};
 use crate::deliver::retry::parse_retry_after;
 use crate::deliver::{describe_send_error, user_agent, Peer};
 use auth::Tokens;
@@ -189,7 +191,8 @@ impl Fetcher {
         source: &Source,
         argv: &[String],
     ) -> Result<Vec<u8>, FetchError> {
-        command::run(argv, source.timeout, source.max_body).await
+        let out = command::run(argv, source.timeout, source.max_body).await?;
+        Ok(without_bom(source, out))
     }
 
     /// One page of an HTTP source's request `req`: `url` (the first page's, or one
@@ -235,7 +238,7 @@ impl Fetcher {
         let found = Validators::from_headers(resp.headers());
         let body = read_capped(&mut resp, source, &method, &shown).await?;
         Ok(Page::Body {
-            body,
+            body: without_bom(source, body),
             next,
             validators: found,
         })
@@ -288,6 +291,14 @@ impl Fetcher {
             ),
         })
     }
+}
+
+/// `body` without a leading UTF-8 byte order mark, for JSON sources.
+fn without_bom(source: &Source, mut body: Vec<u8>) -> Vec<u8> {
+    if source.format == Format::Json && body.starts_with(b"\xEF\xBB\xBF") {
+        body.drain(..3);
+    }
+    body
 }
 
 /// A little of an error response's body, which often says why ("rate limit

@@ -307,6 +307,12 @@ async fn route(
             [(axum::http::header::LOCATION, s.redirect_to.clone())],
         )
             .into_response(),
+        // Windows tools and some .NET APIs start JSON with a UTF-8 byte order mark.
+        "/bom" => (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            format!("\u{feff}{}", json!({"items": s.items.clone()})),
+        )
+            .into_response(),
         "/limited" => match s.rate_limited {
             Some(secs) => (
                 StatusCode::TOO_MANY_REQUESTS,

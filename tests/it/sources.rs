@@ -726,3 +726,43 @@ async fn redirects_stay_on_their_origin_and_send_no_referer() {
         landed.headers
     );
 }
+
+#[tokio::test]
+async fn a_byte_order_mark_before_json_is_skipped() {
+    let s = setup().await;
+    s.api.set_items(0..3, 1);
+    let api = format!("http://{}", s.api.addr);
+    let file = s.h.dir.path().join("bom.json");
+    std::fs::write(&file, "\u{feff}{\"items\": [{\"id\": 1}]}").unwrap();
+    for (what, table, items) in [
+        // Extracted while parsing.
+        (
+            "streamed",
+            format!("url = \"{api}/bom\"\nitems = \"/items\""),
+            3,
+        ),
+        // Parsed whole, for the transform.
+        (
+            "parsed whole",
+            format!("url = \"{api}/bom\"\nitems = \"/items\"\ntransform = \".\""),
+            3,
+        ),
+        (
+            "a command's output",
+            format!(
+                "command = [\"/bin/cat\", \"{}\"]\nitems = \"/items\"",
+                file.display()
+            ),
+            1,
+        ),
+    ] {
+        let store: SharedStore = Arc::new(SledStore::open(&s.h.state_dir()).unwrap());
+        let c = config(&s.h, &table);
+        let r = poll(&c, &store)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(r.items, items, "{what}");
+        drop(store);
+        std::fs::remove_dir_all(s.h.state_dir()).unwrap();
+    }
+}
