@@ -669,3 +669,50 @@ fn secret_files_are_read_up_to_64_kib() {
         "{err}"
     );
 }
+
+#[test]
+fn urls_with_variables_are_shown_as_written_and_their_values_are_redacted() {
+    let text = r#"
+[targets.slack]
+url = "https://hooks.example.com/services/${API_TOKEN}"
+secret_env = "HOOK_SECRET"
+
+[sources.bot]
+url = "https://api.telegram.org/bot${API_TOKEN}/getUpdates"
+headers = { "X-Api-Key" = "literal-key-42", Accept = "application/json" }
+query = { api_key = "query-key-77", state = "open" }
+interval = "1m"
+"#;
+    let c = parse(text).unwrap();
+    let bot = &c.sources["bot"];
+    assert_eq!(
+        bot.location(),
+        "https://api.telegram.org/bot${API_TOKEN}/getUpdates?…"
+    );
+    assert!(bot.http().unwrap().url.path().contains("tok-123"));
+    assert!(!format!("{bot:?}").contains("tok-123"), "{bot:?}");
+    let r = &bot.http().unwrap().redactor;
+    assert_eq!(
+        r.redact("tok-123 literal-key-42 query-key-77 open application/json"),
+        "<redacted> <redacted> <redacted> open application/json"
+    );
+    let slack = &c.targets["slack"];
+    assert_eq!(
+        slack.display_url,
+        "https://hooks.example.com/services/${API_TOKEN}"
+    );
+    assert!(!format!("{slack:?}").contains("tok-123"), "{slack:?}");
+    assert_eq!(
+        slack.redactor.redact(
+            "tok-123 whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+        ),
+        "<redacted> <redacted> <redacted>"
+    );
+    let described = crate::cli::describe(&c);
+    assert!(
+        described.contains("bot${API_TOKEN}/getUpdates"),
+        "{described}"
+    );
+    assert!(described.contains("services/${API_TOKEN}"), "{described}");
+    assert!(!described.contains("tok-123"), "{described}");
+}

@@ -377,6 +377,7 @@ impl Validator<'_> {
             }
         };
         let secrets = self.secrets(key, &t);
+        let signing = secrets.clone().unwrap_or_default();
         let signer = match (scheme, secrets) {
             (Some(scheme), Some(secrets)) => match Signer::new(scheme, &secrets) {
                 Ok(s) => Some(s),
@@ -419,9 +420,12 @@ impl Validator<'_> {
                 DEFAULT_MAX_IN_FLIGHT
             }
         };
+        let url = url?;
         Some(Target {
             name: name.to_string(),
-            url: url?,
+            display_url: super::display_url(t.url.as_deref().unwrap_or_default(), &url),
+            redactor: super::secrets::target_redactor(&t, &url, &headers, &signing, self.env),
+            url,
             signer: signer?,
             timeout,
             retry,

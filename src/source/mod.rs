@@ -14,6 +14,9 @@
 //!   asked for, at most 5, and no `Referer` is sent: the source's headers (API keys,
 //!   auth) and query must never reach another server. A redirect elsewhere fails the
 //!   poll, naming both origins.
+//! - Secrets out of errors: every [`FetchError`] passes through the request's
+//!   [`Redactor`](crate::redact::Redactor) and the OAuth2 token it used, so an API
+//!   echoing the credential in a 401 body does not put it in logs and `last_error`.
 //! - A UTF-8 byte order mark before a JSON body is dropped (RFC 8259 §8.1 lets
 //!   parsers ignore it; Windows tools and some .NET APIs write one).
 
@@ -35,6 +38,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::config::{redact_url, Format, HttpRequest, Source};
 use crate::deliver::retry::parse_retry_after;
 use crate::deliver::{describe_send_error, user_agent, Peer};
+use crate::redact::Redactor;
 use auth::Tokens;
 
 /// Redirects followed in one request at most.
@@ -75,6 +79,47 @@ pub enum FetchError {
 }
 
 impl FetchError {
+    /// The error with every secret `r` knows replaced, in every field.
+    fn redacted(self, r: &Redactor) -> FetchError {
+        if r.is_empty() {
+            return self;
+        }
+        match self {
+            FetchError::Request {
+                method,
+                url,
+                detail,
+            } => FetchError::Request {
+                method,
+                url: r.redact(&url),
+                detail: r.redact(&detail),
+            },
+            FetchError::Status {
+                method,
+                url,
+                status,
+                body,
+                retry_after,
+            } => FetchError::Status {
+                method,
+                url: r.redact(&url),
+                status,
+                body: r.redact(&body),
+                retry_after,
+            },
+            FetchError::TooLarge { method, url, limit } => FetchError::TooLarge {
+                method,
+                url: r.redact(&url),
+                limit,
+            },
+            FetchError::Token { url, detail } => FetchError::Token {
+                url: r.redact(&url),
+                detail: r.redact(&detail),
+            },
+            FetchError::Command(text) => FetchError::Command(r.redact(&text)),
+        }
+    }
+
     /// The wait a 429 or 503 asked for, if any.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
@@ -196,8 +241,31 @@ impl Fetcher {
     }
 
     /// One page of an HTTP source's request `req`: `url` (the first page's, or one
-    /// pagination found), with `validators` sent as conditions when given.
+    /// pagination found), with `validators` sent as conditions when given. Errors have
+    /// the request's secrets, and the OAuth2 token it used, replaced.
     pub async fn fetch(
+        &self,
+        source: &Source,
+        req: &HttpRequest,
+        url: &Url,
+        validators: Option<&Validators>,
+    ) -> Result<Page, FetchError> {
+        match self.fetch_page(source, req, url, validators).await {
+            Ok(Page::Body {
+                body,
+                next,
+                validators,
+            }) => Ok(Page::Body {
+                body: without_bom(source, body),
+                next,
+                validators,
+            }),
+            Ok(page) => Ok(page),
+            Err(e) => Err(e.redacted(&self.redactor(source, req))),
+        }
+    }
+
+    async fn fetch_page(
         &self,
         source: &Source,
         req: &HttpRequest,
@@ -210,7 +278,7 @@ impl Fetcher {
             resp = self.send(source, req, url, validators, true).await?;
         }
         let method = req.method.to_string();
-        let shown = redact_url(url);
+        let shown = shown_url(req, url);
         let status = resp.status();
         if status == StatusCode::NOT_MODIFIED && validators.is_some() {
             return Ok(Page::NotModified);
@@ -230,7 +298,7 @@ impl Fetcher {
                 method,
                 url: shown,
                 status: status.as_u16(),
-                body: snippet(&mut resp).await,
+                body: snippet(&mut resp, &self.redactor(source, req)).await,
                 retry_after,
             });
         }
@@ -238,10 +306,17 @@ impl Fetcher {
         let found = Validators::from_headers(resp.headers());
         let body = read_capped(&mut resp, source, &method, &shown).await?;
         Ok(Page::Body {
-            body: without_bom(source, body),
+            body,
             next,
             validators: found,
         })
+    }
+
+    /// The secrets of `req`, and the OAuth2 access token `source` holds now (the one
+    /// the request used, even if it was fetched for this request).
+    fn redactor(&self, source: &Source, req: &HttpRequest) -> Redactor {
+        req.redactor
+            .with(self.shared.tokens.access_token(&source.name))
     }
 
     async fn send(
@@ -281,7 +356,7 @@ impl Fetcher {
         }
         builder.send().await.map_err(|e| FetchError::Request {
             method: req.method.to_string(),
-            url: redact_url(url),
+            url: shown_url(req, url),
             detail: describe_send_error(
                 &e,
                 source.timeout,
@@ -293,6 +368,17 @@ impl Fetcher {
     }
 }
 
+/// How `url` is shown: the config's template for the request's own URL, else (a
+/// later page) without credentials and query; the redactor takes any `${VAR}` value
+/// out of a page's path.
+fn shown_url(req: &HttpRequest, url: &Url) -> String {
+    if *url == req.url {
+        req.display_url.clone()
+    } else {
+        redact_url(url)
+    }
+}
+
 /// `body` without a leading UTF-8 byte order mark, for JSON sources.
 fn without_bom(source: &Source, mut body: Vec<u8>) -> Vec<u8> {
     if source.format == Format::Json && body.starts_with(b"\xEF\xBB\xBF") {
@@ -301,19 +387,28 @@ fn without_bom(source: &Source, mut body: Vec<u8>) -> Vec<u8> {
     body
 }
 
+/// Characters of an error response's body shown at most.
+const SNIPPET: usize = 200;
+
 /// A little of an error response's body, which often says why ("rate limit
-/// exceeded"); never more than that, and no control characters.
-async fn snippet(resp: &mut reqwest::Response) -> String {
+/// exceeded"); never more than that, no control characters, and no known secret: an
+/// API may echo the credential it rejected.
+async fn snippet(resp: &mut reqwest::Response, redactor: &Redactor) -> String {
+    // Read past the cut by the longest secret, so a secret that starts before the cut
+    // is whole when it is replaced, not cut to a prefix that would stay visible.
+    let read = SNIPPET + redactor.longest();
     let mut snippet = Vec::new();
-    while snippet.len() < 200 {
+    while snippet.len() < read {
         match resp.chunk().await {
             Ok(Some(c)) => snippet.extend_from_slice(&c),
             _ => break,
         }
     }
-    snippet.truncate(200);
-    let text: String = String::from_utf8_lossy(&snippet)
+    snippet.truncate(read);
+    let text: String = redactor
+        .redact(&String::from_utf8_lossy(&snippet))
         .chars()
+        .take(SNIPPET)
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
     let text = text.trim();

@@ -728,6 +728,51 @@ async fn redirects_stay_on_their_origin_and_send_no_referer() {
 }
 
 #[tokio::test]
+async fn credentials_an_api_echoes_are_redacted_from_errors() {
+    use base64::Engine;
+    let s = setup().await;
+    let api = format!("http://{}", s.api.addr);
+    let store: SharedStore = Arc::new(SledStore::open(&s.h.state_dir()).unwrap());
+    let b64 = |t: &str| base64::engine::general_purpose::STANDARD.encode(t);
+    let cases = [
+        (
+            "bearer, header and query key",
+            format!("url = \"{api}/echo\"\nitems = \"/items\"\nquery = {{ api_key = \"${{API_KEY}}\" }}\nheaders = {{ X-Api-Key = \"header-key-5678\" }}\nauth = {{ bearer_env = \"TOKEN\" }}"),
+            vec!["bearer-token-1234".to_string(), "query-key-9012".into(), "header-key-5678".into()],
+        ),
+        (
+            "basic",
+            format!("url = \"{api}/echo\"\nitems = \"/items\"\nauth = {{ basic = {{ username = \"alice\", password = \"basic-pass-3456\" }} }}"),
+            vec!["basic-pass-3456".to_string(), b64("alice:basic-pass-3456")],
+        ),
+        (
+            "oauth2",
+            format!("url = \"{api}/echo\"\nitems = \"/items\"\n[sources.s.auth]\noauth2 = {{ token_url = \"{api}/token\", client_id = \"pollhook-client\", client_secret = \"s3cr3t-client-secret\", scopes = [\"read\", \"items\"] }}"),
+            // The shaped API's tokens are tok-<n>, n counting token requests.
+            vec!["tok-".to_string()],
+        ),
+    ];
+    let env = [
+        ("TOKEN", "bearer-token-1234"),
+        ("API_KEY", "query-key-9012"),
+    ];
+    for (what, table, secrets) in cases {
+        let c = config_with_env(&s.h, &table, &env);
+        let err = poll(&c, &store).await.unwrap_err();
+        assert!(
+            err.contains("HTTP 401") && err.contains("<redacted>"),
+            "{what}: {err}"
+        );
+        for secret in &secrets {
+            assert!(!err.contains(secret.as_str()), "{what}: {secret} in {err}");
+        }
+    }
+    // The API did see the credentials (the test checks what pollhook hides).
+    let echo = s.api.log().into_iter().find(|l| l.path == "/echo").unwrap();
+    assert_eq!(echo.headers["authorization"], "Bearer bearer-token-1234");
+}
+
+#[tokio::test]
 async fn a_byte_order_mark_before_json_is_skipped() {
     let s = setup().await;
     s.api.set_items(0..3, 1);
