@@ -16,9 +16,18 @@
 //! JSON Feed `content_html`, else `content_text`). `link` is the first link that is the
 //! entry itself (no `rel` or `rel="alternate"`), else the first link that is not a
 //! comments link, as feed-rs normalises it (`https://Example.com` becomes
-//! `https://example.com/`). `authors` are the names; RSS's `email (Name)` gives `Name`.
+//! `https://example.com/`).
+//!
+//! Relative links are resolved as RFC 4287 §2 and feedparser do: against the `xml:base`
+//! in scope (of the entry, the feed, or the link element itself; feed-rs tracks them),
+//! and what is still relative against the URL the feed was fetched from (the source's
+//! `url`; a JSON Feed has no `xml:base`, so only that). The fetched URL is used without
+//! user, password, query and fragment, so an `href=""` never copies an `api_key` from
+//! the source's URL into an event. A command source's feed has no URL: its relative
+//! links resolve against `xml:base` or stay as written. `authors` are the names; RSS's `email (Name)` gives `Name`.
 //! Dates are RFC 3339 in UTC. For RSS 2.0/0.9x, feed-rs copies `pubDate` into `updated`
-//! when the item has no update date.
+//! when the item has no update date. A UTF-8 byte order mark before a JSON Feed is
+//! skipped (before XML, the XML parser reads it as the encoding).
 //!
 //! What feed-rs accepts: `<rss>` only with `version` "2.0", "0.91", "0.92" or ""; RSS
 //! 1.0 items only when they have a `<link>` (others are dropped); a JSON Feed only if
@@ -32,7 +41,7 @@
 //!
 //! 1. the id the document gives it: `<guid>` in RSS, `<id>` in Atom, `id` in JSON Feed
 //!    (surrounding whitespace trimmed);
-//! 2. else its `link` (as above; RSS 1.0 `rdf:about` is not read, the link is);
+//! 2. else its `link` (as above, resolved; RSS 1.0 `rdf:about` is not read, the link is);
 //! 3. else `sha256:` and the lowercase hex SHA-256 of the title, a newline and the date
 //!    (`published`, else `updated`, as RFC 3339 UTC; either part empty when absent).
 //!
@@ -49,8 +58,11 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use feed_rs::model::{Entry, Link};
 use feed_rs::parser::{ParseErrorKind, ParseFeedError};
+use reqwest::Url;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+
+use crate::config::Source;
 
 /// Why a response body could not be read as a feed. The messages say what was wrong
 /// without quoting the body beyond a bounded snippet (a root element name, a parser
@@ -103,12 +115,26 @@ pub enum FeedError {
     },
 }
 
+/// [`entries`] of a feed `source` fetched: relative links resolve against its URL.
+pub fn entries_of(source: &Source, body: &[u8]) -> Result<Value, FeedError> {
+    entries(body, source.http().map(|r| &r.url))
+}
+
 /// Parses an RSS 0.9x/1.0/2.0, Atom or JSON Feed document into a JSON array of entries,
 /// one object per entry: {"id", "title", "link", "published", "updated", "summary", "content", "authors"}.
+/// `fetched_from` is the URL the document came from, which relative links resolve
+/// against (after any `xml:base`).
 ///
 /// Entries keep the document's order. See the module documentation for the id rule.
-pub fn entries(body: &[u8]) -> Result<Value, FeedError> {
+pub fn entries(body: &[u8], fetched_from: Option<&Url>) -> Result<Value, FeedError> {
+    let body = match body.strip_prefix(b"\xEF\xBB\xBF") {
+        // Only before JSON: serde_json stops at a BOM, and quick-xml needs it.
+        Some(rest) if rest.trim_ascii_start().starts_with(b"{") => rest,
+        _ => body,
+    };
+    let base = fetched_from.map(link_base);
     let parser = feed_rs::parser::Builder::new()
+        .base_uri(base.as_ref().map(Url::as_str))
         // An empty id marks "the document had none"; see the module documentation.
         .id_generator(|_links, _title, _base_uri| String::new())
         // The entries carry the document's text; with feed-rs's `sanitize` feature
@@ -131,12 +157,41 @@ pub fn entries(body: &[u8]) -> Result<Value, FeedError> {
         }
     })?;
     let feed = parsed.map_err(|e| feed_error(e, body))?;
-    Ok(Value::Array(feed.entries.iter().map(entry_json).collect()))
+    Ok(Value::Array(
+        feed.entries
+            .iter()
+            .map(|e| entry_json(e, base.as_ref()))
+            .collect(),
+    ))
 }
 
-fn entry_json(entry: &Entry) -> Value {
+/// The fetched URL as a base for links: without credentials, query and fragment,
+/// which must not reach an event through a link such as `href=""`.
+fn link_base(url: &Url) -> Url {
+    let mut base = url.clone();
+    // These setters only fail for URLs that cannot have credentials, which is fine.
+    let _ = base.set_username("");
+    let _ = base.set_password(None);
+    base.set_query(None);
+    base.set_fragment(None);
+    base
+}
+
+/// `href` resolved against `base` if it is relative (feed-rs resolves XML links; a JSON
+/// Feed's, and XML links without any base, are left as written).
+fn resolve(href: &str, base: Option<&Url>) -> String {
+    match base {
+        Some(base) if Url::parse(href).is_err() => base
+            .join(href)
+            .map_or_else(|_| href.to_string(), String::from),
+        _ => href.to_string(),
+    }
+}
+
+fn entry_json(entry: &Entry, base: Option<&Url>) -> Value {
     let title = entry.title.as_ref().map(|t| t.content.as_str());
-    let link = primary_link(&entry.links).map(|l| l.href.as_str());
+    let link = primary_link(&entry.links).map(|l| resolve(l.href.trim(), base));
+    let link = link.as_deref();
     let published = entry.published.map(rfc3339);
     let updated = entry.updated.map(rfc3339);
     let id = match entry.id.trim() {
@@ -503,7 +558,7 @@ mod tests {
     ];
 
     fn parse(doc: &str) -> Vec<Value> {
-        match entries(doc.as_bytes()) {
+        match entries(doc.as_bytes(), None) {
             Ok(Value::Array(entries)) => entries,
             other => panic!("expected an array of entries, got {other:?}"),
         }
@@ -755,10 +810,92 @@ mod tests {
         assert_eq!(e[1]["title"], "second");
     }
 
+    fn parse_from(doc: &str, url: &str) -> Vec<Value> {
+        let base = Url::parse(url).unwrap();
+        match entries(doc.as_bytes(), Some(&base)) {
+            Ok(Value::Array(entries)) => entries,
+            other => panic!("expected an array of entries, got {other:?}"),
+        }
+    }
+
+    const ATOM_RELATIVE: &str = r#"<?xml version="1.0" encoding="utf-8"?>
+<feed xmlns="http://www.w3.org/2005/Atom">
+  <title>Relative</title>
+  <entry><id>urn:1</id><title>plain</title><link href="posts/1.html"/></entry>
+  <entry xml:base="/sub/dir/"><id>urn:2</id><title>entry base</title><link href="posts/2.html"/></entry>
+  <entry><title>no id</title><link href="/posts/3.html"/></entry>
+  <entry><id>urn:4</id><title>absolute</title><link href="https://cdn.example/4"/></entry>
+</feed>"#;
+
+    #[test]
+    fn relative_atom_links_resolve_against_xml_base_and_the_fetched_url() {
+        let e = parse_from(ATOM_RELATIVE, "http://host.example/atomrel");
+        let links: Vec<&str> = e.iter().map(|e| e["link"].as_str().unwrap()).collect();
+        assert_eq!(
+            links,
+            [
+                "http://host.example/posts/1.html",
+                "http://host.example/sub/dir/posts/2.html",
+                "http://host.example/posts/3.html",
+                "https://cdn.example/4",
+            ]
+        );
+        // Rule 2 of the id rule takes the resolved link.
+        assert_eq!(e[2]["id"], "http://host.example/posts/3.html");
+        // An absolute xml:base on the feed wins over the fetched URL.
+        let doc = ATOM_RELATIVE.replace(
+            "<feed xmlns=\"http://www.w3.org/2005/Atom\">",
+            "<feed xmlns=\"http://www.w3.org/2005/Atom\" xml:base=\"https://blog.example/b/\">",
+        );
+        let e = parse_from(&doc, "http://host.example/atomrel");
+        assert_eq!(e[0]["link"], "https://blog.example/b/posts/1.html");
+        assert_eq!(e[1]["link"], "https://blog.example/sub/dir/posts/2.html");
+        // Without a fetched URL (a command's output), only xml:base can resolve.
+        let e = parse(ATOM_RELATIVE);
+        assert_eq!(e[0]["link"], "posts/1.html");
+        let e = parse(&doc);
+        assert_eq!(e[0]["link"], "https://blog.example/b/posts/1.html");
+    }
+
+    #[test]
+    fn relative_rss_and_json_feed_links_resolve_against_the_fetched_url() {
+        let rss = r#"<rss version="2.0"><channel><title>t</title>
+            <item><guid>1</guid><link>items/1</link></item>
+            <item><title>no guid</title><link>/items/2</link></item>
+        </channel></rss>"#;
+        let e = parse_from(rss, "https://news.example/feeds/rss");
+        assert_eq!(e[0]["link"], "https://news.example/feeds/items/1");
+        assert_eq!(e[1]["id"], "https://news.example/items/2");
+        let json = r#"{"version": "https://jsonfeed.org/version/1.1", "title": "t", "items": [
+            {"id": "1", "url": "episodes/1"}, {"url": "../2", "content_text": "x"}
+        ]}"#;
+        let e = parse_from(json, "https://pod.example/feeds/feed.json");
+        assert_eq!(e[0]["link"], "https://pod.example/feeds/episodes/1");
+        assert_eq!(e[1]["id"], "https://pod.example/2");
+    }
+
+    #[test]
+    fn links_never_copy_credentials_or_query_from_the_fetched_url() {
+        let doc = r##"<feed xmlns="http://www.w3.org/2005/Atom"><title>t</title>
+            <entry><id>1</id><link href=""/></entry>
+            <entry><id>2</id><link href="#frag"/></entry></feed>"##;
+        let e = parse_from(doc, "https://user:pw@host.example/feed?api_key=s3cret");
+        assert_eq!(e[0]["link"], "https://host.example/feed");
+        assert_eq!(e[1]["link"], "https://host.example/feed#frag");
+    }
+
+    #[test]
+    fn a_byte_order_mark_before_a_json_feed_is_skipped() {
+        let doc = "\u{feff}{\"version\": \"https://jsonfeed.org/version/1.1\", \"title\": \"t\", \"items\": [{\"id\": \"1\"}]}";
+        assert_eq!(ids(&parse(doc)), ["1"]);
+        let xml = format!("\u{feff}{RSS2_LINKS}");
+        assert_eq!(parse(&xml).len(), 2);
+    }
+
     #[test]
     fn a_feed_without_entries_is_an_empty_array() {
         let doc = r#"<rss version="2.0"><channel><title>quiet</title></channel></rss>"#;
-        assert_eq!(entries(doc.as_bytes()), Ok(json!([])));
+        assert_eq!(entries(doc.as_bytes(), None), Ok(json!([])));
     }
 
     #[test]
@@ -796,7 +933,7 @@ mod tests {
             ),
         ];
         for (body, expected) in cases {
-            let err = entries(body).expect_err(&String::from_utf8_lossy(body));
+            let err = entries(body, None).expect_err(&String::from_utf8_lossy(body));
             let msg = err.to_string();
             assert!(msg.contains(expected), "{msg:?} lacks {expected:?}");
         }
@@ -815,7 +952,7 @@ mod tests {
             format!("<{long_title}/>"),
         ];
         for body in &bodies {
-            let msg = entries(body.as_bytes()).unwrap_err().to_string();
+            let msg = entries(body.as_bytes(), None).unwrap_err().to_string();
             assert!(msg.len() < 500, "{} bytes: {msg}", msg.len());
         }
     }
@@ -839,7 +976,7 @@ mod tests {
 
     /// Errors are fine; what must not happen is a panic (or an empty id on success).
     fn must_not_panic(body: &[u8]) {
-        if let Ok(Value::Array(entries)) = entries(body) {
+        if let Ok(Value::Array(entries)) = entries(body, None) {
             for e in entries {
                 assert!(!e["id"].as_str().unwrap_or("").is_empty(), "{e}");
             }
@@ -855,7 +992,7 @@ mod tests {
                 must_not_panic(&doc[..end]);
                 // A body cut short must not read as a feed that lost entries: the diff
                 // would report them deleted.
-                if let Ok(Value::Array(entries)) = entries(&doc[..end]) {
+                if let Ok(Value::Array(entries)) = entries(&doc[..end], None) {
                     assert_eq!(entries.len(), all, "{name} cut at byte {end}");
                 }
             }
@@ -928,11 +1065,14 @@ mod tests {
                 "<rss version=\"2.0\"><channel><title>t</title>\
                  <item><guid>1</guid><author>{author}</author></item></channel></rss>"
             );
-            assert!(ok_or_crash_reported(entries(doc.as_bytes())), "{author}");
+            assert!(
+                ok_or_crash_reported(entries(doc.as_bytes(), None)),
+                "{author}"
+            );
         }
         let json = "{\"version\": \"https://jsonfeed.org/version/1.1\", \"title\": \"t\",
             \"items\": [{\"id\": \"1\", \"authors\": [{\"name\": \"Jane Doe\u{a0}jane@example.com\"}]}]}";
-        assert!(ok_or_crash_reported(entries(json.as_bytes())));
+        assert!(ok_or_crash_reported(entries(json.as_bytes(), None)));
     }
 
     /// quick-xml 0.42's decoding reader keeps only the first 64 bytes for switching
@@ -942,6 +1082,6 @@ mod tests {
     fn long_xml_declaration_with_a_legacy_encoding_does_not_panic() {
         let doc = "<?xml version = \"1.0\" encoding = \"ISO-8859-1\" standalone = \"yes\"?>\n\
                    <rss version=\"2.0\"><channel><title>t</title><item><guid>1</guid></item></channel></rss>";
-        assert!(ok_or_crash_reported(entries(doc.as_bytes())));
+        assert!(ok_or_crash_reported(entries(doc.as_bytes(), None)));
     }
 }

@@ -20,6 +20,7 @@
 //! - [`feed`]: RSS, Atom and JSON Feed documents as a JSON array of entries with
 //!   stable ids, for `format = "feed"` sources. Pure.
 //! - [`event`]: the envelope and its stable id. Pure.
+//! - [`redact`]: known secret values (and their encodings) out of error text. Pure.
 //! - [`store`]: the `Store` trait and its sled implementation.
 //! - [`poll`]: one poll, fetch (page walks) to commit.
 //! - [`deliver`]: target workers, per-item order, retry policy.
@@ -45,6 +46,7 @@ pub mod feed;
 pub mod metrics;
 pub mod notify;
 pub mod poll;
+pub mod redact;
 pub mod schedule;
 pub mod sign;
 pub mod source;

@@ -584,7 +584,7 @@ fn read_page(
 ) -> Result<PageRead, PollError> {
     let url = source.location();
     let doc: Value = match source.format {
-        Format::Feed => crate::feed::entries(body).map_err(|e| PollError::Feed {
+        Format::Feed => crate::feed::entries_of(source, body).map_err(|e| PollError::Feed {
             url: url.clone(),
             error: e.to_string(),
         })?,

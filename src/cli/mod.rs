@@ -14,7 +14,7 @@ use chrono::Utc;
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{redact_url, Config};
+use crate::config::Config;
 
 /// Turns pull-only HTTP APIs into signed webhooks: polls sources, diffs what changed,
 /// delivers every change to your targets, retrying until they accept.
@@ -222,7 +222,7 @@ pub fn describe(config: &Config) -> String {
             "  {}: {}, {}, items at {:?}, id at {:?} -> {}",
             s.name,
             match s.http() {
-                Some(r) => format!("{} {}", r.method, redact_url(&r.url)),
+                Some(r) => format!("{} {}", r.method, r.display_url),
                 None => s.location(),
             },
             s.schedule_text(),
@@ -249,7 +249,7 @@ pub fn describe(config: &Config) -> String {
             out,
             "  {}: POST {}, signature {}, timeout {}, retry [{}]",
             t.name,
-            redact_url(&t.url),
+            t.display_url,
             t.signer.scheme(),
             humantime::format_duration(t.timeout),
             retry.join(", ")

@@ -9,6 +9,7 @@ mod ca;
 mod locate;
 mod raw;
 mod request;
+mod secrets;
 mod validate;
 mod values;
 
@@ -32,7 +33,7 @@ pub use request::{
     DEFAULT_MAX_PAGES,
 };
 use validate::Validator;
-pub use values::{expand_env, parse_duration, parse_size, redact_url};
+pub use values::{display_url, env_values, expand_env, parse_duration, parse_size, redact_url};
 
 /// Default retry delays (Svix's schedule): before attempt 2, 3, … 8.
 pub const DEFAULT_RETRY: [Duration; 7] = [
@@ -97,6 +98,12 @@ pub fn peek_log_format(path: &Path) -> LogFormat {
 pub struct Target {
     pub name: String,
     pub url: Url,
+    /// How `url` is shown in messages and status: as written in the config, `${VAR}`s
+    /// unexpanded, without credentials and query (see [`display_url`]).
+    pub display_url: String,
+    /// The target's secret values (signing secrets, `${VAR}` values, header values),
+    /// for taking them out of error text.
+    pub redactor: crate::redact::Redactor,
     pub signer: Signer,
     /// Total time for one attempt.
     pub timeout: Duration,
@@ -199,7 +206,7 @@ impl fmt::Debug for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Target")
             .field("name", &self.name)
-            .field("url", &redact_url(&self.url))
+            .field("url", &self.display_url)
             .field("signer", &self.signer)
             .field("timeout", &self.timeout)
             .field("retry", &self.retry)
@@ -245,6 +252,7 @@ impl Target {
     pub fn same_settings(&self, other: &Target) -> bool {
         self.name == other.name
             && self.url == other.url
+            && self.display_url == other.display_url
             && self.signer == other.signer
             && self.timeout == other.timeout
             && self.retry == other.retry
@@ -283,11 +291,11 @@ impl Source {
             && self.ca_digest == other.ca_digest
     }
 
-    /// Where the document comes from, for messages: the URL without credentials or
-    /// query, or the command's program.
+    /// Where the document comes from, for messages: the URL as written (`${VAR}`s not
+    /// expanded) without credentials or query, or the command's program.
     pub fn location(&self) -> String {
         match &self.origin {
-            Origin::Http(r) => redact_url(&r.url),
+            Origin::Http(r) => r.display_url.clone(),
             Origin::Command(argv) => {
                 format!("command {}", argv.first().map(String::as_str).unwrap_or(""))
             }

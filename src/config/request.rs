@@ -12,6 +12,7 @@ use reqwest::{Method, Url};
 use super::raw::{RawAuth, RawPaginate, RawSource};
 use super::validate::Validator;
 use super::KeyPath;
+use crate::redact::Redactor;
 use crate::transform::Transform;
 
 /// Where a source's document comes from.
@@ -29,6 +30,12 @@ pub enum Origin {
 pub struct HttpRequest {
     /// The URL with `query` appended.
     pub url: Url,
+    /// How `url` is shown in messages: the URL as written in the config, `${VAR}`s
+    /// unexpanded, without credentials and query (see [`super::display_url`]).
+    pub display_url: String,
+    /// Every secret value of the request (auth, `${VAR}` values, header values,
+    /// credential-like query values), for taking them out of error text.
+    pub redactor: Redactor,
     pub method: Method,
     pub headers: HeaderMap,
     /// `body` or `json`, with its content type.
@@ -76,7 +83,7 @@ impl fmt::Debug for Origin {
         match self {
             Origin::Http(r) => f
                 .debug_struct("Http")
-                .field("url", &super::redact_url(&r.url))
+                .field("url", &r.display_url)
                 .field("method", &r.method)
                 .field("headers", &r.headers.keys().collect::<Vec<_>>())
                 .field("body_bytes", &r.body.as_ref().map(|b| b.0.len()))
@@ -333,8 +340,13 @@ impl Validator<'_> {
                 "sets Authorization and [auth] is set too; keep one",
             );
         }
+        let url = url?;
+        let template = s.url.as_deref().unwrap_or_default();
+        let redactor = super::secrets::source_redactor(s, &url, &headers, auth.as_ref(), self.env);
         Some(Origin::Http(HttpRequest {
-            url: url?,
+            display_url: super::display_url(template, &url),
+            redactor,
+            url,
             method: method?,
             headers,
             body,

@@ -671,3 +671,84 @@ fn deletion_guard_defaults_off_and_bad_values() {
     let b = parse(&with("confirm = 3")).unwrap();
     assert!(!a.sources["weekly"].same_settings(&b.sources["weekly"]));
 }
+
+#[test]
+fn secret_files_are_read_up_to_64_kib() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big");
+    std::fs::write(&big, "a".repeat(64 * 1024 + 1)).unwrap();
+    let limit = dir.path().join("limit");
+    std::fs::write(&limit, "a".repeat(64 * 1024)).unwrap();
+    let config = |target_file: &std::path::Path, bearer_file: &str| {
+        format!(
+            "[sources.s]\nurl = \"http://127.0.0.1:1/s\"\ninterval = \"1m\"\nauth = {{ bearer_file = {bearer_file:?} }}\n\
+             [targets.t]\nurl = \"http://127.0.0.1:1/h\"\nsignature = \"github\"\nsecret_file = {:?}\n",
+            target_file.display().to_string()
+        )
+    };
+    let err = parse(&config(&big, "/dev/null")).unwrap_err();
+    let problems = err.problems();
+    let target = problems
+        .iter()
+        .find(|p| p.key == "targets.t.secret_file")
+        .unwrap_or_else(|| panic!("no secret_file problem: {err}"));
+    assert!(
+        target.message.contains(&big.display().to_string()) && target.message.contains("64 KiB"),
+        "{}",
+        target.message
+    );
+    assert!(parse(&config(&limit, limit.to_str().unwrap())).is_ok());
+    // An endless file is read only up to the cap.
+    let err = parse(&config(&limit, "/dev/zero")).unwrap_err().to_string();
+    assert!(
+        err.contains("sources.s.auth.bearer_file") && err.contains("/dev/zero is larger"),
+        "{err}"
+    );
+}
+
+#[test]
+fn urls_with_variables_are_shown_as_written_and_their_values_are_redacted() {
+    let text = r#"
+[targets.slack]
+url = "https://hooks.example.com/services/${API_TOKEN}"
+secret_env = "HOOK_SECRET"
+
+[sources.bot]
+url = "https://api.telegram.org/bot${API_TOKEN}/getUpdates"
+headers = { "X-Api-Key" = "literal-key-42", Accept = "application/json" }
+query = { api_key = "query-key-77", state = "open" }
+interval = "1m"
+"#;
+    let c = parse(text).unwrap();
+    let bot = &c.sources["bot"];
+    assert_eq!(
+        bot.location(),
+        "https://api.telegram.org/bot${API_TOKEN}/getUpdates?…"
+    );
+    assert!(bot.http().unwrap().url.path().contains("tok-123"));
+    assert!(!format!("{bot:?}").contains("tok-123"), "{bot:?}");
+    let r = &bot.http().unwrap().redactor;
+    assert_eq!(
+        r.redact("tok-123 literal-key-42 query-key-77 open application/json"),
+        "<redacted> <redacted> <redacted> open application/json"
+    );
+    let slack = &c.targets["slack"];
+    assert_eq!(
+        slack.display_url,
+        "https://hooks.example.com/services/${API_TOKEN}"
+    );
+    assert!(!format!("{slack:?}").contains("tok-123"), "{slack:?}");
+    assert_eq!(
+        slack.redactor.redact(
+            "tok-123 whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+        ),
+        "<redacted> <redacted> <redacted>"
+    );
+    let described = crate::cli::describe(&c);
+    assert!(
+        described.contains("bot${API_TOKEN}/getUpdates"),
+        "{described}"
+    );
+    assert!(described.contains("services/${API_TOKEN}"), "{described}");
+    assert!(!described.contains("tok-123"), "{described}");
+}

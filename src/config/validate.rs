@@ -300,18 +300,44 @@ impl Validator<'_> {
     }
 
     /// A secret in a file (`${VAR}` expanded, relative to the config file, trimmed; a
-    /// missing or empty file is a problem at `key`).
+    /// missing or empty file is a problem at `key`). At most 64 KiB
+    /// are read: `secret_file = "/dev/zero"` or a log file named by mistake must be a
+    /// config error, not a load that eats memory and never ends.
     pub(super) fn secret_from_file(&mut self, key: &KeyPath, file: &str) -> Option<String> {
+        use std::io::Read;
+        const MAX_SECRET_FILE: u64 = 64 * 1024;
         let expanded = self.expand(key, file)?;
         let path = self.base.join(expanded);
-        match std::fs::read_to_string(&path) {
+        let mut bytes = Vec::new();
+        // One byte more than allowed tells "too large" from "exactly the limit".
+        let read = std::fs::File::open(&path)
+            .and_then(|f| f.take(MAX_SECRET_FILE + 1).read_to_end(&mut bytes));
+        if let Err(e) = read {
+            self.problem(key, format!("cannot read {}: {e}", path.display()));
+            return None;
+        }
+        if bytes.len() as u64 > MAX_SECRET_FILE {
+            self.problem(
+                key,
+                format!(
+                    "{} is larger than {} KiB, too large for a secret; point this key at a file that holds only the secret",
+                    path.display(),
+                    MAX_SECRET_FILE / 1024
+                ),
+            );
+            return None;
+        }
+        match String::from_utf8(bytes) {
             Ok(v) if !v.trim().is_empty() => Some(v.trim().to_string()),
             Ok(_) => {
                 self.problem(key, format!("{} is empty", path.display()));
                 None
             }
-            Err(e) => {
-                self.problem(key, format!("cannot read {}: {e}", path.display()));
+            Err(_) => {
+                self.problem(
+                    key,
+                    format!("cannot read {}: it is not UTF-8 text", path.display()),
+                );
                 None
             }
         }
@@ -352,6 +378,7 @@ impl Validator<'_> {
             }
         };
         let secrets = self.secrets(key, &t);
+        let signing = secrets.clone().unwrap_or_default();
         let signer = match (scheme, secrets) {
             (Some(scheme), Some(secrets)) => match Signer::new(scheme, &secrets) {
                 Ok(s) => Some(s),
@@ -394,9 +421,12 @@ impl Validator<'_> {
                 DEFAULT_MAX_IN_FLIGHT
             }
         };
+        let url = url?;
         Some(Target {
             name: name.to_string(),
-            url: url?,
+            display_url: super::display_url(t.url.as_deref().unwrap_or_default(), &url),
+            redactor: super::secrets::target_redactor(&t, &url, &headers, &signing, self.env),
+            url,
             signer: signer?,
             timeout,
             retry,

@@ -1,5 +1,6 @@
 //! Small value parsers for the config: durations, sizes, `${VAR}` expansion, and the
-//! credential-free form of a URL that is safe to log.
+//! credential-free form of a URL that is safe to log (for a URL written with `${VAR}`,
+//! the template as written, never the values).
 
 use std::time::Duration;
 
@@ -70,6 +71,46 @@ pub fn expand_env(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<St
     Ok(out)
 }
 
+/// The values of the `${NAME}`s in `text` that `env` has: what [`expand_env`] put in,
+/// which the config treats as secrets (a token in a URL path, a header).
+pub fn env_values(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else { break };
+        out.extend(env(&after[..end]));
+        rest = &after[end + 1..];
+    }
+    out
+}
+
+/// How a URL the config wrote as `template` is shown, `url` being what it expanded to:
+/// without `${VAR}`s, [`redact_url`] of `url`; with them, the template as written, so
+/// `https://api.telegram.org/bot${BOT_TOKEN}/getUpdates` never shows the token. Either
+/// way without user, password, query and fragment (`?…` when `url` has a query).
+pub fn display_url(template: &str, url: &Url) -> String {
+    if !template.contains("${") {
+        return redact_url(url);
+    }
+    let t = template.trim();
+    let t = t.split_once('#').map_or(t, |(before, _)| before);
+    let t = t.split_once('?').map_or(t, |(before, _)| before);
+    let mut shown = match t.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            let (authority, path) = rest.split_at(authority_end);
+            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            format!("{scheme}://{host}{path}")
+        }
+        None => t.to_string(),
+    };
+    if url.query().is_some() {
+        shown.push_str("?…");
+    }
+    shown
+}
+
 /// The URL without user, password, query and fragment, which may carry tokens:
 /// `https://api.example.com/v1/things`. Use it in every log line and error.
 pub fn redact_url(url: &Url) -> String {
@@ -125,6 +166,28 @@ mod tests {
         assert!(err.contains("MISSING"), "{err}");
         assert!(expand_env("${TOKEN", &env).is_err());
         assert!(expand_env("${1X}", &env).is_err());
+    }
+
+    #[test]
+    fn a_url_with_variables_is_shown_as_written() {
+        let env = |n: &str| (n == "BOT_TOKEN").then(|| "123456:ABC-def".to_string());
+        let template = "https://api.telegram.org/bot${BOT_TOKEN}/getUpdates";
+        let url = Url::parse(&expand_env(template, &env).unwrap()).unwrap();
+        assert_eq!(display_url(template, &url), template);
+        assert_eq!(env_values(template, &env), ["123456:ABC-def"]);
+        // Credentials, query and fragment go as they do from any URL.
+        let template = "https://u:${PW}@hooks.example.com/services/${HOOK}?k=${K}#x";
+        let url = Url::parse("https://u:pw@hooks.example.com/services/T1/B2?k=v#x").unwrap();
+        assert_eq!(
+            display_url(template, &url),
+            "https://hooks.example.com/services/${HOOK}?…"
+        );
+        // Without variables: the parsed URL, redacted.
+        let url = Url::parse("https://Api.Example.com/v1?key=s3cret").unwrap();
+        assert_eq!(
+            display_url("https://Api.Example.com/v1?key=s3cret", &url),
+            "https://api.example.com/v1?…"
+        );
     }
 
     #[test]

@@ -395,6 +395,7 @@ impl Attempt {
                     t.timeout,
                     Peer::Target {
                         ca_file: t.ca_file.as_deref(),
+                        secrets: &t.redactor,
                     },
                 ),
                 retry_after: None,
@@ -465,8 +466,14 @@ impl Attempt {
 /// Which end of pollhook a request went to, for the advice in its error message.
 #[derive(Debug, Clone, Copy)]
 pub enum Peer<'a> {
-    Source { ca_file: Option<&'a Path> },
-    Target { ca_file: Option<&'a Path> },
+    Source {
+        ca_file: Option<&'a Path>,
+    },
+    /// A target, with its secrets to take out of the message.
+    Target {
+        ca_file: Option<&'a Path>,
+        secrets: &'a crate::redact::Redactor,
+    },
 }
 
 /// How rustls words a server certificate it rejected: `invalid peer certificate: <why>`.
@@ -477,9 +484,18 @@ pub enum Peer<'a> {
 /// rustls 0.20; tests/tls.rs fails if a reqwest or rustls upgrade changes it.
 const REJECTED_CERTIFICATE: &str = "invalid peer certificate: ";
 
-/// A transport error in words, without the URL (it may carry a token). A server
-/// certificate that is not trusted says so first and names the fix.
+/// A transport error in words, without the URL (it may carry a token) and, for a
+/// target, without its secrets (a source's errors are redacted whole where they are
+/// made). A server certificate that is not trusted says so first and names the fix.
 pub fn describe_send_error(e: &reqwest::Error, timeout: Duration, peer: Peer<'_>) -> String {
+    let text = describe_unredacted(e, timeout, peer);
+    match peer {
+        Peer::Target { secrets, .. } => secrets.redact(&text),
+        Peer::Source { .. } => text,
+    }
+}
+
+fn describe_unredacted(e: &reqwest::Error, timeout: Duration, peer: Peer<'_>) -> String {
     if e.is_timeout() {
         return format!(
             "no response within {} (timeout)",
@@ -518,7 +534,7 @@ pub fn describe_send_error(e: &reqwest::Error, timeout: Duration, peer: Peer<'_>
 fn certificate_advice(why: &str, peer: Peer<'_>) -> String {
     let (what, ca_file) = match peer {
         Peer::Source { ca_file } => ("source", ca_file),
-        Peer::Target { ca_file } => ("target", ca_file),
+        Peer::Target { ca_file, .. } => ("target", ca_file),
     };
     // UnknownIssuer: no chain to a trusted root. Other reasons (expired, wrong name,
     // revoked) are not fixed by trusting another CA, so they get no ca_file advice.

@@ -2,7 +2,8 @@
 //! credentials, or an OAuth2 client-credentials token (RFC 6749 §4.4) fetched from the
 //! token endpoint, cached until shortly before it expires, and fetched again once when
 //! the API answers 401. Header values are marked sensitive; tokens and secrets never
-//! reach a log or an error message (invariant 6).
+//! reach a log or an error message (invariant 6): the fetcher takes the configured
+//! secrets and the access token held now ([`Tokens::access_token`]) out of every error.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -27,6 +28,8 @@ const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
 #[derive(Clone)]
 struct Token {
     header: HeaderValue,
+    /// The access token itself, for taking it out of error text.
+    secret: String,
     refresh_at: Instant,
     /// The settings it was fetched with: a reload that changes them gets a new one.
     settings: OAuth2,
@@ -72,13 +75,15 @@ impl Tokens {
                         return Ok(h);
                     }
                 }
-                let (header, lifetime) = request_token(client, source, o).await?;
+                let (secret, lifetime) = request_token(client, source, o).await?;
+                let header = sensitive(&format!("Bearer {secret}"))?;
                 let refresh_at = Instant::now() + lifetime.saturating_sub(EARLY.min(lifetime / 10));
                 let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
                 map.insert(
                     source.name.clone(),
                     Token {
                         header: header.clone(),
+                        secret,
                         refresh_at,
                         settings: o.clone(),
                     },
@@ -86,6 +91,12 @@ impl Tokens {
                 Ok(header)
             }
         }
+    }
+
+    /// The OAuth2 access token `source` holds now, if any.
+    pub(super) fn access_token(&self, source: &str) -> Option<String> {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(source).map(|t| t.secret.clone())
     }
 
     fn cached(&self, source: &str, o: &OAuth2) -> Option<HeaderValue> {
@@ -97,12 +108,13 @@ impl Tokens {
 }
 
 /// Asks the token endpoint for a client-credentials token: the client authenticates
-/// with HTTP Basic (RFC 6749 §2.3.1, which every server must accept).
+/// with HTTP Basic (RFC 6749 §2.3.1, which every server must accept). Returns the
+/// access token and its lifetime.
 async fn request_token(
     client: &reqwest::Client,
     source: &Source,
     o: &OAuth2,
-) -> Result<(HeaderValue, Duration), FetchError> {
+) -> Result<(String, Duration), FetchError> {
     let url = redact_url(&o.token_url);
     let fail = |detail: String| FetchError::Token {
         url: url.clone(),
@@ -143,7 +155,17 @@ async fn request_token(
         })?;
     let status = resp.status();
     let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| fail(e.to_string()))? {
+    let read_failed = |e: reqwest::Error| {
+        // Not e.to_string(): reqwest's Display includes the URL, query and all.
+        fail(describe_send_error(
+            &e,
+            source.timeout,
+            Peer::Source {
+                ca_file: source.ca_file.as_deref(),
+            },
+        ))
+    };
+    while let Some(chunk) = resp.chunk().await.map_err(read_failed)? {
         body.extend_from_slice(&chunk);
         if body.len() > MAX_TOKEN_RESPONSE {
             return Err(fail("the token response is too large".into()));
@@ -171,7 +193,7 @@ async fn request_token(
         .map(Duration::from_secs)
         // A year at most: a huge expires_in must not overflow the clock arithmetic.
         .map_or(NO_EXPIRY, |d| d.min(NO_EXPIRY));
-    Ok((sensitive(&format!("Bearer {token}"))?, lifetime))
+    Ok((token.to_string(), lifetime))
 }
 
 /// `application/x-www-form-urlencoded` text of `pairs`.

@@ -10,6 +10,15 @@
 //! - Politeness: at most `max_per_host` requests in flight to one host (a permit is
 //!   held for a whole poll, all its pages), and `Retry-After` is reported with a 429
 //!   or 503 so the source's next poll waits.
+//! - Redirects are followed only within the origin (scheme, host, port) of the URL
+//!   asked for, at most 5, and no `Referer` is sent: the source's headers (API keys,
+//!   auth) and query must never reach another server. A redirect elsewhere fails the
+//!   poll, naming both origins.
+//! - Secrets out of errors: every [`FetchError`] passes through the request's
+//!   [`Redactor`](crate::redact::Redactor) and the OAuth2 token it used, so an API
+//!   echoing the credential in a 401 body does not put it in logs and `last_error`.
+//! - A UTF-8 byte order mark before a JSON body is dropped (RFC 8259 §8.1 lets
+//!   parsers ignore it; Windows tools and some .NET APIs write one).
 
 mod auth;
 mod command;
@@ -26,10 +35,14 @@ use reqwest::header::{
 use reqwest::{StatusCode, Url};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::config::{redact_url, HttpRequest, Source};
+use crate::config::{redact_url, Format, HttpRequest, Source};
 use crate::deliver::retry::parse_retry_after;
 use crate::deliver::{describe_send_error, user_agent, Peer};
+use crate::redact::Redactor;
 use auth::Tokens;
+
+/// Redirects followed in one request at most.
+const MAX_REDIRECTS: usize = 5;
 
 /// Requests in flight to one host at once unless `max_per_host` says otherwise.
 pub const DEFAULT_MAX_PER_HOST: usize = 4;
@@ -66,6 +79,47 @@ pub enum FetchError {
 }
 
 impl FetchError {
+    /// The error with every secret `r` knows replaced, in every field.
+    fn redacted(self, r: &Redactor) -> FetchError {
+        if r.is_empty() {
+            return self;
+        }
+        match self {
+            FetchError::Request {
+                method,
+                url,
+                detail,
+            } => FetchError::Request {
+                method,
+                url: r.redact(&url),
+                detail: r.redact(&detail),
+            },
+            FetchError::Status {
+                method,
+                url,
+                status,
+                body,
+                retry_after,
+            } => FetchError::Status {
+                method,
+                url: r.redact(&url),
+                status,
+                body: r.redact(&body),
+                retry_after,
+            },
+            FetchError::TooLarge { method, url, limit } => FetchError::TooLarge {
+                method,
+                url: r.redact(&url),
+                limit,
+            },
+            FetchError::Token { url, detail } => FetchError::Token {
+                url: r.redact(&url),
+                detail: r.redact(&detail),
+            },
+            FetchError::Command(text) => FetchError::Command(r.redact(&text)),
+        }
+    }
+
     /// The wait a 429 or 503 asked for, if any.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
@@ -182,12 +236,36 @@ impl Fetcher {
         source: &Source,
         argv: &[String],
     ) -> Result<Vec<u8>, FetchError> {
-        command::run(argv, source.timeout, source.max_body).await
+        let out = command::run(argv, source.timeout, source.max_body).await?;
+        Ok(without_bom(source, out))
     }
 
     /// One page of an HTTP source's request `req`: `url` (the first page's, or one
-    /// pagination found), with `validators` sent as conditions when given.
+    /// pagination found), with `validators` sent as conditions when given. Errors have
+    /// the request's secrets, and the OAuth2 token it used, replaced.
     pub async fn fetch(
+        &self,
+        source: &Source,
+        req: &HttpRequest,
+        url: &Url,
+        validators: Option<&Validators>,
+    ) -> Result<Page, FetchError> {
+        match self.fetch_page(source, req, url, validators).await {
+            Ok(Page::Body {
+                body,
+                next,
+                validators,
+            }) => Ok(Page::Body {
+                body: without_bom(source, body),
+                next,
+                validators,
+            }),
+            Ok(page) => Ok(page),
+            Err(e) => Err(e.redacted(&self.redactor(source, req))),
+        }
+    }
+
+    async fn fetch_page(
         &self,
         source: &Source,
         req: &HttpRequest,
@@ -200,7 +278,7 @@ impl Fetcher {
             resp = self.send(source, req, url, validators, true).await?;
         }
         let method = req.method.to_string();
-        let shown = redact_url(url);
+        let shown = shown_url(req, url);
         let status = resp.status();
         if status == StatusCode::NOT_MODIFIED && validators.is_some() {
             return Ok(Page::NotModified);
@@ -220,7 +298,7 @@ impl Fetcher {
                 method,
                 url: shown,
                 status: status.as_u16(),
-                body: snippet(&mut resp).await,
+                body: snippet(&mut resp, &self.redactor(source, req)).await,
                 retry_after,
             });
         }
@@ -232,6 +310,13 @@ impl Fetcher {
             next,
             validators: found,
         })
+    }
+
+    /// The secrets of `req`, and the OAuth2 access token `source` holds now (the one
+    /// the request used, even if it was fetched for this request).
+    fn redactor(&self, source: &Source, req: &HttpRequest) -> Redactor {
+        req.redactor
+            .with(self.shared.tokens.access_token(&source.name))
     }
 
     async fn send(
@@ -271,7 +356,7 @@ impl Fetcher {
         }
         builder.send().await.map_err(|e| FetchError::Request {
             method: req.method.to_string(),
-            url: redact_url(url),
+            url: shown_url(req, url),
             detail: describe_send_error(
                 &e,
                 source.timeout,
@@ -283,19 +368,47 @@ impl Fetcher {
     }
 }
 
+/// How `url` is shown: the config's template for the request's own URL, else (a
+/// later page) without credentials and query; the redactor takes any `${VAR}` value
+/// out of a page's path.
+fn shown_url(req: &HttpRequest, url: &Url) -> String {
+    if *url == req.url {
+        req.display_url.clone()
+    } else {
+        redact_url(url)
+    }
+}
+
+/// `body` without a leading UTF-8 byte order mark, for JSON sources.
+fn without_bom(source: &Source, mut body: Vec<u8>) -> Vec<u8> {
+    if source.format == Format::Json && body.starts_with(b"\xEF\xBB\xBF") {
+        body.drain(..3);
+    }
+    body
+}
+
+/// Characters of an error response's body shown at most.
+const SNIPPET: usize = 200;
+
 /// A little of an error response's body, which often says why ("rate limit
-/// exceeded"); never more than that, and no control characters.
-async fn snippet(resp: &mut reqwest::Response) -> String {
+/// exceeded"); never more than that, no control characters, and no known secret: an
+/// API may echo the credential it rejected.
+async fn snippet(resp: &mut reqwest::Response, redactor: &Redactor) -> String {
+    // Read past the cut by the longest secret, so a secret that starts before the cut
+    // is whole when it is replaced, not cut to a prefix that would stay visible.
+    let read = SNIPPET + redactor.longest();
     let mut snippet = Vec::new();
-    while snippet.len() < 200 {
+    while snippet.len() < read {
         match resp.chunk().await {
             Ok(Some(c)) => snippet.extend_from_slice(&c),
             _ => break,
         }
     }
-    snippet.truncate(200);
-    let text: String = String::from_utf8_lossy(&snippet)
+    snippet.truncate(read);
+    let text: String = redactor
+        .redact(&String::from_utf8_lossy(&snippet))
         .chars()
+        .take(SNIPPET)
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
     let text = text.trim();
@@ -398,12 +511,52 @@ fn split_links(text: &str) -> Vec<&str> {
     out
 }
 
-/// Every source client has the same settings; only the trusted roots differ.
+/// Every source client has the same settings; only the trusted roots differ. The
+/// OAuth2 token requests use the same clients, so the same redirect rule.
 fn client_builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .gzip(true)
-        .redirect(reqwest::redirect::Policy::limited(5))
+        // A Referer would carry the URL, query (api_key=…) and all, to the next server.
+        .referer(false)
+        .redirect(same_origin_redirects())
+}
+
+/// A redirect to another origin than the request's, refused.
+#[derive(Debug, thiserror::Error)]
+#[error("redirected from {from} to another origin, {to}; pollhook follows redirects only within the origin it asked (scheme, host and port), so the source's credentials never go elsewhere: point url at the final location")]
+struct CrossOriginRedirect {
+    from: String,
+    to: String,
+}
+
+/// More redirects than [`MAX_REDIRECTS`].
+#[derive(Debug, thiserror::Error)]
+#[error("more than {MAX_REDIRECTS} redirects; point url at the final location")]
+struct TooManyRedirects;
+
+/// Follows a redirect only within the origin of the first URL, at most
+/// [`MAX_REDIRECTS`] times. reqwest drops `Authorization` on a redirect to another
+/// host, but not `X-Api-Key`, `Private-Token` or the query, so other origins are not
+/// followed at all.
+fn same_origin_redirects() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let Some(first) = attempt.previous().first() else {
+            return attempt.follow();
+        };
+        let (from, to) = (first.origin(), attempt.url().origin());
+        if from != to {
+            let e = CrossOriginRedirect {
+                from: from.ascii_serialization(),
+                to: to.ascii_serialization(),
+            };
+            return attempt.error(e);
+        }
+        if attempt.previous().len() > MAX_REDIRECTS {
+            return attempt.error(TooManyRedirects);
+        }
+        attempt.follow()
+    })
 }
 
 #[cfg(test)]

@@ -210,6 +210,11 @@ url = "http://127.0.0.1:1/items"
 interval = "200ms"
 items = "/items"
 auth = {{ oauth2 = {{ token_url = "http://127.0.0.1:1/token", client_id = "id", client_secret = "oauth-secret-8642" }} }}
+
+[sources.bot]
+url = "http://127.0.0.1:1/bot${{BOT_TOKEN}}/getUpdates"
+interval = "200ms"
+items = "/result"
 "#,
         rx = h.rx.url(),
         file = secret_file.display().to_string(),
@@ -219,6 +224,7 @@ auth = {{ oauth2 = {{ token_url = "http://127.0.0.1:1/token", client_id = "id", 
     let envs = [
         ("API_TOKEN", "env-token-1234"),
         ("STRIPE_SECRET", "stripe-secret-5678"),
+        ("BOT_TOKEN", "123456:bot-token-ABC"),
     ];
     let mut d = Daemon::start(&config, &h.dir.path().join("run.log"), &envs);
     // Source s's baseline is committed (other sources poll the same API, so counting
@@ -241,6 +247,10 @@ auth = {{ oauth2 = {{ token_url = "http://127.0.0.1:1/token", client_id = "id", 
     let log = d.log();
     assert!(log.contains("poll failed"), "{log}");
     assert!(log.contains("OAuth2 token request failed"), "{log}");
+    // A token in a URL's path: the URL is shown as written.
+    let template = "http://127.0.0.1:1/bot${BOT_TOKEN}/getUpdates";
+    assert!(log.contains(template), "{log}");
+    assert!(check_out.contains(template), "{check_out}");
     for secret in [
         SECRET,
         "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
@@ -252,6 +262,7 @@ auth = {{ oauth2 = {{ token_url = "http://127.0.0.1:1/token", client_id = "id", 
         "query-secret-2468",
         "basic-secret-1357",
         "oauth-secret-8642",
+        "bot-token-ABC",
     ] {
         assert!(!log.contains(secret), "{secret} in the log:\n{log}");
         assert!(

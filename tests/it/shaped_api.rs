@@ -1,7 +1,8 @@
 //! An API on 127.0.0.1 that behaves like the awkward real ones, for `sources.rs`:
 //! paginated in each style, conditional (ETag / Last-Modified, counting 304s),
 //! authenticated (bearer, basic, OAuth2 with a token endpoint whose tokens expire fast),
-//! rate limited (429 with Retry-After), feeds, POST bodies, and a request log to check
+//! rate limited (429 with Retry-After), feeds, POST bodies, redirects, a 401 that echoes
+//! the credentials it got, JSON behind a byte order mark, and a request log to check
 //! what pollhook sent.
 
 use std::collections::BTreeMap;
@@ -53,6 +54,8 @@ struct ApiState {
     /// Requests in flight to `/slow`, and the most at once.
     in_flight: usize,
     max_in_flight: usize,
+    /// Where `/moved` redirects to (302).
+    redirect_to: String,
 }
 
 #[derive(Clone)]
@@ -119,6 +122,11 @@ impl ShapedApi {
 
     pub fn bump_version(&self) {
         self.lock().version += 1;
+    }
+
+    /// `/moved` answers 302 with `Location: location`.
+    pub fn redirect(&self, location: &str) {
+        self.lock().redirect_to = location.to_string();
     }
 
     pub fn set_feed(&self, content_type: &str, body: &str) {
@@ -290,9 +298,37 @@ async fn route(
                 .insert("last-modified", modified.parse().unwrap());
             r
         }
-        "/feed" => (
+        p if p == "/feed" || p.starts_with("/feeds/") => (
             [(axum::http::header::CONTENT_TYPE, s.feed.0.clone())],
             s.feed.1.clone(),
+        )
+            .into_response(),
+        "/moved" => (
+            StatusCode::FOUND,
+            [(axum::http::header::LOCATION, s.redirect_to.clone())],
+        )
+            .into_response(),
+        // What careless APIs do: a 401 that quotes the credentials it rejected.
+        "/echo" => {
+            let header = |name: &str| {
+                headers
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string()
+            };
+            let body = format!(
+                "invalid credentials: Authorization: {}; X-Api-Key: {}; api_key={}",
+                header("authorization"),
+                header("x-api-key"),
+                query.get("api_key").cloned().unwrap_or_default()
+            );
+            (StatusCode::UNAUTHORIZED, body).into_response()
+        }
+        // Windows tools and some .NET APIs start JSON with a UTF-8 byte order mark.
+        "/bom" => (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            format!("\u{feff}{}", json!({"items": s.items.clone()})),
         )
             .into_response(),
         "/limited" => match s.rate_limited {

@@ -597,3 +597,217 @@ async fn after_a_forget_the_next_request_is_not_conditional() {
     assert!(last.headers.get("if-none-match").is_none());
     assert_eq!(ids(&store).len(), 1);
 }
+
+/// The `link` of every stored item, by id.
+fn links(store: &SharedStore) -> std::collections::BTreeMap<String, String> {
+    store
+        .snapshot("s")
+        .unwrap()
+        .into_iter()
+        .map(|(id, seen)| {
+            let item: serde_json::Value = serde_json::from_slice(&seen.raw).unwrap();
+            (id, item["link"].as_str().unwrap_or("").to_string())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn relative_feed_links_resolve_against_xml_base_and_the_feed_url() {
+    let s = setup().await;
+    let api = format!("http://{}", s.api.addr);
+    let c = config(
+        &s.h,
+        &format!("url = \"{api}/feeds/atomrel?key=k\"\nformat = \"feed\""),
+    );
+    let store: SharedStore = Arc::new(SledStore::open(&s.h.state_dir()).unwrap());
+    s.api.set_feed(
+        "application/atom+xml",
+        r#"<feed xmlns="http://www.w3.org/2005/Atom"><title>t</title><id>urn:f</id>
+<entry><id>urn:1</id><title>1</title><link href="posts/1.html"/></entry>
+<entry xml:base="/sub/dir/"><id>urn:2</id><title>2</title><link href="posts/2.html"/></entry>
+<entry><title>no id</title><link href="/posts/3.html"/></entry>
+</feed>"#,
+    );
+    poll(&c, &store).await.unwrap();
+    let got = links(&store);
+    assert_eq!(got["urn:1"], format!("{api}/feeds/posts/1.html"), "{got:?}");
+    assert_eq!(
+        got["urn:2"],
+        format!("{api}/sub/dir/posts/2.html"),
+        "{got:?}"
+    );
+    let third = format!("{api}/posts/3.html");
+    assert_eq!(
+        got.get(&third),
+        Some(&third),
+        "the id is the resolved link: {got:?}"
+    );
+    drop(store);
+
+    // RSS and JSON Feed links resolve against the feed's URL too.
+    for (content_type, doc) in [
+        (
+            "application/rss+xml",
+            r#"<rss version="2.0"><channel><title>t</title><item><guid>urn:1</guid><link>posts/1.html</link></item></channel></rss>"#,
+        ),
+        (
+            "application/feed+json",
+            r#"{"version": "https://jsonfeed.org/version/1.1", "title": "t", "items": [{"id": "urn:1", "url": "posts/1.html"}]}"#,
+        ),
+    ] {
+        std::fs::remove_dir_all(s.h.state_dir()).unwrap();
+        let store: SharedStore = Arc::new(SledStore::open(&s.h.state_dir()).unwrap());
+        s.api.set_feed(content_type, doc);
+        poll(&c, &store).await.unwrap();
+        assert_eq!(
+            links(&store)["urn:1"],
+            format!("{api}/feeds/posts/1.html"),
+            "{content_type}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn redirects_stay_on_their_origin_and_send_no_referer() {
+    let s = setup().await;
+    let servers = CancellationToken::new();
+    let _servers = servers.clone().drop_guard();
+    let elsewhere = ShapedApi::start(servers).await;
+    s.api.set_items(0..2, 1);
+    elsewhere.set_items(0..2, 1);
+    let (here, there) = (
+        format!("http://{}", s.api.addr),
+        format!("http://{}", elsewhere.addr),
+    );
+    let store: SharedStore = Arc::new(SledStore::open(&s.h.state_dir()).unwrap());
+
+    // To another origin (another port): refused, and the other server sees nothing.
+    s.api.redirect(&format!("{there}/bearer"));
+    let c = config(
+        &s.h,
+        &format!(
+            "url = \"{here}/moved\"\nitems = \"/items\"\nquery = {{ api_key = \"query-key-1\" }}\nheaders = {{ X-Api-Key = \"header-key-2\", Private-Token = \"private-3\" }}\nauth = {{ bearer = \"{BEARER}\" }}"
+        ),
+    );
+    let err = poll(&c, &store).await.unwrap_err();
+    assert!(
+        err.contains(&format!(
+            "redirected from {here} to another origin, {there}"
+        )) && err.contains("point url at the final location"),
+        "{err}"
+    );
+    assert!(elsewhere.log().is_empty(), "{:#?}", elsewhere.log());
+
+    // The OAuth2 token request follows the same rule.
+    let oauth = config(
+        &s.h,
+        &format!(
+            "url = \"{here}/oauth-items\"\nitems = \"/items\"\n[sources.s.auth]\noauth2 = {{ token_url = \"{here}/moved\", client_id = \"pollhook-client\", client_secret = \"s3cr3t-client-secret\", scopes = [\"read\", \"items\"] }}"
+        ),
+    );
+    let err = poll(&oauth, &store).await.unwrap_err();
+    assert!(err.contains("to another origin"), "{err}");
+    assert!(elsewhere.log().is_empty(), "{:#?}", elsewhere.log());
+
+    // Within the origin: followed, credentials kept, and no Referer.
+    s.api.redirect("/bearer");
+    let r = poll(&c, &store).await.unwrap();
+    assert_eq!(r.items, 2);
+    let landed = s
+        .api
+        .log()
+        .into_iter()
+        .find(|l| l.path == "/bearer")
+        .unwrap();
+    assert_eq!(landed.headers["x-api-key"], "header-key-2");
+    assert!(
+        landed.headers.get("referer").is_none(),
+        "{:?}",
+        landed.headers
+    );
+}
+
+#[tokio::test]
+async fn credentials_an_api_echoes_are_redacted_from_errors() {
+    use base64::Engine;
+    let s = setup().await;
+    let api = format!("http://{}", s.api.addr);
+    let store: SharedStore = Arc::new(SledStore::open(&s.h.state_dir()).unwrap());
+    let b64 = |t: &str| base64::engine::general_purpose::STANDARD.encode(t);
+    let cases = [
+        (
+            "bearer, header and query key",
+            format!("url = \"{api}/echo\"\nitems = \"/items\"\nquery = {{ api_key = \"${{API_KEY}}\" }}\nheaders = {{ X-Api-Key = \"header-key-5678\" }}\nauth = {{ bearer_env = \"TOKEN\" }}"),
+            vec!["bearer-token-1234".to_string(), "query-key-9012".into(), "header-key-5678".into()],
+        ),
+        (
+            "basic",
+            format!("url = \"{api}/echo\"\nitems = \"/items\"\nauth = {{ basic = {{ username = \"alice\", password = \"basic-pass-3456\" }} }}"),
+            vec!["basic-pass-3456".to_string(), b64("alice:basic-pass-3456")],
+        ),
+        (
+            "oauth2",
+            format!("url = \"{api}/echo\"\nitems = \"/items\"\n[sources.s.auth]\noauth2 = {{ token_url = \"{api}/token\", client_id = \"pollhook-client\", client_secret = \"s3cr3t-client-secret\", scopes = [\"read\", \"items\"] }}"),
+            // The shaped API's tokens are tok-<n>, n counting token requests.
+            vec!["tok-".to_string()],
+        ),
+    ];
+    let env = [
+        ("TOKEN", "bearer-token-1234"),
+        ("API_KEY", "query-key-9012"),
+    ];
+    for (what, table, secrets) in cases {
+        let c = config_with_env(&s.h, &table, &env);
+        let err = poll(&c, &store).await.unwrap_err();
+        assert!(
+            err.contains("HTTP 401") && err.contains("<redacted>"),
+            "{what}: {err}"
+        );
+        for secret in &secrets {
+            assert!(!err.contains(secret.as_str()), "{what}: {secret} in {err}");
+        }
+    }
+    // The API did see the credentials (the test checks what pollhook hides).
+    let echo = s.api.log().into_iter().find(|l| l.path == "/echo").unwrap();
+    assert_eq!(echo.headers["authorization"], "Bearer bearer-token-1234");
+}
+
+#[tokio::test]
+async fn a_byte_order_mark_before_json_is_skipped() {
+    let s = setup().await;
+    s.api.set_items(0..3, 1);
+    let api = format!("http://{}", s.api.addr);
+    let file = s.h.dir.path().join("bom.json");
+    std::fs::write(&file, "\u{feff}{\"items\": [{\"id\": 1}]}").unwrap();
+    for (what, table, items) in [
+        // Extracted while parsing.
+        (
+            "streamed",
+            format!("url = \"{api}/bom\"\nitems = \"/items\""),
+            3,
+        ),
+        // Parsed whole, for the transform.
+        (
+            "parsed whole",
+            format!("url = \"{api}/bom\"\nitems = \"/items\"\ntransform = \".\""),
+            3,
+        ),
+        (
+            "a command's output",
+            format!(
+                "command = [\"/bin/cat\", \"{}\"]\nitems = \"/items\"",
+                file.display()
+            ),
+            1,
+        ),
+    ] {
+        let store: SharedStore = Arc::new(SledStore::open(&s.h.state_dir()).unwrap());
+        let c = config(&s.h, &table);
+        let r = poll(&c, &store)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(r.items, items, "{what}");
+        drop(store);
+        std::fs::remove_dir_all(s.h.state_dir()).unwrap();
+    }
+}
