@@ -23,10 +23,16 @@ fn main() -> ExitCode {
     }
     match pollhook::limits::raise_open_files() {
         Ok(Some((before, now))) if now > before => {
-            tracing::debug!(before, now, "raised the open-files limit (RLIMIT_NOFILE) to its hard limit");
+            tracing::debug!(
+                before,
+                now,
+                "raised the open-files limit (RLIMIT_NOFILE) to its hard limit"
+            );
         }
         Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit (RLIMIT_NOFILE); with many connections, polls may fail with \"Too many open files\""),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot raise the open-files limit (RLIMIT_NOFILE); with many connections, polls may fail with \"Too many open files\"")
+        }
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

@@ -59,7 +59,14 @@ fn refusal(a: &Admin, req: &Request) -> Option<ApiError> {
     }
     let config = a.handle.config();
     let local = req.extensions().get::<LocalAddr>().map(|l| l.0.ip());
-    let allowed = |host: &str| host_allowed(host, local, config.admin_listen, &config.admin_allowed_hosts);
+    let allowed = |host: &str| {
+        host_allowed(
+            host,
+            local,
+            config.admin_listen,
+            &config.admin_allowed_hosts,
+        )
+    };
     let hosts = req
         .headers()
         .get(header::HOST)
@@ -97,7 +104,9 @@ fn refusal(a: &Admin, req: &Request) -> Option<ApiError> {
     }
     if !matches!(*req.method(), Method::GET | Method::HEAD) {
         let has_body = req.body().size_hint().exact() != Some(0);
-        if let Some(e) = content_type_refusal(req.method(), req.uri().path(), req.headers(), has_body) {
+        if let Some(e) =
+            content_type_refusal(req.method(), req.uri().path(), req.headers(), has_body)
+        {
             return Some(e);
         }
     }

@@ -108,10 +108,8 @@ pub async fn serve_with(
     }
     drop(listener);
     // Connections saw `stop` too: idle ones are closed, busy ones finish their request.
-    let drained = tokio::time::timeout(grace, async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
+    let drained =
+        tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
     if drained.is_err() {
         tracing::warn!(
             connections = tasks.len(),

@@ -149,14 +149,19 @@ impl Validator<'_> {
 
     fn name(&mut self, key: &KeyPath, name: &str) {
         if !valid_name(name) {
-            self.problem(key, format!("{NAME_RULE} (they appear in event types and database keys)"));
+            self.problem(
+                key,
+                format!("{NAME_RULE} (they appear in event types and database keys)"),
+            );
         }
     }
 
     /// `[admin] allowed_hosts`: host names (or IP addresses) a proxy in front of the admin
     /// API forwards as `Host`, lowercased; no scheme, port or path.
     fn admin_allowed_hosts(&mut self, admin: Option<&raw::RawAdmin>) -> Vec<String> {
-        let hosts = admin.and_then(|a| a.allowed_hosts.as_deref()).unwrap_or_default();
+        let hosts = admin
+            .and_then(|a| a.allowed_hosts.as_deref())
+            .unwrap_or_default();
         let key = KeyPath::root().key("admin").key("allowed_hosts");
         let mut out = Vec::new();
         for host in hosts {
