@@ -15,10 +15,11 @@
 //! bad query) included, is `{"error": "…"}`. Names in paths and queries follow the
 //! config's name rule ([`crate::config::valid_name`]) or get a 400 before anything else.
 //!
-//! The API has no authentication, so it keeps web pages out ([`guard`]): a request must
-//! name an allowed `Host`, carry no foreign `Origin`, and send JSON if it sends a body.
-//! [`server`] accepts its connections: at most a few hundred at once, idle ones closed,
-//! so that no client can take the descriptors polls and deliveries need.
+//! The API has no authentication, so it keeps web pages out (`guard.rs`): a request
+//! must name an allowed `Host`, carry no foreign `Origin`, and send JSON if it sends a
+//! body. `server.rs` accepts its connections: at most a few hundred at once, idle ones
+//! closed, so that no client can take the descriptors polls and deliveries need.
+//! `dry_run.rs` streams dry runs, one per source at a time.
 //!
 //! Store calls run on blocking threads; a failing request is an error response, never
 //! a stopped server.

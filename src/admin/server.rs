@@ -92,9 +92,32 @@ pub async fn serve_with(
                 }
             },
         };
-        let Some(conn) = open.admit() else {
+        let mut admission = open.admit();
+        // Connections closed to make room take a moment to go (a burst of new ones
+        // outruns them): wait for them a little rather than refuse.
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while matches!(admission, Admission::Full) && Instant::now() < deadline {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+            }
+            admission = open.admit();
+        }
+        let conn = match admission {
+            Admission::Admitted(conn) => conn,
             // Dropped: closed at once, its descriptor freed.
-            continue;
+            Admission::Busy => {
+                open.lock()
+                    .refused(open.max, "every connection is busy with a request");
+                continue;
+            }
+            Admission::Full => {
+                open.lock().refused(
+                    open.max,
+                    "connections closed to make room have not gone yet",
+                );
+                continue;
+            }
         };
         let local = stream.local_addr().ok();
         tasks.spawn(connection(
@@ -211,9 +234,13 @@ impl Connections {
     }
 
     /// Room for a new connection: made by closing the longest-idle one if needed.
-    /// `None` if every connection is busy.
-    fn admit(self: &Arc<Self>) -> Option<Conn> {
+    fn admit(self: &Arc<Self>) -> Admission {
         let mut r = self.lock();
+        // Connections asked to close hold a descriptor until they do: at most as many
+        // again as the limit.
+        if r.open.len() >= 2 * self.max {
+            return Admission::Full;
+        }
         let counted = r.open.values().filter(|e| !e.closing).count();
         if counted >= self.max {
             let idlest = r
@@ -226,17 +253,8 @@ impl Connections {
                     e.closing = true;
                     e.close.cancel();
                 }
-                None => {
-                    r.refused(self.max);
-                    return None;
-                }
+                None => return Admission::Busy,
             }
-        }
-        // Connections asked to close hold a descriptor until they do: at most as many
-        // again.
-        if r.open.len() >= 2 * self.max {
-            r.refused(self.max);
-            return None;
         }
         let id = r.next_id;
         r.next_id += 1;
@@ -250,7 +268,7 @@ impl Connections {
                 close: close.clone(),
             },
         );
-        Some(Conn {
+        Admission::Admitted(Conn {
             id,
             close,
             registry: self.clone(),
@@ -258,9 +276,18 @@ impl Connections {
     }
 }
 
+/// Whether a new connection may stay.
+enum Admission {
+    Admitted(Conn),
+    /// Every connection has a request in progress.
+    Busy,
+    /// Too many connections are still closing.
+    Full,
+}
+
 impl Registry {
     /// Counts a connection refused for lack of room; warns at most every 10 s.
-    fn refused(&mut self, limit: usize) {
+    fn refused(&mut self, limit: usize, why: &str) {
         self.refused += 1;
         let now = Instant::now();
         if self
@@ -270,7 +297,8 @@ impl Registry {
             tracing::warn!(
                 refused = self.refused,
                 limit,
-                "admin API connections refused: every connection is busy with a request"
+                why,
+                "admin API connections refused at once: no room"
             );
             self.last_warning = Some(now);
             self.refused = 0;

@@ -263,6 +263,18 @@ async fn errors_of_the_server_itself_are_json_too() {
 
     let (status, message) = error_of(c.get(format!("{base}/v1/deliveries/replay"))).await;
     assert_eq!(status, 405, "{message}");
+    let r = c
+        .get(format!("{base}/v1/deliveries/replay"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.headers()
+            .get("allow")
+            .map(|v| v.to_str().unwrap().to_string()),
+        Some("POST".to_string()),
+        "the 405 says what is allowed"
+    );
     let (status, message) = error_of(c.delete(format!("{base}/healthz"))).await;
     assert_eq!(status, 405, "{message}");
     h.stop().await;
@@ -427,20 +439,28 @@ async fn beyond_the_connection_limit_the_idlest_connection_makes_room() {
     let a = addr.clone();
     let (closed, _idle) = tokio::task::spawn_blocking(move || {
         let mut idle: Vec<TcpStream> = (0..20).map(|_| TcpStream::connect(&a).unwrap()).collect();
-        // The server holds 8: the 12 oldest are closed, and at once.
-        let closed = idle
+        // The server holds 8: the 12 oldest are closed, at once, and the 8 newest stay.
+        let closed: Vec<bool> = idle
             .iter_mut()
-            .map(|s| closed_within(s, Duration::from_millis(300)))
-            .filter(|&closed| closed)
-            .count();
+            .enumerate()
+            .map(|(i, s)| {
+                let wait = if i < 12 {
+                    WAIT
+                } else {
+                    Duration::from_millis(200)
+                };
+                closed_within(s, wait)
+            })
+            .collect();
         // The rest stay open, held by this test, while it asks something.
         (closed, idle)
     })
     .await
     .unwrap();
-    assert!(
-        closed >= 12,
-        "only {closed} of 20 idle connections closed beyond a limit of 8"
+    let expected: Vec<bool> = (0..20).map(|i| i < 12).collect();
+    assert_eq!(
+        closed, expected,
+        "which of 20 idle connections were closed, oldest first, beyond a limit of 8"
     );
     // And a client that asks something is answered at once.
     let started = Instant::now();
