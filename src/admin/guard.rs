@@ -147,15 +147,15 @@ fn host_allowed(
 ) -> bool {
     let name = split_port(host);
     let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
-    if name == "localhost" || configured.contains(&name) {
-        return true;
-    }
-    let ip = name
+    // An IPv6 address is bracketed in a Host, not in allowed_hosts.
+    let bare = name
         .strip_prefix('[')
         .and_then(|n| n.strip_suffix(']'))
-        .unwrap_or(&name)
-        .parse::<IpAddr>();
-    match ip {
+        .unwrap_or(&name);
+    if bare == "localhost" || configured.iter().any(|c| c == bare) {
+        return true;
+    }
+    match bare.parse::<IpAddr>() {
         Ok(ip) => {
             ip.is_loopback()
                 || Some(ip) == local
@@ -186,7 +186,12 @@ mod tests {
     fn allowed(host: &str) -> bool {
         let local = Some("10.0.0.5".parse().unwrap());
         let listen = Some("0.0.0.0:9187".parse().unwrap());
-        host_allowed(host, local, listen, &["admin.example.com".to_string()])
+        host_allowed(
+            host,
+            local,
+            listen,
+            &["admin.example.com".to_string(), "fd00::5".to_string()],
+        )
     }
 
     #[test]
@@ -203,6 +208,7 @@ mod tests {
             "10.0.0.5:9187",
             "admin.example.com",
             "Admin.Example.com:443",
+            "[fd00::5]:9187",
         ] {
             assert!(allowed(ok), "{ok} should be allowed");
         }
@@ -214,6 +220,7 @@ mod tests {
             "0.0.0.0:9187",
             "10.0.0.6",
             "[::2]:9187",
+            "[fd00::6]",
             "",
             "admin.example.com.evil",
             "\u{fffd}",

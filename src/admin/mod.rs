@@ -168,15 +168,15 @@ impl<S: Send + Sync> FromRequestParts<S> for SourceName {
 }
 
 /// A request body, read within [`BODY_TIMEOUT`] and at most [`MAX_BODY`] bytes.
-struct Body(Bytes);
+struct RequestBody(Bytes);
 
-impl<S: Send + Sync> FromRequest<S> for Body {
+impl<S: Send + Sync> FromRequest<S> for RequestBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let path = req.uri().path().to_string();
         match tokio::time::timeout(BODY_TIMEOUT, Bytes::from_request(req, state)).await {
-            Ok(Ok(body)) => Ok(Body(body)),
+            Ok(Ok(body)) => Ok(RequestBody(body)),
             Ok(Err(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!(
@@ -293,7 +293,10 @@ async fn deliveries(
     Ok(Json(DeliveriesResponse { deliveries }))
 }
 
-async fn replay(State(a): AdminState, Body(body): Body) -> ApiResult<ops::ReplayResponse> {
+async fn replay(
+    State(a): AdminState,
+    RequestBody(body): RequestBody,
+) -> ApiResult<ops::ReplayResponse> {
     let h = &a.handle;
     let req: ReplayRequest = serde_json::from_slice(&body).map_err(|e| {
         ApiError(
@@ -341,7 +344,7 @@ pub struct PollResponse {
 async fn poll(
     State(a): AdminState,
     SourceName(name): SourceName,
-    Body(body): Body,
+    RequestBody(body): RequestBody,
 ) -> Result<Response, ApiError> {
     let h = &a.handle;
     let req: PollRequest = if body.iter().all(u8::is_ascii_whitespace) {
