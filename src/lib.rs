@@ -29,6 +29,7 @@
 //! - [`admin`]: the admin HTTP API (health, status, replay, poll now) and the store
 //!   operations it shares with the CLI.
 //! - [`metrics`]: the Prometheus metrics `/metrics` serves.
+//! - [`limits`]: the open-files limit, raised at start.
 //! - [`notify`]: the systemd notify protocol (ready, reloading, stopping, watchdog).
 //! - [`cli`], [`demo`]: the command line (daemon and operator commands) and the
 //!   offline demo.
@@ -43,6 +44,7 @@ pub mod diff;
 pub mod event;
 pub mod extract;
 pub mod feed;
+pub mod limits;
 pub mod metrics;
 pub mod notify;
 pub mod poll;

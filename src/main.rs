@@ -21,6 +21,19 @@ fn main() -> ExitCode {
         // Colours only on a terminal: journald and files get plain lines.
         LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
     }
+    match pollhook::limits::raise_open_files() {
+        Ok(Some((before, now))) if now > before => {
+            tracing::debug!(
+                before,
+                now,
+                "raised the open-files limit (RLIMIT_NOFILE) to its hard limit"
+            );
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot raise the open-files limit (RLIMIT_NOFILE); with many connections, polls may fail with \"Too many open files\"")
+        }
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

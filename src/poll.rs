@@ -15,7 +15,7 @@ use reqwest::Url;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::config::{redact_url, Format, Mode, Origin, PageStyle, Pagination, Source};
+use crate::config::{Format, Mode, Origin, PageStyle, Pagination, Source};
 use crate::diff::{ChangeKind, DiffError, Differ};
 use crate::event;
 use crate::extract::{extract_each, Collection, EachError, ExtractError, Item, Kind, Kinds};
@@ -439,7 +439,7 @@ impl Poller {
             pages += 1;
             if !fetched_urls.insert(url.clone()) {
                 return Err(PollError::PageLoop {
-                    url: redact_url(&url),
+                    url: source.location(),
                     page: pages,
                 });
             }
@@ -447,7 +447,7 @@ impl Poller {
             else {
                 // Only a conditional request gets a 304, and pages are never conditional.
                 return Err(PollError::PageLoop {
-                    url: redact_url(&url),
+                    url: source.location(),
                     page: pages,
                 });
             };
@@ -472,7 +472,7 @@ impl Poller {
                 PageStyle::NextUrl(_) => match token {
                     None => None,
                     Some(t) => Some(url.join(&t).map_err(|e| PollError::NextUrl {
-                        url: redact_url(&url),
+                        url: source.location(),
                         page: pages,
                         error: e.to_string(),
                     })?),

@@ -7,19 +7,35 @@
 //! - `GET /v1/sources`, `GET /v1/targets`: status at a glance.
 //! - `GET /v1/deliveries?status=pending|dead&target=&limit=`: the outbox and dead letters.
 //! - `POST /v1/deliveries/replay`: dead deliveries back in the queue.
-//! - `POST /v1/sources/{name}/poll` (`{"dry_run": true}` to commit nothing).
+//! - `POST /v1/sources/{name}/poll` (`{"dry_run": true}` to commit nothing; one dry run
+//!   per source at a time, its answer streamed).
 //! - `DELETE /v1/sources/{name}/state`: what `pollhook forget` does.
+//!
+//! Every error, the server's own (unknown route, wrong method, URI or body too large,
+//! bad query) included, is `{"error": "…"}`. Names in paths and queries follow the
+//! config's name rule ([`crate::config::valid_name`]) or get a 400 before anything else.
+//!
+//! The API has no authentication, so it keeps web pages out (`guard.rs`): a request
+//! must name an allowed `Host`, carry no foreign `Origin`, and send JSON if it sends a
+//! body. `server.rs` accepts its connections: at most a few hundred at once, idle ones
+//! closed, so that no client can take the descriptors polls and deliveries need.
+//! `dry_run.rs` streams dry runs, one per source at a time.
 //!
 //! Store calls run on blocking threads; a failing request is an error response, never
 //! a stopped server.
 
+mod dry_run;
+mod guard;
 pub mod ops;
+mod server;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
@@ -27,30 +43,33 @@ use bytes::Bytes;
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
 use crate::daemon::Handle;
 use crate::poll::PollReport;
 use crate::store::{blocking, Store, StoreError};
 use ops::{DeliveryQuery, ForgetResponse, OpError, ReplayRequest};
+pub use server::{serve, serve_with, Limits};
 
-/// Serves the admin API on `listener` until `stop` is cancelled.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
+/// The largest request body the API reads: its requests are small JSON objects.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// How long a request body may take to arrive once its headers have.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the handlers share: the running daemon, and the dry runs in progress.
+struct Admin {
     handle: Arc<Handle>,
-    stop: CancellationToken,
-) {
-    let app = router(handle);
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await
-    {
-        tracing::error!(error = %e, "the admin API stopped");
-    }
+    dry_runs: dry_run::InProgress,
 }
+
+type AdminState = State<Arc<Admin>>;
 
 /// The routes, for [`serve`] and tests.
 pub fn router(handle: Arc<Handle>) -> Router {
+    let admin = Arc::new(Admin {
+        handle,
+        dry_runs: dry_run::InProgress::default(),
+    });
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
@@ -61,10 +80,19 @@ pub fn router(handle: Arc<Handle>) -> Router {
         .route("/v1/deliveries/replay", post(replay))
         .route("/v1/sources/{name}/poll", post(poll))
         .route("/v1/sources/{name}/state", delete(forget))
-        .with_state(handle)
+        .fallback(not_found)
+        // After the routes: it applies to those already added.
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            admin.clone(),
+            guard::check,
+        ))
+        .with_state(admin)
 }
 
 /// An error response: `{"error": "…"}` with a status that says whose fault it is.
+#[derive(Debug)]
 struct ApiError(StatusCode, String);
 
 impl IntoResponse for ApiError {
@@ -92,6 +120,84 @@ impl From<StoreError> for ApiError {
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
+/// The routes, for the 404 and 405 answers.
+const ROUTES: &str = "GET /healthz, GET /readyz, GET /metrics, GET /v1/sources, GET /v1/targets, GET /v1/deliveries, POST /v1/deliveries/replay, POST /v1/sources/<name>/poll, DELETE /v1/sources/<name>/state";
+
+async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError(
+        StatusCode::NOT_FOUND,
+        format!(
+            "no route {method} {}; the admin API has {ROUTES}",
+            uri.path()
+        ),
+    )
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!(
+            "{method} is not allowed on {} (the Allow header says what is); the admin API has {ROUTES}",
+            uri.path()
+        ),
+    )
+}
+
+/// A source name from the path, checked against the config's name rule.
+struct SourceName(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for SourceName {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(name) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| {
+                ApiError(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "the source name in {} cannot be read: {}",
+                        parts.uri.path(),
+                        e.body_text()
+                    ),
+                )
+            })?;
+        ops::check_name("source", &name)?;
+        Ok(SourceName(name))
+    }
+}
+
+/// A request body, read within [`BODY_TIMEOUT`] and at most [`MAX_BODY`] bytes.
+struct RequestBody(Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RequestBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let path = req.uri().path().to_string();
+        match tokio::time::timeout(BODY_TIMEOUT, Bytes::from_request(req, state)).await {
+            Ok(Ok(body)) => Ok(RequestBody(body)),
+            Ok(Err(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the request body to {path} is over {} KiB; the admin API takes small JSON objects such as {{\"dry_run\": true}}",
+                    MAX_BODY / 1024
+                ),
+            )),
+            Ok(Err(e)) => Err(ApiError(
+                e.status(),
+                format!("the request body to {path} could not be read: {}", e.body_text()),
+            )),
+            Err(_) => Err(ApiError(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body to {path} did not arrive within {BODY_TIMEOUT:?}"
+                ),
+            )),
+        }
+    }
+}
+
 /// Runs an operation on the store off the async workers.
 async fn on_store<T, F>(h: &Handle, f: F) -> Result<T, ApiError>
 where
@@ -105,7 +211,8 @@ where
         .map_err(ApiError::from)
 }
 
-async fn readyz(State(h): State<Arc<Handle>>) -> Response {
+async fn readyz(State(a): AdminState) -> Response {
+    let h = &a.handle;
     if h.is_ready() {
         Json(json!({"status": "ready"})).into_response()
     } else {
@@ -117,7 +224,8 @@ async fn readyz(State(h): State<Arc<Handle>>) -> Response {
     }
 }
 
-async fn metrics(State(h): State<Arc<Handle>>) -> Result<Response, ApiError> {
+async fn metrics(State(a): AdminState) -> Result<Response, ApiError> {
+    let h = &a.handle;
     let stats = blocking(&h.store, |s| s.target_stats()).await?;
     let targets: Vec<String> = h.config().targets.keys().cloned().collect();
     let text = h
@@ -139,7 +247,8 @@ pub struct SourcesResponse {
     pub sources: Vec<crate::daemon::SourceStatus>,
 }
 
-async fn sources(State(h): State<Arc<Handle>>) -> ApiResult<SourcesResponse> {
+async fn sources(State(a): AdminState) -> ApiResult<SourcesResponse> {
+    let h = &a.handle;
     Ok(Json(SourcesResponse {
         sources: h.statuses(),
     }))
@@ -151,9 +260,10 @@ pub struct TargetsResponse {
     pub targets: Vec<ops::TargetView>,
 }
 
-async fn targets(State(h): State<Arc<Handle>>) -> ApiResult<TargetsResponse> {
+async fn targets(State(a): AdminState) -> ApiResult<TargetsResponse> {
+    let h = &a.handle;
     let configured = ops::configured_targets(&h.config());
-    let targets = on_store(&h, move |s| {
+    let targets = on_store(h, move |s| {
         ops::targets(s, &configured, Utc::now().timestamp_millis())
     })
     .await?;
@@ -167,14 +277,27 @@ pub struct DeliveriesResponse {
 }
 
 async fn deliveries(
-    State(h): State<Arc<Handle>>,
-    Query(q): Query<DeliveryQuery>,
+    State(a): AdminState,
+    query: Result<Query<DeliveryQuery>, QueryRejection>,
 ) -> ApiResult<DeliveriesResponse> {
-    let deliveries = on_store(&h, move |s| ops::deliveries(s, &q)).await?;
+    let Query(q) = query.map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "the query string of /v1/deliveries cannot be read ({}); it takes status=pending|dead, target=<name> and limit=<number>",
+                e.body_text()
+            ),
+        )
+    })?;
+    let deliveries = on_store(&a.handle, move |s| ops::deliveries(s, &q)).await?;
     Ok(Json(DeliveriesResponse { deliveries }))
 }
 
-async fn replay(State(h): State<Arc<Handle>>, body: Bytes) -> ApiResult<ops::ReplayResponse> {
+async fn replay(
+    State(a): AdminState,
+    RequestBody(body): RequestBody,
+) -> ApiResult<ops::ReplayResponse> {
+    let h = &a.handle;
     let req: ReplayRequest = serde_json::from_slice(&body).map_err(|e| {
         ApiError(
             StatusCode::BAD_REQUEST,
@@ -183,7 +306,7 @@ async fn replay(State(h): State<Arc<Handle>>, body: Bytes) -> ApiResult<ops::Rep
     })?;
     let configured = ops::configured_targets(&h.config());
     let wakes = h.wakes.clone();
-    let response = on_store(&h, move |s| {
+    let response = on_store(h, move |s| {
         let r = ops::replay(s, &req, &configured, Utc::now().timestamp_millis())?;
         // Woken on the blocking thread, as soon as the replay is stored: a client that
         // hangs up meanwhile must not leave the deliveries waiting for some later wake.
@@ -219,10 +342,11 @@ pub struct PollResponse {
 }
 
 async fn poll(
-    State(h): State<Arc<Handle>>,
-    Path(name): Path<String>,
-    body: Bytes,
-) -> ApiResult<PollResponse> {
+    State(a): AdminState,
+    SourceName(name): SourceName,
+    RequestBody(body): RequestBody,
+) -> Result<Response, ApiError> {
+    let h = &a.handle;
     let req: PollRequest = if body.iter().all(u8::is_ascii_whitespace) {
         PollRequest::default()
     } else {
@@ -243,17 +367,13 @@ async fn poll(
     let wait = running.source.timeout * 2 + Duration::from_secs(30);
     let failed = |e: String| ApiError(StatusCode::BAD_GATEWAY, e);
     if req.dry_run {
-        let (report, events) = running
-            .poller
-            .dry_run(&running.source)
-            .await
-            .map_err(|e| failed(e.to_string()))?;
-        return Ok(Json(PollResponse {
-            source: name,
-            dry_run: true,
-            report,
-            events,
-        }));
+        let Some(slot) = a.dry_runs.start(&name) else {
+            return Err(ApiError(
+                StatusCode::CONFLICT,
+                format!("a dry run of source {name} is already running; wait for its answer, then try again"),
+            ));
+        };
+        return dry_run::respond(&running, slot).await;
     }
     let (tx, rx) = tokio::sync::oneshot::channel();
     match tokio::time::timeout(wait, running.poll_now.send(tx)).await {
@@ -292,15 +412,20 @@ async fn poll(
         dry_run: false,
         report,
         events: Vec::new(),
-    }))
+    })
+    .into_response())
 }
 
-async fn forget(
-    State(h): State<Arc<Handle>>,
-    Path(name): Path<String>,
-) -> ApiResult<ForgetResponse> {
+async fn forget(State(a): AdminState, SourceName(name): SourceName) -> ApiResult<ForgetResponse> {
+    let configured = a.handle.config().sources.contains_key(&name);
     let n = name.clone();
-    let forgotten = on_store(&h, move |s| Ok(s.forget_source(&n)?)).await?;
+    let forgotten = on_store(&a.handle, move |s| Ok(s.forget_source(&n)?)).await?;
+    if !forgotten && !configured {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no source {name} in the running config and no stored state of it: nothing to forget (GET /v1/sources lists the configured sources)"),
+        ));
+    }
     if forgotten {
         tracing::info!(source = %name, "stored state forgotten; its next poll (if configured) is a first poll");
     }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{redact_url, Config};
+use crate::config::Config;
 use crate::store::{Delivery, DeliveryStatus, Store, StoreError};
 
 /// The most deliveries one listing returns.
@@ -73,6 +73,18 @@ pub enum OpError {
     Store(#[from] StoreError),
 }
 
+/// Refuses a `kind` ("source" or "target") name that breaks the config's name rule,
+/// before it reaches the store (whose keys are built from names).
+pub fn check_name(kind: &str, name: &str) -> Result<(), OpError> {
+    if crate::config::valid_name(name) {
+        return Ok(());
+    }
+    Err(OpError::BadRequest(format!(
+        "{name:?} is not a valid {kind} name: {}; check it against the config",
+        crate::config::NAME_RULE
+    )))
+}
+
 /// Pending and/or dead deliveries, oldest first within each.
 pub fn deliveries(store: &dyn Store, q: &DeliveryQuery) -> Result<Vec<DeliveryView>, OpError> {
     let limit = q.limit.unwrap_or(100).min(MAX_LIMIT);
@@ -87,6 +99,9 @@ pub fn deliveries(store: &dyn Store, q: &DeliveryQuery) -> Result<Vec<DeliveryVi
         }
     };
     let target = q.target.as_deref().filter(|t| !t.is_empty());
+    if let Some(t) = target {
+        check_name("target", t)?;
+    }
     let mut out = Vec::new();
     if pending {
         for d in store.outbox(target, limit)? {
@@ -133,6 +148,7 @@ pub fn replay(
 ) -> Result<ReplayResponse, OpError> {
     let target = req.target.as_deref().filter(|t| !t.is_empty());
     if let Some(t) = target {
+        check_name("target", t)?;
         if !configured.contains_key(t) {
             return Err(OpError::BadRequest(format!(
                 "target {t:?} is not in the config; configure it (and reload) before replaying to it"
@@ -205,7 +221,7 @@ pub fn configured_targets(config: &Config) -> BTreeMap<String, String> {
     config
         .targets
         .iter()
-        .map(|(name, t)| (name.clone(), redact_url(&t.url)))
+        .map(|(name, t)| (name.clone(), t.display_url.clone()))
         .collect()
 }
 

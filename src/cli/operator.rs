@@ -141,6 +141,9 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
 
 /// `pollhook deliveries`.
 pub async fn deliveries(config: &Config, q: DeliveryQuery, json: bool) -> anyhow::Result<ExitCode> {
+    if let Some(t) = &q.target {
+        ops::check_name("target", t)?;
+    }
     let backend = Backend::connect(config).await?;
     let list: Vec<DeliveryView> = match &backend {
         Backend::Daemon { .. } => {
@@ -192,6 +195,9 @@ pub async fn deliveries(config: &Config, q: DeliveryQuery, json: bool) -> anyhow
 
 /// `pollhook replay`.
 pub async fn replay(config: &Config, req: ReplayRequest) -> anyhow::Result<ExitCode> {
+    if let Some(t) = &req.target {
+        ops::check_name("target", t)?;
+    }
     let backend = Backend::connect(config).await?;
     let r: ops::ReplayResponse = match &backend {
         Backend::Daemon { .. } => {
@@ -232,6 +238,7 @@ pub async fn replay(config: &Config, req: ReplayRequest) -> anyhow::Result<ExitC
 
 /// `pollhook poll <source> [--dry-run]`.
 pub async fn poll(config: &Config, name: &str, dry_run: bool) -> anyhow::Result<ExitCode> {
+    ops::check_name("source", name)?;
     let Some(source) = config.sources.get(name) else {
         let known: Vec<&str> = config.sources.keys().map(String::as_str).collect();
         bail!(
@@ -379,6 +386,7 @@ impl Drop for TempDir {
 
 /// `pollhook forget <source>`.
 pub async fn forget(config: &Config, name: &str, yes: bool) -> anyhow::Result<ExitCode> {
+    ops::check_name("source", name)?;
     if !yes {
         let configured = if config.sources.contains_key(name) {
             "It is still in the config: its next poll starts over as a first poll."
@@ -404,6 +412,13 @@ pub async fn forget(config: &Config, name: &str, yes: bool) -> anyhow::Result<Ex
         Backend::Store(store) => {
             let n = name.to_string();
             let forgotten = on_store(store, move |s| Ok(s.forget_source(&n)?)).await?;
+            if !forgotten && !config.sources.contains_key(name) {
+                bail!(
+                    "no source {name} in {} and no stored state of it in {}: nothing to forget (is the name right? `pollhook status` lists the sources)",
+                    config.file.display(),
+                    config.state_dir.display()
+                );
+            }
             ForgetResponse {
                 source: name.to_string(),
                 forgotten,

@@ -33,6 +33,7 @@ pub use request::{
     DEFAULT_MAX_PAGES,
 };
 use validate::Validator;
+pub use validate::{valid_name, NAME_RULE};
 pub use values::{display_url, env_values, expand_env, parse_duration, parse_size, redact_url};
 
 /// Default retry delays (Svix's schedule): before attempt 2, 3, … 8.
@@ -63,6 +64,9 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Where the admin API listens (`[admin] listen`); `None` when turned off.
     pub admin_listen: Option<std::net::SocketAddr>,
+    /// Further `Host` names the admin API answers to (`[admin] allowed_hosts`), for a
+    /// reverse proxy in front of it; lowercase. Loopback and the listen address always are.
+    pub admin_allowed_hosts: Vec<String>,
     /// How log lines are written.
     pub log_format: LogFormat,
     /// Polls in flight to one host at once, across sources.

@@ -48,6 +48,7 @@ pub struct RawConfig {
 #[derive(Deserialize, Default)]
 pub struct RawAdmin {
     pub listen: Option<String>,
+    pub allowed_hosts: Option<Vec<String>>,
 }
 
 // No Debug on raw structs: they hold secrets.

@@ -21,6 +21,20 @@ use crate::diff::ChangeKind;
 use crate::schedule::Schedule;
 use crate::sign::{Scheme, Signer};
 
+/// The rule source and target names follow, as an operator reads it.
+pub const NAME_RULE: &str = "names must be 1-64 characters of letters, digits, '_', '-' or '.', starting with a letter or digit";
+
+/// Whether `name` may name a source or target ([`NAME_RULE`]). The admin API and the CLI
+/// check the names they are given against it too, before they reach the store.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
 /// Collects problems while building a [`Config`]; values with problems get placeholders
 /// so validation can go on and find the rest.
 pub(super) struct Validator<'a> {
@@ -63,6 +77,7 @@ impl Validator<'_> {
             ],
         );
         let admin_listen = self.admin_listen(raw.admin.as_ref());
+        let admin_allowed_hosts = self.admin_allowed_hosts(raw.admin.as_ref());
         let max_per_host = match raw.max_per_host {
             None => crate::source::DEFAULT_MAX_PER_HOST,
             Some(n) if (1..=1024).contains(&n) => n as usize,
@@ -105,6 +120,7 @@ impl Validator<'_> {
             state_dir,
             shutdown_grace,
             admin_listen,
+            admin_allowed_hosts,
             log_format,
             max_per_host,
             targets,
@@ -133,15 +149,36 @@ impl Validator<'_> {
     }
 
     fn name(&mut self, key: &KeyPath, name: &str) {
-        let ok = !name.is_empty()
-            && name.len() <= 64
-            && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-        if !ok {
-            self.problem(key, "names must be 1-64 characters of letters, digits, '_', '-' or '.', starting with a letter or digit (they appear in event types and database keys)");
+        if !valid_name(name) {
+            self.problem(
+                key,
+                format!("{NAME_RULE} (they appear in event types and database keys)"),
+            );
         }
+    }
+
+    /// `[admin] allowed_hosts`: host names (or IP addresses) a proxy in front of the admin
+    /// API forwards as `Host`, lowercased; no scheme, port or path.
+    fn admin_allowed_hosts(&mut self, admin: Option<&raw::RawAdmin>) -> Vec<String> {
+        let hosts = admin
+            .and_then(|a| a.allowed_hosts.as_deref())
+            .unwrap_or_default();
+        let key = KeyPath::root().key("admin").key("allowed_hosts");
+        let mut out = Vec::new();
+        for host in hosts {
+            let ok = !host.is_empty()
+                && host.len() <= 253
+                && (host.parse::<std::net::IpAddr>().is_ok()
+                    || host
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.')));
+            if ok {
+                out.push(host.to_ascii_lowercase());
+            } else {
+                self.problem(&key, format!("{host:?} is not a host name such as \"admin.example.com\" (no scheme, port or path: the Host header's port is not compared)"));
+            }
+        }
+        out
     }
 
     /// One of a few words: `options` are (word, value, what it means); the first is the

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use crate::support::{accepted, free_port, wait_for, with_admin, Harness, WAIT};
 
 /// A harness daemon with its admin API on a free port; returns the API's base URL.
-async fn start(h: &mut Harness, config_text: &str) -> String {
+pub(crate) async fn start(h: &mut Harness, config_text: &str) -> String {
     let port = free_port();
     let config = h.write_config(&with_admin(config_text, port));
     h.start(config);
@@ -29,18 +29,18 @@ async fn start(h: &mut Harness, config_text: &str) -> String {
     }
 }
 
-async fn get(url: String) -> (u16, String) {
+pub(crate) async fn get(url: String) -> (u16, String) {
     let r = reqwest::get(&url).await.unwrap();
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
-async fn get_json(url: String) -> Value {
+pub(crate) async fn get_json(url: String) -> Value {
     let (status, body) = get(url.clone()).await;
     assert_eq!(status, 200, "{url}: {body}");
     serde_json::from_str(&body).unwrap()
 }
 
-async fn post(url: String, body: Value) -> (u16, Value) {
+pub(crate) async fn post(url: String, body: Value) -> (u16, Value) {
     let r = reqwest::Client::new()
         .post(&url)
         .header("content-type", "application/json")

@@ -4,6 +4,8 @@
 //!
 //! - `support`: the harness (servers, config, daemon start/stop).
 //! - `admin`: the admin API: health, status, metrics, replay, poll now, dry runs.
+//! - `admin_hostile`: the admin API against hostile clients: bad names, web pages,
+//!   idle connections, its own errors, concurrent dry runs.
 //! - `flow`: baseline, created/updated/deleted, ignored fields, event filters.
 //! - `delivery`: retries keep one id, per-item order, isolation, 410, dead letters.
 //! - `faults`: failed polls change nothing (no false deletions), body cap.
@@ -16,6 +18,7 @@
 //!   `check` and the demo.
 
 mod admin;
+mod admin_hostile;
 mod delivery;
 mod faults;
 mod flow;
