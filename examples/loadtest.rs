@@ -249,15 +249,17 @@ impl Bridge {
     /// Polls once; returns the committed event ids and the instant the commit landed.
     async fn poll(&self) -> Result<(Vec<String>, Instant)> {
         let source = &self.config.sources["s"];
-        let plan = self.poller.plan(source, chrono::Utc::now()).await?;
-        let ids: Vec<String> = plan
-            .commit
-            .events
-            .iter()
-            .map(|(e, _)| e.id.clone())
-            .collect();
+        let mut plan = self.poller.plan(source, chrono::Utc::now()).await?;
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.commit_poll(plan.commit)).await??;
+        let ids = tokio::task::spawn_blocking(move || -> Result<Vec<String>> {
+            let mut ids = Vec::new();
+            while let Some(commit) = plan.next_commit()? {
+                ids.extend(commit.events.iter().map(|(e, _)| e.id.clone()));
+                store.commit_poll(commit)?;
+            }
+            Ok(ids)
+        })
+        .await??;
         let at = Instant::now();
         self.wake.notify_one();
         Ok((ids, at))
@@ -417,9 +419,9 @@ async fn large_poll(n: usize) -> Result<()> {
     let whole_poll = |body: &Bytes| -> Result<(f64, usize)> {
         let t = Instant::now();
         let plan = plan_response(&*store, &source, body, chrono::Utc::now())?;
-        let writes =
-            plan.commit.upserts.len() + plan.commit.removals.len() + plan.commit.events.len();
-        store.commit_poll(plan.commit)?;
+        let r = &plan.report;
+        let writes = r.created + r.updated + r.deleted + r.events;
+        plan.commit_all(&*store)?;
         Ok((t.elapsed().as_secs_f64() * 1000.0, writes))
     };
     let (first, _) = whole_poll(&body)?;

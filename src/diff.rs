@@ -97,6 +97,9 @@ pub struct Diff {
     /// Store writes: every created or updated item, in document order (plus
     /// silent hash refreshes, see [`diff`]). An unchanged poll writes nothing.
     pub upserts: Vec<(String, Seen)>,
+    /// What each upsert is, in the same order: `Created`, `Updated`, or None for a
+    /// stale fingerprint refreshed silently.
+    pub upsert_kinds: Vec<Option<ChangeKind>>,
     /// Ids to delete from the store, ascending.
     pub removals: Vec<String>,
     /// Changes found of each kind, including those not kept in `changes` (see
@@ -363,6 +366,7 @@ impl<'a> Differ<'a> {
                 if fingerprint_parsed(&old, &self.ignore) == hash {
                     let raw = value.to_string().into_bytes();
                     self.out.upserts.push((id, Seen { hash, raw }));
+                    self.out.upsert_kinds.push(None);
                     return Ok(());
                 }
                 (ChangeKind::Updated, Some(old))
@@ -372,6 +376,7 @@ impl<'a> Differ<'a> {
         // impossible error case.
         let raw = value.to_string().into_bytes();
         self.out.upserts.push((id.clone(), Seen { hash, raw }));
+        self.out.upsert_kinds.push(Some(kind));
         match kind {
             ChangeKind::Created => self.out.created += 1,
             _ => self.out.updated += 1,

@@ -19,7 +19,8 @@ use http_body::Frame;
 
 use super::ApiError;
 use crate::daemon::RunningSource;
-use crate::poll::{Plan, PollReport};
+use crate::event::Event;
+use crate::poll::{PollError, PollReport};
 
 /// The sources with a dry run in progress.
 #[derive(Default)]
@@ -69,8 +70,14 @@ pub(super) async fn respond(running: &RunningSource, slot: Slot) -> Result<Respo
         .plan(&Arc::new(source), Utc::now())
         .await
         .map_err(|e| ApiError(StatusCode::BAD_GATEWAY, e.to_string()))?;
-    let body = Events::new(&running.source.name, plan, slot)
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let report = plan.report.clone();
+    let body = Events::new(
+        &running.source.name,
+        &report,
+        Box::new(plan.into_events()),
+        slot,
+    )
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok((
         [(header::CONTENT_TYPE, "application/json")],
         axum::body::Body::new(body),
@@ -86,11 +93,16 @@ struct Head<'a> {
     report: &'a PollReport,
 }
 
+/// The events of a plan, built a chunk at a time as the answer is sent.
+type EventStream = Box<dyn Iterator<Item = Result<Event, PollError>> + Send>;
+
 /// `{"source": …, "dry_run": true, "report": {…}, "events": [` then each event's
-/// envelope as stored, comma-separated, then `]}`: one frame at a time.
+/// envelope as stored, comma-separated, then `]}`: one frame at a time. If building an
+/// event fails midway (a stored item that no longer parses), the answer ends with
+/// `], "error": "…"}` instead.
 struct Events {
     head: Option<Bytes>,
-    events: std::vec::IntoIter<(crate::event::Event, Arc<[String]>)>,
+    events: EventStream,
     /// An event waiting for the comma before it to be sent.
     next: Option<Bytes>,
     sent_one: bool,
@@ -99,18 +111,23 @@ struct Events {
 }
 
 impl Events {
-    fn new(source: &str, plan: Plan, slot: Slot) -> serde_json::Result<Events> {
+    fn new(
+        source: &str,
+        report: &PollReport,
+        events: EventStream,
+        slot: Slot,
+    ) -> serde_json::Result<Events> {
         let mut head = serde_json::to_vec(&Head {
             source,
             dry_run: true,
-            report: &plan.report,
+            report,
         })?;
         // A serialized struct ends with its closing brace; the events go before it.
         head.pop();
         head.extend_from_slice(br#","events":["#);
         Ok(Events {
             head: Some(head.into()),
-            events: plan.commit.events.into_iter(),
+            events,
             next: None,
             sent_one: false,
             ended: false,
@@ -127,7 +144,7 @@ impl Events {
         }
         match self.events.next() {
             // The envelope bytes serde_json wrote when the event was made: valid JSON.
-            Some((event, _)) => {
+            Some(Ok(event)) => {
                 let body = Bytes::from(event.body);
                 if std::mem::replace(&mut self.sent_one, true) {
                     self.next = Some(body);
@@ -135,6 +152,11 @@ impl Events {
                 } else {
                     Some(body)
                 }
+            }
+            Some(Err(e)) => {
+                self.ended = true;
+                let error = serde_json::to_string(&e.to_string()).unwrap_or_default();
+                Some(Bytes::from(format!(r#"],"error":{error}}}"#)))
             }
             None if !self.ended => {
                 self.ended = true;
@@ -177,21 +199,11 @@ mod tests {
         (e, Arc::from(vec!["t".to_string()]))
     }
 
-    fn plan(events: Vec<(crate::event::Event, Arc<[String]>)>) -> Plan {
-        Plan {
-            commit: crate::store::PollCommit {
-                source: "s".into(),
-                events,
-                ..crate::store::PollCommit::default()
-            },
-            report: PollReport::default(),
-            held: 0,
-        }
-    }
-
     fn chunks(events: Vec<(crate::event::Event, Arc<[String]>)>) -> Vec<Bytes> {
         let runs = InProgress::default();
-        let mut body = Events::new("s", plan(events), runs.start("s").unwrap()).unwrap();
+        let events = Box::new(events.into_iter().map(|(e, _)| Ok(e)));
+        let report = PollReport::default();
+        let mut body = Events::new("s", &report, events, runs.start("s").unwrap()).unwrap();
         std::iter::from_fn(|| body.next_chunk()).collect()
     }
 

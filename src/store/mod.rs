@@ -50,8 +50,14 @@ pub struct PollCommit {
     pub removals: Vec<String>,
     /// Events, each with the targets it goes to.
     pub events: Vec<(Event, Arc<[String]>)>,
-    /// Items the source holds after this poll.
+    /// Items the source holds after this commit.
     pub item_count: u64,
+    /// A later chunk of a poll committed in several (see [`crate::poll::CHUNK`]): it
+    /// expects the generation the poll's first chunk wrote, and keeps it.
+    pub continues: bool,
+    /// Items the source holds after the poll's last chunk, for sizing its snapshot
+    /// buckets at its first commit (0: `item_count`).
+    pub final_items: u64,
     /// What the items came in, kept to recognise an answer of another shape.
     pub collection: Option<crate::extract::Collection>,
     /// Detection time, unix milliseconds (the deliveries' first attempt time).

@@ -178,12 +178,8 @@ async fn a_change_redetected_after_a_crash_keeps_its_id() {
         Fetcher::new(&config.sources).unwrap(),
         pollhook::poll::Wakes::default(),
     );
-    let ids = |plan: &pollhook::poll::Plan| -> Vec<String> {
-        plan.commit
-            .events
-            .iter()
-            .map(|(e, _)| e.id.clone())
-            .collect()
+    let ids = |plan: pollhook::poll::Plan| -> Vec<String> {
+        plan.into_events().map(|e| e.unwrap().id).collect()
     };
 
     let crashed = poller.plan(source, Utc::now()).await.unwrap();
@@ -192,19 +188,20 @@ async fn a_change_redetected_after_a_crash_keeps_its_id() {
         .plan(source, Utc::now() + Duration::minutes(1))
         .await
         .unwrap();
-    assert_eq!(ids(&crashed).len(), 1);
-    assert_eq!(ids(&crashed), ids(&retried));
-    let created = ids(&retried);
-    store.commit_poll(retried.commit).unwrap();
+    assert_eq!(ids(crashed), ids(retried));
+    let plan = poller.plan(source, Utc::now()).await.unwrap();
+    let created = ids(poller.plan(source, Utc::now()).await.unwrap());
+    assert_eq!(created.len(), 1);
+    plan.commit_all(&*store).unwrap();
 
     let mut seen = created.clone();
     for v in [2, 1, 2] {
         h.api.set("1", json!({"v": v}));
-        let plan = poller.plan(source, Utc::now()).await.unwrap();
-        let id = ids(&plan);
+        let id = ids(poller.plan(source, Utc::now()).await.unwrap());
         assert_eq!(id.len(), 1);
         assert!(!seen.contains(&id[0]), "v{v} reused an earlier id");
         seen.push(id[0].clone());
-        store.commit_poll(plan.commit).unwrap();
+        let plan = poller.plan(source, Utc::now()).await.unwrap();
+        plan.commit_all(&*store).unwrap();
     }
 }

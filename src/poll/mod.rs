@@ -16,11 +16,15 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::config::{Format, Mode, Origin, PageStyle, Pagination, Source};
-use crate::diff::{ChangeKind, DiffError, Differ};
-use crate::event;
-use crate::extract::{extract_each, Collection, EachError, ExtractError, Item, Kind, Kinds};
+use crate::diff::DiffError;
+
+use crate::extract::{Collection, ExtractError, Item};
 use crate::source::{FetchError, Fetcher, Page, Validators};
-use crate::store::{blocking, PollCommit, SharedStore, StoreError};
+use crate::store::{blocking, SharedStore, StoreError};
+
+mod plan;
+
+pub use plan::{plan_fetched, plan_response, Plan, CHUNK};
 
 /// Why a poll failed. Nothing was committed.
 #[derive(Debug, thiserror::Error)]
@@ -135,14 +139,6 @@ pub struct HeldBack {
     pub seen: u32,
     /// Polls in a row that must see them before they are committed.
     pub needed: u32,
-}
-
-/// What a poll would commit, before committing it.
-pub struct Plan {
-    pub commit: PollCommit,
-    pub report: PollReport,
-    /// Items the source held before this poll.
-    pub held: usize,
 }
 
 /// What a conditional request sends: a response's validators and the source's stored
@@ -263,31 +259,42 @@ impl Poller {
             };
             return Ok((report, None));
         }
-        let Plan { commit, report, .. } = plan;
-        let mut generation = commit.expected_generation;
-        if report.events > 0 || commit.upserts.len() + commit.removals.len() > 0 || report.first {
-            let wakes = self.wakes.clone();
-            let targets = source.targets.clone();
-            let events = report.events;
-            // The wake happens on the blocking thread, right after the commit: if this
-            // future is dropped meanwhile (a reload, a shutdown) the commit still lands,
-            // and its deliveries must not wait for some later wake.
-            generation = blocking(&self.store, move |s| {
-                let result = s.commit_poll(commit);
-                if events > 0 {
-                    for t in &targets {
-                        wakes.wake(t);
-                    }
-                }
-                result
-            })
-            .await?;
-        }
+        let report = plan.report.clone();
+        let generation = self.commit(source, plan).await?;
         let found = found.map(|validators| Conditions {
             validators,
             generation,
         });
         Ok((report, found))
+    }
+
+    /// Commits `plan`, a chunk at a time (see [`plan`]); returns the generation stored.
+    /// Each chunk's events are built and committed on a blocking thread, and its targets
+    /// woken there right after the commit: if this future is dropped meanwhile (a reload,
+    /// a shutdown) that commit still lands, and its deliveries must not wait for some
+    /// later wake. The chunks not committed then are found again by the next poll.
+    async fn commit(&self, source: &Source, mut plan: Plan) -> Result<u64, PollError> {
+        let mut generation = plan.generation_read();
+        while plan.writes() {
+            let store = self.store.clone();
+            let wakes = self.wakes.clone();
+            let targets = source.targets.clone();
+            let (back, result) = tokio::task::spawn_blocking(move || {
+                let result = commit_next(&mut plan, &*store, &wakes, &targets);
+                (plan, result)
+            })
+            .await
+            .map_err(|e| PollError::Processing {
+                url: source.location(),
+                detail: format!("commit task stopped: {e}"),
+            })?;
+            plan = back;
+            match result? {
+                Some(g) => generation = g,
+                None => break,
+            }
+        }
+        Ok(generation)
     }
 
     /// Whether the deletion guard holds `plan` back: it deletes more than the source's
@@ -298,13 +305,13 @@ impl Poller {
     fn hold_back(&self, source: &Source, plan: &Plan) -> Option<HeldBack> {
         // A poisoned lock means a panic while updating a map entry; the map is intact.
         let mut holds = self.holds.lock().unwrap_or_else(|e| e.into_inner());
-        let deletions = plan.commit.removals.len();
+        let deletions = plan.removals().len();
         if !source.deletion_guard.holds_back(deletions, plan.held) {
             holds.remove(&source.name);
             return None;
         }
         let mut digest = Sha256::new();
-        for id in &plan.commit.removals {
+        for id in plan.removals() {
             digest.update(id.as_bytes());
             digest.update([0u8]);
         }
@@ -342,14 +349,13 @@ impl Poller {
         let mut source = source.clone();
         source.baseline = false;
         let plan = self.plan(&Arc::new(source), Utc::now()).await?;
+        let report = plan.report.clone();
         let events = plan
-            .commit
-            .events
-            .iter()
+            .into_events()
             // The body is the envelope serde_json wrote, so it parses.
-            .map(|(e, _)| serde_json::from_slice(&e.body).unwrap_or(Value::Null))
-            .collect();
-        Ok((plan.report, events))
+            .map(|e| e.map(|e| serde_json::from_slice(&e.body).unwrap_or(Value::Null)))
+            .collect::<Result<_, _>>()?;
+        Ok((report, events))
     }
 
     async fn plan_fetched(
@@ -519,6 +525,27 @@ impl Poller {
     }
 }
 
+/// Builds and commits the next chunk of `plan`, then wakes `targets` if it queued
+/// deliveries. Blocking. None when every chunk is committed.
+fn commit_next(
+    plan: &mut Plan,
+    store: &dyn crate::store::Store,
+    wakes: &Wakes,
+    targets: &[String],
+) -> Result<Option<u64>, PollError> {
+    let Some(commit) = plan.next_commit()? else {
+        return Ok(None);
+    };
+    let events = !commit.events.is_empty();
+    let result = store.commit_poll(commit);
+    if events {
+        for t in targets {
+            wakes.wake(t);
+        }
+    }
+    Ok(Some(result?))
+}
+
 /// How long the CPU work of a poll (parsing, transform, extraction, diff) may take:
 /// the request timeout, but at least a minute, since a large document takes seconds.
 fn processing_limit(source: &Source) -> std::time::Duration {
@@ -643,202 +670,3 @@ fn read_page(
 
 /// The item id of a `mode = "document"` source's one item.
 pub const DOCUMENT_ID: &str = "document";
-
-/// Works out what a poll that fetched `fetched` would commit. Blocking.
-pub fn plan_fetched(
-    store: &dyn crate::store::Store,
-    source: &Source,
-    fetched: Fetched,
-    now: DateTime<Utc>,
-) -> Result<Plan, PollError> {
-    match fetched {
-        Fetched::Body(body) => plan_response(store, source, &body, now),
-        Fetched::Items {
-            items,
-            pages,
-            complete,
-            collection,
-        } => {
-            let mut plan = plan_with(store, source, now, complete, |differ| {
-                let count = items.len();
-                for item in items {
-                    differ.push(item)?;
-                }
-                Ok((count, collection))
-            })?;
-            plan.report.pages = pages;
-            plan.report.truncated = !complete;
-            Ok(plan)
-        }
-        Fetched::NotModified => Ok(Plan {
-            commit: PollCommit::default(),
-            report: PollReport {
-                not_modified: true,
-                ..PollReport::default()
-            },
-            held: 0,
-        }),
-    }
-}
-
-/// Works out what a poll that got `body` would commit: parse, extract, diff against the
-/// stored snapshot, build events. Blocking (store reads, CPU work on the document).
-pub fn plan_response(
-    store: &dyn crate::store::Store,
-    source: &Source,
-    body: &[u8],
-    now: DateTime<Utc>,
-) -> Result<Plan, PollError> {
-    let url = source.location();
-    // Items are diffed as they are parsed: memory holds the changed items, not the
-    // whole document.
-    let mut plan = plan_with(store, source, now, true, |differ| {
-        extract_each(body, &source.items, &source.id, &mut |item| {
-            differ.push(item)
-        })
-        .map(|found| (found.count, Some(found.collection)))
-        .map_err(|e| match e {
-            EachError::Json(e) => PollError::Json {
-                url: url.clone(),
-                error: e.to_string(),
-            },
-            EachError::Extract(error) => PollError::Extract {
-                url: url.clone(),
-                error,
-            },
-            EachError::Stopped(e) => PollError::Diff(e),
-        })
-    })?;
-    plan.report.pages = 1;
-    Ok(plan)
-}
-
-/// The diff and events of a poll whose items `push` feeds to the differ (returning how
-/// many it pushed and the collection they came in). With `complete` false, items not
-/// seen are kept, not deleted.
-fn plan_with(
-    store: &dyn crate::store::Store,
-    source: &Source,
-    now: DateTime<Utc>,
-    complete: bool,
-    push: impl FnOnce(&mut Differ<'_>) -> Result<(usize, Option<Collection>), PollError>,
-) -> Result<Plan, PollError> {
-    let state = store.source_state(&source.name)?;
-    let previous = store.snapshot(&source.name)?;
-    if (previous.len() as u64) < state.items {
-        return Err(PollError::SnapshotDamaged {
-            source_name: source.name.clone(),
-            found: previous.len(),
-            stored: state.items,
-            state: store.describe(),
-        });
-    }
-    let baseline = !state.initialized && source.baseline;
-    let emit: &[ChangeKind] = if baseline { &[] } else { &source.events };
-    let mut differ = Differ::new(&previous, &source.ignore).keep_only(emit);
-    let (count, collection) = push(&mut differ)?;
-    if source.mode == Mode::Items {
-        check_shape(source, &state, &previous, collection, differ.kinds())?;
-    }
-    if count == 0 && !previous.is_empty() && !source.allow_empty {
-        return Err(PollError::SuddenlyEmpty {
-            url: source.location(),
-            previous: previous.len(),
-        });
-    }
-    let d = if complete {
-        differ.finish()?
-    } else {
-        differ.finish_without_deletions()
-    };
-    let mut report = PollReport {
-        items: count,
-        first: !state.initialized,
-        baseline,
-        ..PollReport::default()
-    };
-    let generation = state.generation + 1;
-    let mut events = Vec::new();
-    (report.created, report.updated, report.deleted) = (d.created, d.updated, d.deleted);
-    // Every event of a poll goes to the same targets: one shared list, not a copy each.
-    let targets: Arc<[String]> = source.targets.clone().into();
-    for change in &d.changes {
-        events.push((
-            event::build(&source.name, &source.event_type, generation, change, now),
-            targets.clone(),
-        ));
-    }
-    report.events = events.len();
-    Ok(Plan {
-        commit: PollCommit {
-            source: source.name.clone(),
-            expected_generation: state.generation,
-            upserts: d.upserts,
-            removals: d.removals,
-            events,
-            // Exactly what the snapshot holds after this commit (a truncated walk keeps
-            // the unseen items and adds the new ones): a later read that finds fewer
-            // knows that records are lost.
-            item_count: if complete {
-                count as u64
-            } else {
-                (previous.len() + d.created) as u64
-            },
-            collection: collection.or(state.collection),
-            now_ms: now.timestamp_millis(),
-        },
-        report,
-        held: previous.len(),
-    })
-}
-
-/// Refuses a poll whose items came in another collection than the one the source
-/// holds (an array before, an object now), or whose items are of another JSON type
-/// than the held ones, all of one type (objects before, strings now). That is the
-/// mark of an error answer sent with status 200, which would otherwise read as every
-/// held item deleted and the error's members created.
-fn check_shape(
-    source: &Source,
-    state: &crate::store::SourceState,
-    previous: &HashMap<String, crate::diff::Seen>,
-    collection: Option<Collection>,
-    kinds: Kinds,
-) -> Result<(), PollError> {
-    if previous.is_empty() {
-        return Ok(());
-    }
-    let mut held_kinds = Kinds::default();
-    for seen in previous.values() {
-        if let Some(k) = Kind::of_json(&seen.raw) {
-            held_kinds.add(k);
-        }
-    }
-    let held_kind = held_kinds.single();
-    let new_collection = match (state.collection, collection) {
-        (Some(held), Some(now)) if held != now => Some((held, now)),
-        _ => None,
-    };
-    let new_kind = held_kind.and_then(|k| kinds.other_than(k).map(|other| (k, other)));
-    if new_collection.is_none() && new_kind.is_none() {
-        return Ok(());
-    }
-    let describe = |c: Option<Collection>, k: Option<Kind>| {
-        let c = c.map_or("a collection", Collection::describe);
-        match k {
-            Some(k) => format!("{c} of {}", k.plural()),
-            None => c.to_string(),
-        }
-    };
-    let found_kind = new_kind.map(|(_, other)| other).or(kinds.single());
-    Err(PollError::ShapeChanged {
-        url: source.location(),
-        source_name: source.name.clone(),
-        detail: format!(
-            "the response's items at items pointer {:?} are {}, but the {} items this source holds came as {}",
-            source.items,
-            describe(collection, found_kind),
-            previous.len(),
-            describe(state.collection, held_kind),
-        ),
-    })
-}

@@ -1,0 +1,464 @@
+//! Planning a poll: the diff of what was fetched against the stored snapshot, the checks
+//! that refuse answers that only look like data (another shape, a snapshot read back
+//! short), and the commits that turn the changes into events.
+//!
+//! Memory stays bounded by the document, whatever the number of changes: the diff keeps
+//! each changed item once, as the JSON text it is stored as, and no event. Events are
+//! built when their commit is: a poll with more than [`CHUNK`] changes is committed in
+//! chunks of at most that many, each one transaction holding its items' snapshot entries
+//! and their events (invariant 1 holds per item). The first chunk takes the source to the
+//! poll's generation and later ones continue it, so every event of the poll has the id a
+//! single commit would have given it (invariant 2). A crash between chunks leaves the
+//! items of the chunks not committed as they were: the next poll finds those changes
+//! again (with a new generation, since nothing of them was ever sent).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use super::{Fetched, PollError, PollReport};
+use crate::config::{Mode, Source};
+use crate::diff::{json_patch, Change, ChangeKind, Differ, Seen};
+use crate::event::{self, Event};
+use crate::extract::{extract_each, Collection, EachError, Kind, Kinds};
+use crate::store::{PollCommit, SourceState};
+
+/// Changes (items written or removed) per commit of a large poll. A commit holds its
+/// events in memory until it is written (about three times the item's JSON each), and
+/// the store holds a transaction's writes until it commits.
+pub const CHUNK: usize = 5_000;
+
+/// What a poll found, before it is committed.
+pub struct Plan {
+    pub report: PollReport,
+    /// Items the source held before this poll.
+    pub held: usize,
+    /// Items created or updated, in document order, with what they were (None: a
+    /// stale fingerprint refreshed silently).
+    upserts: std::vec::IntoIter<(String, Seen, Option<ChangeKind>)>,
+    /// Items gone, ascending.
+    removals: std::vec::IntoIter<String>,
+    /// The snapshot the poll was diffed against: the previous state of updated and
+    /// deleted items.
+    previous: HashMap<String, Seen>,
+    /// Which kinds become events (none on a baseline).
+    emit: Vec<ChangeKind>,
+    source: String,
+    event_type: String,
+    targets: Arc<[String]>,
+    /// The generation the first commit expects, and then the one the later continue.
+    expected: u64,
+    /// The poll's generation: part of every event id.
+    generation: u64,
+    /// Items held after the commits made so far, and after the last.
+    items: u64,
+    final_items: u64,
+    collection: Option<Collection>,
+    now: DateTime<Utc>,
+    /// A commit of this plan was made: the next ones continue its generation.
+    started: bool,
+    /// The source never committed: its first poll records that it did, changes or not.
+    baseline_record: bool,
+}
+
+impl Plan {
+    /// A plan that commits nothing (a 304).
+    pub fn nothing(report: PollReport) -> Plan {
+        Plan {
+            report,
+            held: 0,
+            upserts: Vec::new().into_iter(),
+            removals: Vec::new().into_iter(),
+            previous: HashMap::new(),
+            emit: Vec::new(),
+            source: String::new(),
+            event_type: String::new(),
+            targets: Arc::from(Vec::new()),
+            expected: 0,
+            generation: 0,
+            items: 0,
+            final_items: 0,
+            collection: None,
+            now: DateTime::<Utc>::UNIX_EPOCH,
+            started: false,
+            baseline_record: false,
+        }
+    }
+
+    /// The generation the poll read (what the store holds if nothing is written).
+    pub fn generation_read(&self) -> u64 {
+        self.generation.saturating_sub(1)
+    }
+
+    /// Ids of the items this plan removes from the snapshot, ascending.
+    pub fn removals(&self) -> &[String] {
+        self.removals.as_slice()
+    }
+
+    /// Whether the plan has anything (more) to write.
+    pub fn writes(&self) -> bool {
+        (!self.started && self.baseline_record) || self.upserts.len() + self.removals.len() > 0
+    }
+
+    /// The next commit: up to [`CHUNK`] changes with their events, built now. None when
+    /// every change is committed. The first commit expects the generation the poll read;
+    /// a source's first poll commits even without changes (the baseline is recorded).
+    pub fn next_commit(&mut self) -> Result<Option<PollCommit>, PollError> {
+        if !self.writes() {
+            return Ok(None);
+        }
+        let mut commit = PollCommit {
+            source: self.source.clone(),
+            expected_generation: self.expected,
+            continues: self.started,
+            final_items: self.final_items,
+            collection: self.collection,
+            now_ms: self.now.timestamp_millis(),
+            ..PollCommit::default()
+        };
+        let mut created = 0u64;
+        while commit.upserts.len() < CHUNK {
+            let Some((id, seen, kind)) = self.upserts.next() else {
+                break;
+            };
+            if let Some(kind) = kind.filter(|k| self.emit.contains(k)) {
+                let object = parse(&id, &seen.raw)?;
+                let previous = match self.previous.get(&id) {
+                    Some(old) if kind == ChangeKind::Updated => Some(parse(&id, &old.raw)?),
+                    _ => None,
+                };
+                let changes = previous
+                    .as_ref()
+                    .map(|old| Value::Array(json_patch(old, &object)));
+                let change = Change {
+                    kind,
+                    version: seen.hash,
+                    id: id.clone(),
+                    object,
+                    previous,
+                    changes,
+                };
+                commit
+                    .events
+                    .push((self.event(&change), self.targets.clone()));
+            }
+            if !self.previous.contains_key(&id) {
+                created += 1;
+            }
+            commit.upserts.push((id, seen));
+        }
+        while commit.upserts.len() + commit.removals.len() < CHUNK {
+            let Some(id) = self.removals.next() else {
+                break;
+            };
+            if self.emit.contains(&ChangeKind::Deleted) {
+                if let Some(last) = self.previous.get(&id) {
+                    let object = parse(&id, &last.raw)?;
+                    let change = Change {
+                        kind: ChangeKind::Deleted,
+                        version: last.hash,
+                        id: id.clone(),
+                        previous: Some(object.clone()),
+                        object,
+                        changes: None,
+                    };
+                    commit
+                        .events
+                        .push((self.event(&change), self.targets.clone()));
+                }
+            }
+            commit.removals.push(id);
+        }
+        self.items = self.items + created - commit.removals.len() as u64;
+        // The last commit states the exact count the poll arrived at (a truncated walk
+        // keeps what it did not see); the ones before, what they hold so far.
+        commit.item_count = if self.upserts.len() + self.removals.len() == 0 {
+            self.final_items
+        } else {
+            self.items
+        };
+        if !self.started {
+            // The later chunks build on the generation the first one writes.
+            self.started = true;
+            if commit.upserts.len() + commit.removals.len() + commit.events.len() > 0 {
+                self.expected += 1;
+            }
+        }
+        Ok(Some(commit))
+    }
+
+    /// Commits every chunk of the plan to `store`, one after the other, waking no one.
+    /// Blocking. Returns the generation stored.
+    pub fn commit_all(mut self, store: &dyn crate::store::Store) -> Result<u64, PollError> {
+        let mut generation = self.generation_read();
+        while let Some(commit) = self.next_commit()? {
+            generation = store.commit_poll(commit)?;
+        }
+        Ok(generation)
+    }
+
+    /// Every event of the plan, built a chunk at a time and committed nowhere (a dry
+    /// run). Stops at the first stored item that does not parse.
+    pub fn into_events(mut self) -> impl Iterator<Item = Result<Event, PollError>> {
+        let mut chunk = Vec::new().into_iter();
+        let mut failed = false;
+        std::iter::from_fn(move || loop {
+            if let Some((event, _)) = chunk.next() {
+                return Some(Ok(event));
+            }
+            if failed {
+                return None;
+            }
+            match self.next_commit() {
+                Ok(Some(commit)) => chunk = commit.events.into_iter(),
+                Ok(None) => return None,
+                Err(e) => {
+                    failed = true;
+                    return Some(Err(e));
+                }
+            }
+        })
+    }
+
+    fn event(&self, change: &Change) -> Event {
+        event::build(
+            &self.source,
+            &self.event_type,
+            self.generation,
+            change,
+            self.now,
+        )
+    }
+}
+
+/// An item's stored or fetched JSON text, parsed again to build its event.
+fn parse(id: &str, raw: &[u8]) -> Result<Value, PollError> {
+    serde_json::from_slice(raw).map_err(|e| {
+        PollError::Diff(crate::diff::DiffError::CorruptState {
+            id: id.to_string(),
+            reason: e.to_string(),
+        })
+    })
+}
+
+/// Works out what a poll that fetched `fetched` would commit. Blocking.
+pub fn plan_fetched(
+    store: &dyn crate::store::Store,
+    source: &Source,
+    fetched: Fetched,
+    now: DateTime<Utc>,
+) -> Result<Plan, PollError> {
+    match fetched {
+        Fetched::Body(body) => plan_response(store, source, &body, now),
+        Fetched::Items {
+            items,
+            pages,
+            complete,
+            collection,
+        } => {
+            let mut plan = plan_with(store, source, now, complete, |differ| {
+                let count = items.len();
+                for item in items {
+                    differ.push(item)?;
+                }
+                Ok((count, collection))
+            })?;
+            plan.report.pages = pages;
+            plan.report.truncated = !complete;
+            Ok(plan)
+        }
+        Fetched::NotModified => Ok(Plan::nothing(PollReport {
+            not_modified: true,
+            ..PollReport::default()
+        })),
+    }
+}
+
+/// Works out what a poll that got `body` would commit: parse, extract, diff against the
+/// stored snapshot. Blocking (store reads, CPU work on the document).
+pub fn plan_response(
+    store: &dyn crate::store::Store,
+    source: &Source,
+    body: &[u8],
+    now: DateTime<Utc>,
+) -> Result<Plan, PollError> {
+    let url = source.location();
+    // Items are diffed as they are parsed: memory holds the changed items, not the
+    // whole document.
+    let mut plan = plan_with(store, source, now, true, |differ| {
+        extract_each(body, &source.items, &source.id, &mut |item| {
+            differ.push(item)
+        })
+        .map(|found| (found.count, Some(found.collection)))
+        .map_err(|e| match e {
+            EachError::Json(e) => PollError::Json {
+                url: url.clone(),
+                error: e.to_string(),
+            },
+            EachError::Extract(error) => PollError::Extract {
+                url: url.clone(),
+                error,
+            },
+            EachError::Stopped(e) => PollError::Diff(e),
+        })
+    })?;
+    plan.report.pages = 1;
+    Ok(plan)
+}
+
+/// The diff of a poll whose items `push` feeds to the differ (returning how many it
+/// pushed and the collection they came in). With `complete` false, items not seen are
+/// kept, not deleted.
+fn plan_with(
+    store: &dyn crate::store::Store,
+    source: &Source,
+    now: DateTime<Utc>,
+    complete: bool,
+    push: impl FnOnce(&mut Differ<'_>) -> Result<(usize, Option<Collection>), PollError>,
+) -> Result<Plan, PollError> {
+    let state = store.source_state(&source.name)?;
+    let previous = store.snapshot(&source.name)?;
+    if (previous.len() as u64) < state.items {
+        return Err(PollError::SnapshotDamaged {
+            source_name: source.name.clone(),
+            found: previous.len(),
+            stored: state.items,
+            state: store.describe(),
+        });
+    }
+    let baseline = !state.initialized && source.baseline;
+    let emit: Vec<ChangeKind> = if baseline {
+        Vec::new()
+    } else {
+        source.events.clone()
+    };
+    // The differ keeps no change as a parsed value: events are built per commit.
+    let mut differ = Differ::new(&previous, &source.ignore).keep_only(&[]);
+    let (count, collection) = push(&mut differ)?;
+    if source.mode == Mode::Items {
+        check_shape(source, &state, &previous, collection, differ.kinds())?;
+    }
+    if count == 0 && !previous.is_empty() && !source.allow_empty {
+        return Err(PollError::SuddenlyEmpty {
+            url: source.location(),
+            previous: previous.len(),
+        });
+    }
+    let d = if complete {
+        differ.finish()?
+    } else {
+        differ.finish_without_deletions()
+    };
+    let counted = |kind: ChangeKind| {
+        let n = match kind {
+            ChangeKind::Created => d.created,
+            ChangeKind::Updated => d.updated,
+            ChangeKind::Deleted => d.deleted,
+        };
+        if emit.contains(&kind) {
+            n
+        } else {
+            0
+        }
+    };
+    let events =
+        counted(ChangeKind::Created) + counted(ChangeKind::Updated) + counted(ChangeKind::Deleted);
+    let report = PollReport {
+        items: count,
+        first: !state.initialized,
+        baseline,
+        created: d.created,
+        updated: d.updated,
+        deleted: d.deleted,
+        events,
+        ..PollReport::default()
+    };
+    let held = previous.len();
+    // Exactly what the snapshot holds after the last commit (a truncated walk keeps the
+    // unseen items and adds the new ones): a later read that finds fewer knows that
+    // records are lost.
+    let final_items = if complete {
+        count as u64
+    } else {
+        (held + d.created) as u64
+    };
+    let upserts: Vec<(String, Seen, Option<ChangeKind>)> = d
+        .upserts
+        .into_iter()
+        .zip(d.upsert_kinds)
+        .map(|((id, seen), kind)| (id, seen, kind))
+        .collect();
+    Ok(Plan {
+        report,
+        held,
+        upserts: upserts.into_iter(),
+        removals: d.removals.into_iter(),
+        previous,
+        emit,
+        source: source.name.clone(),
+        event_type: source.event_type.clone(),
+        // Every event of a poll goes to the same targets: one shared list.
+        targets: source.targets.clone().into(),
+        expected: state.generation,
+        generation: state.generation + 1,
+        items: held as u64,
+        final_items,
+        collection: collection.or(state.collection),
+        now,
+        started: false,
+        baseline_record: !state.initialized,
+    })
+}
+
+/// Refuses a poll whose items came in another collection than the one the source
+/// holds (an array before, an object now), or whose items are of another JSON type
+/// than the held ones, all of one type (objects before, strings now). That is the
+/// mark of an error answer sent with status 200, which would otherwise read as every
+/// held item deleted and the error's members created.
+fn check_shape(
+    source: &Source,
+    state: &SourceState,
+    previous: &HashMap<String, Seen>,
+    collection: Option<Collection>,
+    kinds: Kinds,
+) -> Result<(), PollError> {
+    if previous.is_empty() {
+        return Ok(());
+    }
+    let mut held_kinds = Kinds::default();
+    for seen in previous.values() {
+        if let Some(k) = Kind::of_json(&seen.raw) {
+            held_kinds.add(k);
+        }
+    }
+    let held_kind = held_kinds.single();
+    let new_collection = match (state.collection, collection) {
+        (Some(held), Some(now)) if held != now => Some((held, now)),
+        _ => None,
+    };
+    let new_kind = held_kind.and_then(|k| kinds.other_than(k).map(|other| (k, other)));
+    if new_collection.is_none() && new_kind.is_none() {
+        return Ok(());
+    }
+    let describe = |c: Option<Collection>, k: Option<Kind>| {
+        let c = c.map_or("a collection", Collection::describe);
+        match k {
+            Some(k) => format!("{c} of {}", k.plural()),
+            None => c.to_string(),
+        }
+    };
+    let found_kind = new_kind.map(|(_, other)| other).or(kinds.single());
+    Err(PollError::ShapeChanged {
+        url: source.location(),
+        source_name: source.name.clone(),
+        detail: format!(
+            "the response's items at items pointer {:?} are {}, but the {} items this source holds came as {}",
+            source.items,
+            describe(collection, found_kind),
+            previous.len(),
+            describe(state.collection, held_kind),
+        ),
+    })
+}
