@@ -135,8 +135,8 @@ pub async fn run_with(
     options: Options,
 ) -> Result<(), DaemonError> {
     match options.force.clone() {
-        // Dropping the daemon's future drops every task's part in it: what is not
-        // acknowledged stays in the outbox, as after kill -9.
+        // The caller exits right after (the binary's runtime then drops every task
+        // still running): what is not acknowledged stays in the outbox, as after kill -9.
         Some(force) => tokio::select! {
             result = run_daemon(config, store, shutdown, options) => result,
             signal = force.fired() => Err(DaemonError::Forced { signal }),
