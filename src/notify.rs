@@ -103,6 +103,10 @@ impl Notifier {
 fn send_datagram(path: &std::path::Path, message: &[u8]) -> std::io::Result<usize> {
     use std::os::unix::net::UnixDatagram;
     let socket = UnixDatagram::unbound()?;
+    // This runs on an async worker thread: a listener that does not read (its buffer
+    // full) must cost a lost notification, never a blocked worker. Seen in a test: the
+    // watchdog's pings filled the socket and froze the admin API.
+    socket.set_nonblocking(true)?;
     // A leading '@' names a socket in Linux's abstract namespace.
     #[cfg(target_os = "linux")]
     if let Some(name) = path.to_str().and_then(|p| p.strip_prefix('@')) {

@@ -130,11 +130,12 @@ impl Cli {
             Command::Run(c) => {
                 // Handlers first: a SIGTERM during start-up then stops cleanly too.
                 let token = CancellationToken::new();
-                let reload = crate::daemon::install_signals(token.clone());
+                let signals = crate::daemon::install_signals(token.clone());
                 let config = Config::load(&c.config)?;
                 let options = crate::daemon::Options {
-                    reload: Some(reload),
+                    reload: Some(signals.reload),
                     notifier: crate::notify::Notifier::from_env(),
+                    force: Some(signals.force),
                 };
                 crate::daemon::run_with(config, None, token, options).await?;
                 Ok(ExitCode::SUCCESS)

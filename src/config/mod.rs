@@ -334,10 +334,12 @@ pub struct Problem {
 /// Why a config could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {}: {source} (pass --config FILE or set POLLHOOK_CONFIG)", path.display())]
+    // `error`, not `source`: the message shows the cause once; as the error's source too,
+    // `{:#}` would print it twice.
+    #[error("cannot read config file {}: {error} (pass --config FILE or set POLLHOOK_CONFIG)", path.display())]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{}{}: {message}", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
     Syntax {
@@ -389,15 +391,17 @@ impl Config {
     /// Reads and validates `path`, taking `${VAR}` and `secret_env` from the process
     /// environment.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         Config::parse(&text, path, &|name| std::env::var(name).ok())
     }
 
-    /// Validates config `text` as if read from `path` (relative paths in it resolve
-    /// against `path`'s directory), with `env` as the environment.
+    /// Validates config `text` as if read from `path` (relative paths in it, and the
+    /// default `state_dir`, resolve against `path`'s directory, made absolute from the
+    /// working directory now, so they mean the same whatever the working directory is
+    /// later), with `env` as the environment.
     pub fn parse(
         text: &str,
         path: &Path,
@@ -417,7 +421,7 @@ impl Config {
             locator: &locator,
             problems: Vec::new(),
             env,
-            base: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+            base: config_dir(path),
         };
         for key in unknown {
             v.problem(&key, "unknown key (check its spelling; `pollhook check` lists the keys each table takes in the README)");
@@ -433,6 +437,19 @@ impl Config {
             })
         }
     }
+}
+
+/// The directory of the config file at `path`, absolute (`std::path::absolute` does not
+/// touch the file system and keeps symlinks as written; if the working directory is
+/// gone it cannot help, and the relative directory is kept).
+fn config_dir(path: &Path) -> PathBuf {
+    let dir = path.parent().unwrap_or(Path::new(""));
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf())
 }
 
 /// The parser's message; for the few errors it leaves without one (a control character,

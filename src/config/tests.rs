@@ -250,7 +250,12 @@ fn state_dir_defaults_and_resolves_relative_to_the_file() {
         env(n).filter(|_| n != "STATE_DIRECTORY")
     })
     .unwrap();
-    assert_eq!(no_env.state_dir, PathBuf::from("./pollhook-state"));
+    // Next to the config file (made absolute), not in the working directory of the
+    // moment: see `the_default_state_dir_is_next_to_the_config_file`.
+    assert_eq!(
+        no_env.state_dir,
+        std::env::current_dir().unwrap().join("pollhook-state")
+    );
 }
 
 #[test]
@@ -751,4 +756,104 @@ interval = "1m"
     );
     assert!(described.contains("services/${API_TOKEN}"), "{described}");
     assert!(!described.contains("tok-123"), "{described}");
+}
+
+#[test]
+fn the_default_state_dir_is_next_to_the_config_file() {
+    let no_state_env = |n: &str| env(n).filter(|_| n != "STATE_DIRECTORY");
+    let c = Config::parse(GOOD, Path::new("/srv/hooks/config.toml"), &no_state_env).unwrap();
+    assert_eq!(c.state_dir, PathBuf::from("/srv/hooks/pollhook-state"));
+    // A relative config path is made absolute once, at load: every relative path in it
+    // means the same later, whatever the working directory is then.
+    let c = Config::parse(GOOD, Path::new("conf/config.toml"), &no_state_env).unwrap();
+    let cwd = std::env::current_dir().unwrap();
+    assert_eq!(c.state_dir, cwd.join("conf/pollhook-state"));
+    let text = format!("state_dir = \"state\"\n{GOOD}");
+    let c = Config::parse(&text, Path::new("conf/config.toml"), &no_state_env).unwrap();
+    assert_eq!(c.state_dir, cwd.join("conf/state"));
+    assert!(c.state_dir.is_absolute());
+}
+
+#[test]
+fn a_schedule_with_interval_and_cron_reports_every_problem_of_both() {
+    let text = r#"
+[targets.t]
+url = "http://127.0.0.1:1/h"
+secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+[sources.s]
+url = "http://127.0.0.1:1/s"
+interval = "banana"
+cron = "61 * * * *"
+timezone = "Mars/Olympus_Mons"
+"#;
+    let problems = parse(text).unwrap_err().problems();
+    let at = |key: &str, what: &str| {
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.key == key && p.message.contains(what) && p.line.is_some()),
+            "no problem at {key} saying {what:?} in {problems:#?}"
+        )
+    };
+    at("sources.s.cron", "not both");
+    at("sources.s.interval", "\"banana\" is not a duration");
+    at("sources.s.cron", "61");
+    at("sources.s.timezone", "Mars/Olympus_Mons");
+    assert_eq!(problems.len(), 4, "{problems:#?}");
+}
+
+#[test]
+fn durations_longer_than_ten_years_are_problems_with_key_and_line() {
+    let text = r#"shutdown_grace = "11years"
+
+[targets.t]
+url = "http://127.0.0.1:1/h"
+secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+retry = ["5s", "292000000y"]
+timeout = "20y"
+
+[sources.s]
+url = "http://127.0.0.1:1/s"
+interval = "100000000y"
+max_backoff = "3650d 1h"
+"#;
+    let err = parse(text).unwrap_err();
+    let problems = err.problems();
+    for (key, line) in [
+        ("shutdown_grace", 1),
+        ("targets.t.retry[1]", 6),
+        ("targets.t.timeout", 7),
+        ("sources.s.interval", 11),
+        ("sources.s.max_backoff", 12),
+    ] {
+        let p = problems
+            .iter()
+            .find(|p| p.key == key)
+            .unwrap_or_else(|| panic!("no problem for {key} in {problems:#?}"));
+        assert_eq!(p.line, Some(line), "{p:?}");
+        assert!(p.message.contains("10 years"), "{p:?}");
+    }
+    assert_eq!(problems.len(), 5, "{problems:#?}");
+    // Ten years exactly is allowed: the bound is for typos, not for long retries.
+    let ok = text
+        .replace("\"11years\"", "\"10s\"")
+        .replace("\"292000000y\"", "\"3650d\"")
+        .replace("\"20y\"", "\"10s\"")
+        .replace("\"100000000y\"", "\"1m\"")
+        .replace("\"3650d 1h\"", "\"1h\"");
+    let c = parse(&ok).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.targets["t"].retry[1], Duration::from_secs(3650 * 86400));
+}
+
+#[test]
+fn a_config_file_that_cannot_be_read_says_why_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("missing.toml");
+    let err = Config::load(&path).unwrap_err();
+    // As the binary prints it: the message and its causes, `{:#}`.
+    let shown = format!("{:#}", anyhow::Error::from(err));
+    assert!(shown.contains(&path.display().to_string()), "{shown}");
+    assert_eq!(shown.matches("No such file").count(), 1, "{shown}");
+    assert!(shown.contains("pass --config FILE"), "{shown}");
 }

@@ -60,7 +60,9 @@ impl Validator<'_> {
             None => match (self.env)("STATE_DIRECTORY").filter(|s| !s.is_empty()) {
                 // systemd may pass several directories separated by ':'; ours is the first.
                 Some(dirs) => PathBuf::from(dirs.split(':').next().unwrap_or_default()),
-                None => PathBuf::from("./pollhook-state"),
+                // Like a relative state_dir: next to the config file, not in whatever
+                // directory pollhook was started from.
+                None => self.base.join("pollhook-state"),
             },
         };
         let shutdown_grace = self.duration(
@@ -483,11 +485,43 @@ impl Validator<'_> {
         target_names: &[String],
     ) -> Option<Source> {
         let shape = self.shape(key, name, &s);
-        let schedule = match (&s.interval, &s.cron) {
-            (Some(_), Some(_)) => {
-                self.problem(&key.key("cron"), "set either interval or cron, not both");
+        if s.interval.is_some() && s.cron.is_some() {
+            self.problem(&key.key("cron"), "set either interval or cron, not both");
+        }
+        // Each of interval and cron is checked even when both are set, so one run
+        // reports every problem with them.
+        let interval = s.interval.as_deref().and_then(|i| match parse_duration(i) {
+            Ok(d) if d >= Duration::from_millis(100) => Some(Schedule::Interval(d)),
+            Ok(_) => {
+                self.problem(&key.key("interval"), "must be at least 100ms");
                 None
             }
+            Err(e) => {
+                self.problem(&key.key("interval"), e);
+                None
+            }
+        });
+        let cron = s.cron.as_deref().and_then(|c| {
+            let zone = match s.timezone.as_deref() {
+                None => Some(chrono_tz::Tz::UTC),
+                Some(name) => match crate::schedule::parse_timezone(name) {
+                    Ok(tz) => Some(tz),
+                    Err(e) => {
+                        self.problem(&key.key("timezone"), e.to_string());
+                        None
+                    }
+                },
+            };
+            match Schedule::cron_in(c, zone.unwrap_or(chrono_tz::Tz::UTC)) {
+                Ok(s) => zone.map(|_| s),
+                Err(e) => {
+                    self.problem(&key.key("cron"), e.to_string());
+                    None
+                }
+            }
+        });
+        let schedule = match (&s.interval, &s.cron) {
+            (Some(_), Some(_)) => None,
             (None, None) => {
                 self.problem(
                     key,
@@ -495,36 +529,8 @@ impl Validator<'_> {
                 );
                 None
             }
-            (Some(i), None) => match parse_duration(i) {
-                Ok(d) if d >= Duration::from_millis(100) => Some(Schedule::Interval(d)),
-                Ok(_) => {
-                    self.problem(&key.key("interval"), "must be at least 100ms");
-                    None
-                }
-                Err(e) => {
-                    self.problem(&key.key("interval"), e);
-                    None
-                }
-            },
-            (None, Some(c)) => {
-                let zone = match s.timezone.as_deref() {
-                    None => Some(chrono_tz::Tz::UTC),
-                    Some(name) => match crate::schedule::parse_timezone(name) {
-                        Ok(tz) => Some(tz),
-                        Err(e) => {
-                            self.problem(&key.key("timezone"), e.to_string());
-                            None
-                        }
-                    },
-                };
-                match Schedule::cron_in(c, zone.unwrap_or(chrono_tz::Tz::UTC)) {
-                    Ok(s) => zone.map(|_| s),
-                    Err(e) => {
-                        self.problem(&key.key("cron"), e.to_string());
-                        None
-                    }
-                }
-            }
+            (Some(_), None) => interval,
+            (None, Some(_)) => cron,
         };
         if s.timezone.is_some() && s.cron.is_none() {
             self.problem(

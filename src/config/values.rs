@@ -6,13 +6,24 @@ use std::time::Duration;
 
 use reqwest::Url;
 
-/// `"30s"`, `"5m"`, `"1h 30m"`, `"250ms"` (humantime syntax).
+/// The longest duration any setting takes. Longer ones are typos or tests of limits,
+/// and past a few hundred million years the millisecond arithmetic of due times wraps,
+/// which turned `retry = ["292000000y"]` into a retry at once.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// `"30s"`, `"5m"`, `"1h 30m"`, `"250ms"` (humantime syntax), at most [`MAX_DURATION`].
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim()).map_err(|e| {
+    let d = humantime::parse_duration(text.trim()).map_err(|e| {
         format!(
             "{text:?} is not a duration ({e}); write it like \"30s\", \"5m\", \"2h\" or \"1h 30m\""
         )
-    })
+    })?;
+    if d > MAX_DURATION {
+        return Err(format!(
+            "{text:?} is longer than the 10 years a duration may be; write it like \"30s\", \"5m\", \"2h\" or \"1h 30m\""
+        ));
+    }
+    Ok(d)
 }
 
 /// `"16MiB"`, `"512 KiB"`, `"1MB"`, `"1000"` (bytes).

@@ -61,6 +61,8 @@ pub struct Handle {
     /// OAuth2 tokens and per-host turns, kept across reloads.
     pub fetch_shared: crate::source::Shared,
     ready: AtomicBool,
+    /// Set by the daemon: a failed store makes the daemon not ready.
+    health: Option<Arc<super::watch::Health>>,
     config: Mutex<Arc<Config>>,
     sources: Mutex<BTreeMap<String, RunningSource>>,
     status: Mutex<BTreeMap<String, SourceStatus>>,
@@ -80,15 +82,23 @@ impl Handle {
             wakes: Wakes::default(),
             fetch_shared: crate::source::Shared::default(),
             ready: AtomicBool::new(false),
+            health: None,
             config: Mutex::new(config),
             sources: Mutex::new(BTreeMap::new()),
             status: Mutex::new(BTreeMap::new()),
         }
     }
 
-    /// Store open, config loaded, sources and targets started, not stopping.
+    /// Whose failures make this handle not ready.
+    pub(super) fn with_health(mut self, health: Arc<super::watch::Health>) -> Handle {
+        self.health = Some(health);
+        self
+    }
+
+    /// Store open and working, config loaded, sources and targets started, not stopping.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
+            && self.health.as_ref().is_none_or(|h| h.failure().is_none())
     }
 
     pub(super) fn set_ready(&self, ready: bool) {

@@ -4,8 +4,16 @@
 //!
 //! Shutdown (invariant 8): the root token is cancelled (SIGTERM/SIGINT, or the caller);
 //! source loops stop at once (a poll cut off before its commit changes nothing); target
-//! workers stop starting attempts and let those in flight finish within the grace
-//! period; the store is flushed; `run` returns.
+//! workers start no attempt after it and let those in flight finish within the grace
+//! period; the store is flushed (waited for at most the grace too); `run` returns. Every
+//! wait at shutdown is bounded, so a wedged store cannot hold the process; a second
+//! SIGTERM/SIGINT ends it at once ([`Options::force`]).
+//!
+//! A fatal store error ([`StoreError::is_fatal`], e.g. sled's I/O error after a full
+//! disk) seen by any task stops the daemon the same way, and `run` returns
+//! [`DaemonError::StoreFailed`]: sled fails every later call until a restart, so the
+//! process exits (non-zero) for its service manager to restart it, instead of staying up,
+//! ready and pinging the watchdog, while every poll and delivery fails.
 //!
 //! Reload: the new config is validated completely before anything changes; a bad one
 //! is logged and the running config stays. Sources and targets whose settings are
@@ -17,9 +25,11 @@
 
 mod handle;
 mod source_loop;
+mod watch;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
@@ -35,20 +45,31 @@ use crate::source::Fetcher;
 use crate::store::{blocking, SharedStore, SledStore, StoreError};
 pub use handle::{Handle, PollNow, RunningSource, SourceStatus};
 use source_loop::SourceLoop;
+pub use watch::Failure;
+use watch::{Health, Watched};
+
+/// How long after the grace period the target workers may take to write their last
+/// acknowledgements (a healthy store takes milliseconds) before shutdown stops waiting.
+const FINAL_WRITES: Duration = Duration::from_secs(2);
 
 /// Why the daemon could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    // Not `#[from]`/`#[source]`: the message shows the cause, and `{:#}` would repeat it.
     #[error("cannot build the HTTP client: {0}")]
-    Http(#[from] reqwest::Error),
+    Http(reqwest::Error),
     #[error("cannot listen on {addr} for the admin API ([admin] listen in {file}): {error}; set another address, or listen = \"\" to turn the admin API off")]
     AdminListen {
         addr: std::net::SocketAddr,
         file: String,
         error: std::io::Error,
     },
+    #[error("the state database in {state_dir} failed while {}: {}. pollhook exits so that the service manager restarts it; check free space and permissions on {state_dir}", .failure.operation, .failure.error)]
+    StoreFailed { state_dir: String, failure: Failure },
+    #[error("stopped at once by a second {signal}, without waiting for deliveries in flight: they and every other unacknowledged delivery stay in the outbox and are sent after the next start")]
+    Forced { signal: &'static str },
 }
 
 /// Opens the store in the config's state directory.
@@ -67,6 +88,28 @@ pub struct Options {
     pub reload: Option<Arc<Notify>>,
     /// The service manager, told when pollhook is ready, reloading and stopping.
     pub notifier: Notifier,
+    /// Cancelled to stop at once, without waiting for anything (a second SIGTERM).
+    pub force: Option<Signalled>,
+}
+
+/// A token cancelled by a signal, with the signal's name once it came.
+#[derive(Clone, Default)]
+pub struct Signalled {
+    token: CancellationToken,
+    signal: Arc<std::sync::OnceLock<&'static str>>,
+}
+
+impl Signalled {
+    /// Records `signal` and cancels.
+    pub fn fire(&self, signal: &'static str) {
+        let _ = self.signal.set(signal);
+        self.token.cancel();
+    }
+
+    async fn fired(&self) -> &'static str {
+        self.token.cancelled().await;
+        self.signal.get().copied().unwrap_or("signal")
+    }
 }
 
 /// Runs the daemon until `shutdown` is cancelled, then stops cleanly.
@@ -91,10 +134,25 @@ pub async fn run_with(
     shutdown: CancellationToken,
     options: Options,
 ) -> Result<(), DaemonError> {
-    let store = match store {
-        Some(s) => s,
-        None => open_store(&config).await?,
-    };
+    match options.force.clone() {
+        // The caller exits right after (the binary's runtime then drops every task
+        // still running): what is not acknowledged stays in the outbox, as after kill -9.
+        Some(force) => tokio::select! {
+            result = run_daemon(config, store, shutdown, options) => result,
+            signal = force.fired() => Err(DaemonError::Forced { signal }),
+        },
+        None => run_daemon(config, store, shutdown, options).await,
+    }
+}
+
+async fn run_daemon(
+    config: Config,
+    store: Option<SharedStore>,
+    shutdown: CancellationToken,
+    options: Options,
+) -> Result<(), DaemonError> {
+    // What can fail cheaply comes before the store is opened (and, the first time,
+    // created): a clash on the admin port must not leave an empty database behind.
     let admin = match config.admin_listen {
         Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|error| {
             DaemonError::AdminListen {
@@ -105,33 +163,42 @@ pub async fn run_with(
         })?),
         None => None,
     };
+    let store = match store {
+        Some(s) => s,
+        None => open_store(&config).await?,
+    };
+    // Cancelled by the caller, or by the store failing.
+    let stop = shutdown.child_token();
+    let health = Arc::new(Health::new(stop.clone()));
+    let store: SharedStore = Arc::new(Watched::new(store, health.clone()));
     report_backlog(&config, &store).await;
     let config = Arc::new(config);
-    let handle = Arc::new(Handle::new(
-        store.clone(),
-        Arc::new(Metrics::new()),
-        config.clone(),
-    ));
+    let handle = Arc::new(
+        Handle::new(store.clone(), Arc::new(Metrics::new()), config.clone())
+            .with_health(health.clone()),
+    );
     let tracker = TaskTracker::new();
-    if let Some(listener) = admin {
+    // The admin API answers until the end of the shutdown (`/readyz` then says 503, and
+    // why the daemon stops is visible), so it has its own token, cancelled last, or when
+    // this future is dropped (a forced stop).
+    let admin_stop = CancellationToken::new();
+    let _admin_guard = admin_stop.clone().drop_guard();
+    let admin_task = admin.map(|listener| {
         let addr = listener.local_addr().ok();
         tracing::info!(listen = ?addr, "admin API listening (no authentication: keep it on loopback or behind a proxy)");
-        tracker.spawn(crate::admin::serve(
+        tokio::spawn(crate::admin::serve(
             listener,
             handle.clone(),
-            shutdown.child_token(),
-        ));
-    }
-    tracker.spawn(
-        options
-            .notifier
-            .clone()
-            .run_watchdog(shutdown.child_token()),
-    );
+            admin_stop.clone(),
+        ))
+    });
+    // Stops with `stop`: a failed store ends the pings at once, so a service manager
+    // restarts pollhook even if its shutdown hangs.
+    tracker.spawn(options.notifier.clone().run_watchdog(stop.child_token()));
     let mut running = Running {
         handle: handle.clone(),
         tracker: tracker.clone(),
-        shutdown: shutdown.clone(),
+        shutdown: stop.clone(),
         targets: BTreeMap::new(),
         sources: BTreeMap::new(),
     };
@@ -152,21 +219,60 @@ pub async fn run_with(
     let reload = options.reload.clone().unwrap_or_default();
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => break,
+            biased;
+            _ = stop.cancelled() => break,
             _ = reload.notified() => {
                 options.notifier.reloading();
                 let status = running.reload().await;
-                options.notifier.ready(&status);
+                if health.failure().is_none() {
+                    options.notifier.ready(&status);
+                }
             }
         }
     }
     handle.set_ready(false);
+    let state_dir = config.state_dir.display().to_string();
+    if let Some(f) = health.failure() {
+        options.notifier.status(&format!(
+            "failed: the state database in {state_dir} failed while {}; stopping",
+            f.operation
+        ));
+    }
     options.notifier.stopping();
     let grace = handle.config().shutdown_grace;
+    // One deadline for everything that is waited for: workers replaced by reloads and
+    // still finishing count against it too.
+    let deadline = tokio::time::Instant::now() + grace;
     tracing::info!(grace = %humantime::format_duration(grace), "stopping: polls stopped, finishing in-flight deliveries");
     tracker.close();
-    tracker.wait().await;
-    blocking(&store, |s| s.flush()).await?;
+    if tokio::time::timeout_at(deadline + FINAL_WRITES, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("tasks still busy after shutdown_grace (the state database may be stuck); not waiting for them: deliveries not acknowledged stay in the outbox");
+    }
+    // sled flushes on a blocking thread, which a failed write can leave stuck: wait for
+    // it at most the grace, then exit anyway (sled is crash-safe; at worst the last
+    // acknowledgements are repeated after the restart).
+    match tokio::time::timeout(grace, blocking(&store, |s| s.flush())).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) if e.is_fatal() => {}
+        Ok(Err(e)) => return Err(e.into()),
+        Err(_) => {
+            tracing::error!(state_dir = %state_dir, grace = %humantime::format_duration(grace), "the final flush of the state database did not finish within shutdown_grace; exiting without it (acknowledgements of the last moments may be sent again after the restart)");
+        }
+    }
+    admin_stop.cancel();
+    if let Some(task) = admin_task {
+        // Graceful: requests being answered finish, briefly.
+        let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+    }
+    if let Some(failure) = health.failure() {
+        return Err(DaemonError::StoreFailed {
+            state_dir,
+            failure: failure.clone(),
+        });
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -284,7 +390,10 @@ impl Running {
             };
             // A changed target's old worker finishes its in-flight attempts and writes
             // their acknowledgements before the new one loads the outbox: no delivery
-            // is in two workers' hands.
+            // is in two workers' hands. A worker whose stop came while it waited (a
+            // shutdown, or a later reload that replaced it too) starts no attempt: its
+            // run checks before each one, so a burst of reloads ends with one worker
+            // running, and a shutdown with none starting anything.
             let previous = self.targets.remove(name).map(|old| {
                 tracing::info!(target_name = %name, "target changed: restarting its worker");
                 old.stop.cancel();
@@ -412,13 +521,24 @@ async fn report_backlog(config: &Config, store: &SharedStore) {
     }
 }
 
-/// Cancels `token` on SIGTERM or SIGINT, and signals the returned [`Notify`] on each
-/// SIGHUP (reload). The handlers are installed before this returns (not in the spawned
-/// task), so a signal right after start-up is not lost, and a SIGHUP before the daemon
-/// is ready does not kill it (the default action would). Must be called inside the
-/// tokio runtime.
-pub fn install_signals(token: CancellationToken) -> Arc<Notify> {
-    let reload = Arc::new(Notify::new());
+/// What [`install_signals`] returns: the reload signal, and the second-signal token
+/// for [`Options::force`].
+pub struct Signals {
+    pub reload: Arc<Notify>,
+    pub force: Signalled,
+}
+
+/// Cancels `token` on SIGTERM or SIGINT, and signals `reload` on each SIGHUP. A second
+/// SIGTERM or SIGINT fires `force`: an operator who asks twice does not wait for the grace
+/// period (or for a stuck store). The handlers are installed before this returns (not in
+/// the spawned task), so a signal right after start-up is not lost, and a SIGHUP before
+/// the daemon is ready does not kill it (the default action would). Must be called
+/// inside the tokio runtime.
+pub fn install_signals(token: CancellationToken) -> Signals {
+    let signals = Signals {
+        reload: Arc::new(Notify::new()),
+        force: Signalled::default(),
+    };
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -428,24 +548,40 @@ pub fn install_signals(token: CancellationToken) -> Arc<Notify> {
             signal(SignalKind::hangup()),
         ) else {
             tracing::error!("cannot install signal handlers; stop pollhook with SIGKILL");
-            return reload;
+            return signals;
         };
-        let notify = reload.clone();
+        let notify = signals.reload.clone();
+        let force = signals.force.clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
-                    _ = term.recv() => { tracing::info!("SIGTERM received"); break }
-                    _ = int.recv() => { tracing::info!("SIGINT received"); break }
+                    _ = term.recv() => { tracing::info!("SIGTERM received; a second SIGTERM stops at once"); break }
+                    _ = int.recv() => { tracing::info!("SIGINT received; a second SIGINT stops at once"); break }
                     _ = hup.recv() => notify.notify_one(),
                 }
             }
             token.cancel();
+            let second = loop {
+                tokio::select! {
+                    _ = term.recv() => break "SIGTERM",
+                    _ = int.recv() => break "SIGINT",
+                    // A reload while stopping is pointless: ignored.
+                    _ = hup.recv() => {}
+                }
+            };
+            tracing::error!(signal = second, "second signal: exiting at once; deliveries in flight are cut off and stay pending in the outbox, with every other unacknowledged delivery, until the next start");
+            force.fire(second);
         });
     }
     #[cfg(not(unix))]
-    tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
-        token.cancel();
-    });
-    reload
+    {
+        let force = signals.force.clone();
+        tokio::spawn(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            token.cancel();
+            let _ = tokio::signal::ctrl_c().await;
+            force.fire("Ctrl-C");
+        });
+    }
+    signals
 }

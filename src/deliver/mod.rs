@@ -22,7 +22,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{redact_url, Target};
+use crate::config::Target;
 use crate::metrics::Metrics;
 use crate::schedule::random_unit;
 use crate::sign::Scheme;
@@ -102,7 +102,8 @@ impl TargetWorker {
     }
 
     /// The worker loop: refill from the outbox, start due attempts, wait for the next
-    /// thing to happen. Store errors are logged and retried; they never end the loop.
+    /// thing to happen. Store errors are logged and retried; they never end the loop (a fatal
+    /// one stops the daemon, which stops this worker like a shutdown).
     pub async fn run(self) {
         let name = self.target.name.clone();
         let mut queue = Queue::default();
@@ -152,6 +153,12 @@ impl TargetWorker {
                     }
                 }
             }
+            // No attempt starts after the stop: not in the iteration that noticed it late
+            // (a load or a ready timer raced it), nor in a worker that only got here
+            // after waiting for its predecessor (a reload) while the daemon shut down.
+            if self.shutdown.is_cancelled() {
+                break;
+            }
             let now_ms = Utc::now().timestamp_millis();
             while in_flight.len() < self.target.max_in_flight {
                 let Some(ready) = queue.take_due(now_ms) else {
@@ -179,6 +186,7 @@ impl TargetWorker {
                 armed = deadline;
             }
             tokio::select! {
+                biased;
                 _ = self.shutdown.cancelled() => break,
                 _ = self.wake.notified() => refill = true,
                 Some(done) = in_flight.join_next() => {
@@ -430,10 +438,10 @@ impl Attempt {
                 tracing::debug!(target_name = %t.name, event = %ready.event_id, attempt = attempt_no, took_ms = took.as_millis() as u64, "delivered")
             }
             Decision::RetryIn(d) => {
-                tracing::warn!(target_name = %t.name, url = %redact_url(&t.url), event = %ready.event_id, attempt = attempt_no, error = %error, retry_in = %humantime::format_duration(Duration::from_secs(d.as_secs().max(1))), "delivery failed; will retry")
+                tracing::warn!(target_name = %t.name, url = %t.display_url, event = %ready.event_id, attempt = attempt_no, error = %error, retry_in = %humantime::format_duration(Duration::from_secs(d.as_secs().max(1))), "delivery failed; will retry")
             }
             Decision::Bury => {
-                tracing::error!(target_name = %t.name, url = %redact_url(&t.url), event = %ready.event_id, attempts = attempt_no, error = %error, "delivery is dead: no more retries (it stays in the database)")
+                tracing::error!(target_name = %t.name, url = %t.display_url, event = %ready.event_id, attempts = attempt_no, error = %error, "delivery is dead: no more retries (it stays in the database)")
             }
         }
         if decision == Decision::Ack {

@@ -42,6 +42,9 @@ struct Inner {
     scheme: Scheme,
     secrets: Vec<String>,
     log: Mutex<Vec<Received>>,
+    /// When each request came (unix ms), recorded before it is held or answered, so a
+    /// request cut off by the sender's exit is counted too.
+    arrivals: Mutex<Vec<i64>>,
     status: AtomicU16,
     delay_ms: AtomicU64,
     /// Seconds for a Retry-After header on 429/503 answers; 0 sends none.
@@ -69,6 +72,7 @@ impl Receiver {
             scheme,
             secrets,
             log: Mutex::new(Vec::new()),
+            arrivals: Mutex::new(Vec::new()),
             status: AtomicU16::new(200),
             delay_ms: AtomicU64::new(0),
             retry_after: AtomicU64::new(0),
@@ -94,6 +98,11 @@ impl Receiver {
     }
 
     /// Requests answered with 2xx.
+    /// When every request arrived (unix ms), answered or not.
+    pub fn arrivals(&self) -> Vec<i64> {
+        lock(&self.inner.arrivals).clone()
+    }
+
     pub fn accepted(&self) -> Vec<Received> {
         self.received()
             .into_iter()
@@ -159,6 +168,9 @@ async fn hook(
     body: Bytes,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
+    // Before the delay: when the request came, not when it was answered.
+    let arrived = Utc::now();
+    lock(&inner.arrivals).push(arrived.timestamp_millis());
     let delay = inner.delay_ms.load(Ordering::SeqCst);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -199,7 +211,7 @@ async fn hook(
         verified,
         status,
         body: parsed,
-        at_ms: now.timestamp_millis(),
+        at_ms: arrived.timestamp_millis(),
     };
     lock(&inner.log).push(r.clone());
     inner.changed.notify_waiters();

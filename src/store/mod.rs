@@ -28,6 +28,13 @@ pub enum StoreError {
     Open { path: String, reason: String },
     #[error("state database error: {0}")]
     Db(String),
+    /// sled itself failed: an I/O error (a full disk, a file it may not write), corruption
+    /// or a bug it reports. sled 0.34 keeps such an error and fails every later call, so
+    /// the store is unusable until the process restarts (see [`StoreError::is_fatal`]).
+    /// The error is kept as sled gave it (its Display is shown once, it is not also the
+    /// `source`, so `{:#}` does not repeat it).
+    #[error("the state database failed: {0}")]
+    Failed(sled::Error),
     #[error("stored record {key} is corrupt: {reason}")]
     Corrupt { key: String, reason: String },
     #[error("source {source_name} changed while this poll ran (expected generation {expected}, found {found}); the poll is dropped and the next one starts from the new state")]
@@ -36,6 +43,15 @@ pub enum StoreError {
         expected: u64,
         found: u64,
     },
+}
+
+impl StoreError {
+    /// Whether the store is broken for good: every later call fails too, and only a
+    /// restart (after the cause, such as a full disk, is fixed) helps. The daemon stops
+    /// on such an error instead of retrying it forever.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, StoreError::Failed(_))
+    }
 }
 
 /// Everything one successful poll writes, in one transaction.

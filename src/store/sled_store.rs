@@ -42,8 +42,18 @@ pub struct SledStore {
     enqueue: std::sync::Mutex<()>,
 }
 
+/// sled's error as a [`StoreError`]: I/O errors, corruption and reported bugs leave sled
+/// failing every later call (0.34 keeps the first such error globally), so they are
+/// [`StoreError::Failed`]; the rest (a missing tree, an unsupported operation) are not.
 fn db_err(e: sled::Error) -> StoreError {
-    StoreError::Db(e.to_string())
+    match e {
+        sled::Error::Io(_) | sled::Error::Corruption { .. } | sled::Error::ReportableBug(_) => {
+            StoreError::Failed(e)
+        }
+        sled::Error::CollectionNotFound(_) | sled::Error::Unsupported(_) => {
+            StoreError::Db(e.to_string())
+        }
+    }
 }
 
 /// A failed transaction: the store error it aborted with, or sled's own.

@@ -14,6 +14,8 @@
 //! - `sources`: pagination, conditional requests, auth, feeds, transforms, commands,
 //!   Retry-After, backoff and per-host limits, against `shaped_api`.
 //! - `reload`: a new config applied to a running daemon.
+//! - `lifecycle`: start-up order, shutdown bounds (after reload bursts, a stuck flush, a
+//!   second SIGTERM), a failed store stopping the daemon, paths relative to the config.
 //! - `process`: the binary: restart after kill -9, clean SIGTERM, secrets never logged,
 //!   `check` and the demo.
 
@@ -22,6 +24,7 @@ mod admin_hostile;
 mod delivery;
 mod faults;
 mod flow;
+mod lifecycle;
 mod process;
 mod reload;
 mod service;

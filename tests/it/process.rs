@@ -18,20 +18,38 @@ pub(crate) struct Daemon {
 
 impl Daemon {
     pub(crate) fn start(config: &Path, log: &Path, envs: &[(&str, &str)]) -> Daemon {
+        Daemon::start_in(config, log, envs, None)
+    }
+
+    /// [`Daemon::start`] in working directory `cwd` (else the test's), without a
+    /// `$STATE_DIRECTORY` from the test's environment.
+    pub(crate) fn start_in(
+        config: &Path,
+        log: &Path,
+        envs: &[(&str, &str)],
+        cwd: Option<&Path>,
+    ) -> Daemon {
         let file = std::fs::File::create(log).unwrap();
-        let child = Command::new(BIN)
-            .args(["run", "--config"])
+        let mut cmd = Command::new(BIN);
+        cmd.args(["run", "--config"])
             .arg(config)
             .env("RUST_LOG", "debug")
+            .env_remove("STATE_DIRECTORY")
             .envs(envs.iter().copied())
             .stdout(Stdio::null())
-            .stderr(Stdio::from(file))
-            .spawn()
-            .unwrap();
+            .stderr(Stdio::from(file));
+        if let Some(dir) = cwd {
+            cmd.current_dir(dir);
+        }
         Daemon {
-            child,
+            child: cmd.spawn().unwrap(),
             log: log.to_path_buf(),
         }
+    }
+
+    /// Whether the process is still running.
+    pub(crate) fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
     }
 
     pub(crate) fn log(&self) -> String {

@@ -14,7 +14,7 @@ use crate::process::{run_ok, Daemon, BIN};
 use crate::support::{accepted, free_port, with_admin, Harness, WAIT};
 
 /// Reads notifications until one contains `want`; returns everything read up to it.
-fn notified(sock: &UnixDatagram, want: &str, log: &dyn Fn() -> String) -> Vec<String> {
+pub(crate) fn notified(sock: &UnixDatagram, want: &str, log: &dyn Fn() -> String) -> Vec<String> {
     let deadline = Instant::now() + WAIT;
     let mut seen = Vec::new();
     let mut buf = vec![0u8; 4096];
@@ -172,8 +172,9 @@ async fn operator_commands_with_a_running_daemon_and_without_one() {
     let config = h.dir.path().join("config.toml");
     std::fs::write(&config, &text).unwrap();
     let mut d = Daemon::start(&config, &h.dir.path().join("log"), &[]);
-    // Ready once the admin API listens (it binds after the store is open); asking
-    // before would have the CLI open the store itself and contend for its lock.
+    // Ready once the admin API listens (it binds before the store is opened, and
+    // answers once it is: the CLI's probe waits for that); asking before would have the
+    // CLI open the store itself and contend for its lock.
     let deadline = Instant::now() + WAIT;
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "no daemon; log:\n{}", d.log());
