@@ -11,6 +11,8 @@
 //! - `large-poll`: a 100,000-item document (~30 MB) with 1% changed between polls; a
 //!   whole poll (parse, extract, diff, commit) against parsing the same bytes alone.
 //! - `large-poll-rss`: peak RSS of the daemon polling that document, against its size.
+//! - `mass-change-rss`: 300,000 small items (~5 MB) all updated by one poll; peak RSS
+//!   of the daemon until every update is delivered, against the document's size.
 //! - `many-sources`: 10,000 sources on 60 s intervals; the daemon's CPU and RSS.
 //! - `latency`: 1,000 changes per second; commit to the receiver's 2xx, p50 and p99.
 //!
@@ -70,6 +72,7 @@ async fn main() -> Result<()> {
             "throughput" => throughput(if quick { 20_000 } else { 100_000 }).await?,
             "large-poll" => large_poll(if quick { 20_000 } else { 100_000 }).await?,
             "large-poll-rss" => large_poll_rss(if quick { 20_000 } else { 100_000 }).await?,
+            "mass-change-rss" => mass_change_rss(if quick { 60_000 } else { 300_000 }).await?,
             "many-sources" => {
                 many_sources(
                     if quick { 2_000 } else { 10_000 },
@@ -600,6 +603,54 @@ async fn large_poll_rss(n: usize) -> Result<()> {
     );
     println!(
         "{:<34}{:.2}x the document (goal: at most 3x)",
+        "ratio",
+        hwm as f64 * 1024.0 / size as f64
+    );
+    Ok(())
+}
+
+async fn mass_change_rss(n: usize) -> Result<()> {
+    let small = |v: u64| {
+        let items: Vec<Value> = (0..n).map(|i| json!({"id": i, "v": v})).collect();
+        Bytes::from(serde_json::to_vec(&json!({ "items": items })).expect("serialise"))
+    };
+    let doc = Doc::default();
+    let body = small(0);
+    let size = body.len();
+    doc.set(body);
+    let doc_addr = doc.serve().await?;
+    let (rx, counter) = serve_counter(false).await?;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        config_text(&dir.path().join("state"), doc_addr, rx, "", "")
+            .replace("interval = \"1h\"", "interval = \"2s\""),
+    )?;
+    let child = spawn_daemon(&path)?;
+    let pid = child.0.id();
+    // The first poll records the baseline silently; then every item changes.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let baseline = proc_field(pid, "VmHWM:");
+    doc.set(small(1));
+    let t = Instant::now();
+    counter.wait_for(n as u64, Duration::from_secs(600)).await?;
+    let took = t.elapsed();
+    let hwm = proc_field(pid, "VmHWM:");
+    println!("{:<34}{:.1} MB, {n} items", "document", size as f64 / 1e6);
+    println!(
+        "{:<34}{:.1} MB after the baseline poll",
+        "daemon peak RSS (VmHWM)",
+        baseline as f64 / 1024.0
+    );
+    println!(
+        "{:<34}{:.1} MB after {n} updates delivered ({:.1} s)",
+        "daemon peak RSS (VmHWM)",
+        hwm as f64 / 1024.0,
+        took.as_secs_f64()
+    );
+    println!(
+        "{:<34}{:.1}x the document",
         "ratio",
         hwm as f64 * 1024.0 / size as f64
     );

@@ -54,7 +54,8 @@ impl StoreError {
     }
 }
 
-/// Everything one successful poll writes, in one transaction.
+/// Everything one commit of a poll writes, in one transaction: all of a poll's changes,
+/// or one chunk of a poll with more than [`crate::poll::CHUNK`].
 #[derive(Debug, Default)]
 pub struct PollCommit {
     pub source: String,
