@@ -45,14 +45,12 @@ pub enum StoreError {
         error: std::io::Error,
     },
     /// sled refused the database's files: corruption, a missing or truncated file.
-    #[error("the state database in {path} is damaged and cannot be opened (files there: {files}). Restore that directory from a backup, or move it aside (`mv {path} {path}.damaged`), delete {marker} and start afresh, losing its pending deliveries and snapshots: every source then records a new baseline at its first poll (no events for items that already exist). sled reported")]
+    #[error("the state database in {path} is damaged and cannot be opened (files there: {files}). Restore that directory from a backup, or move it aside (`mv {path} {path}.damaged`), delete {} and start afresh, losing its pending deliveries and snapshots: every source then records a new baseline at its first poll (no events for items that already exist). sled reported", state_dir::marker_for(.path))]
     Damaged {
         path: String,
-        /// The marker file, which names the damaged database until it is deleted.
-        marker: String,
         files: String,
         #[source]
-        error: sled::Error,
+        error: Box<sled::Error>,
     },
     /// The state_dir's marker file names another database than the one found.
     #[error("the state database in {path} is not the one this state_dir held: {marker} names database {expected}, but {found}. It is empty or was replaced, and opening it would make every source record a new baseline and strand the pending deliveries of the old one. Restore {path} from a backup, or delete {marker} to start with this database as it is, a new empty one if there is none (every source records a new baseline at its first poll; no events for items that already exist)")]
@@ -63,15 +61,13 @@ pub enum StoreError {
         found: String,
     },
     /// A snapshot record's page lives in a file under `db/blobs` that is gone.
-    #[error("source {source_name}: cannot read its snapshot record (bucket {bucket}): a file under {blobs} is missing (sled keeps large pages there, and the page holds this record and possibly those of other sources). The state database is damaged: restore the state_dir from a backup, or stop pollhook, move the database aside (`mv {db} {db}.damaged`), delete {marker} and start afresh, losing its pending deliveries and snapshots (every source records a new baseline)")]
+    #[error("source {source_name}: cannot read its snapshot record (bucket {bucket}): a file under {db}/blobs is missing (sled keeps large pages there, and the page holds this record and possibly those of other sources). The state database is damaged: restore the state_dir from a backup, or stop pollhook, move the database aside (`mv {db} {db}.damaged`), delete {} and start afresh, losing its pending deliveries and snapshots (every source records a new baseline)", state_dir::marker_for(.db))]
     MissingBlob {
         source_name: String,
         bucket: String,
-        blobs: String,
         db: String,
-        marker: String,
         #[source]
-        error: sled::Error,
+        error: Box<sled::Error>,
     },
     #[error("state database error: {0}")]
     Db(String),

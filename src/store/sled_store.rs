@@ -207,10 +207,8 @@ impl SledStore {
         StoreError::MissingBlob {
             source_name: source.to_string(),
             bucket,
-            blobs: self.path.join("blobs").display().to_string(),
             db: self.path.display().to_string(),
-            marker: state_dir::marker_of(&self.path),
-            error: e,
+            error: Box::new(e),
         }
     }
 

@@ -63,23 +63,23 @@ pub(super) fn open_error(db_dir: &Path, error: sled::Error) -> StoreError {
                 error,
             },
             _ => StoreError::Damaged {
-                marker: marker_of(db_dir),
                 files: list_files(db_dir),
                 path,
-                error: sled::Error::Io(error),
+                error: Box::new(sled::Error::Io(error)),
             },
         },
         error => StoreError::Damaged {
-            marker: marker_of(db_dir),
             files: list_files(db_dir),
             path,
-            error,
+            error: Box::new(error),
         },
     }
 }
 
-/// The marker file of the state_dir that holds `db_dir`, for messages.
-pub(super) fn marker_of(db_dir: &Path) -> String {
+/// The marker file of the state_dir that holds the database directory `db_dir`, for
+/// messages.
+pub(super) fn marker_for(db_dir: &str) -> String {
+    let db_dir = Path::new(db_dir);
     marker_path(db_dir.parent().unwrap_or(db_dir))
         .display()
         .to_string()
