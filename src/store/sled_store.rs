@@ -88,15 +88,10 @@ impl SledStore {
         let db_dir = dir.join("db");
         let marker = state_dir::read_marker(dir)?;
         let existed = state_dir::holds_files(&db_dir);
-        let replaced = |expected: &str, found: String| StoreError::Replaced {
-            path: db_dir.display().to_string(),
-            marker: state_dir::marker_path(dir).display().to_string(),
-            expected: expected.to_string(),
-            found,
-        };
         if let (Some(expected), false) = (&marker, existed) {
             // Refused before sled would create a new database there.
-            return Err(replaced(
+            return Err(state_dir::replaced(
+                dir,
                 expected,
                 "there is no database there (the directory is missing or empty)".into(),
             ));
@@ -138,42 +133,17 @@ impl SledStore {
             path: db_dir.clone(),
             db,
         };
-        let stored = meta.get(state_dir::ID_KEY).map_err(open_err)?;
-        let stored = stored.map(|v| String::from_utf8_lossy(&v).into_owned());
-        match (marker, stored) {
-            (Some(expected), Some(id)) if expected == id => {}
-            (Some(expected), Some(id)) => {
-                return Err(replaced(&expected, format!("it holds database {id}")));
-            }
-            (Some(expected), None) => {
-                return Err(replaced(
-                    &expected,
-                    "it holds no id (it is new or was emptied)".into(),
-                ));
-            }
-            (None, Some(id)) => {
-                // The marker was deleted, or a crash came between the two writes below.
-                state_dir::write_marker(dir, &id)?;
-                tracing::info!(dir = %db_dir.display(), id, "marker file {} written", state_dir::MARKER_FILE);
-            }
-            (None, None) => {
-                let id = state_dir::new_id(&db_dir);
-                // The database first: a crash before the marker is written leaves the
-                // case above, not a marker naming an id the database lacks.
-                meta.insert(state_dir::ID_KEY, id.as_bytes())
-                    .map_err(open_err)?;
-                store.db.flush().map_err(open_err)?;
-                state_dir::write_marker(dir, &id)?;
-                // An earlier release's database that holds no source is as new as a
-                // created one: either way every source records a new baseline.
-                let empty = store.sources.first().map_err(open_err)?.is_none();
-                if !existed || empty {
-                    tracing::warn!("{}", state_dir::new_database_warning(&db_dir));
-                } else {
-                    tracing::info!(dir = %db_dir.display(), id, "state database adopted: marker file {} written", state_dir::MARKER_FILE);
-                }
-            }
-        }
+        state_dir::check_marker(
+            &state_dir::Opened {
+                state_dir: dir,
+                db_dir: &db_dir,
+                existed,
+                db: &store.db,
+                meta: &meta,
+                sources: &store.sources,
+            },
+            marker,
+        )?;
         Ok(store)
     }
 

@@ -164,3 +164,71 @@ pub(super) fn new_id(db_dir: &Path) -> String {
 pub(super) fn marker_path(state_dir: &Path) -> PathBuf {
     state_dir.join(MARKER_FILE)
 }
+
+/// A database just opened in a state_dir, for [`check_marker`].
+pub(super) struct Opened<'a> {
+    pub state_dir: &'a Path,
+    pub db_dir: &'a Path,
+    /// Whether `db_dir` held files before this open (else sled just created them).
+    pub existed: bool,
+    pub db: &'a sled::Db,
+    pub meta: &'a sled::Tree,
+    pub sources: &'a sled::Tree,
+}
+
+/// The refusal of a database that is not the one the marker names.
+pub(super) fn replaced(state_dir: &Path, expected: &str, found: String) -> StoreError {
+    StoreError::Replaced {
+        path: state_dir.join("db").display().to_string(),
+        marker: marker_path(state_dir).display().to_string(),
+        expected: expected.to_string(),
+        found,
+    }
+}
+
+/// Compares the database's id with the id `marker` names: refuses another database,
+/// or gives a database without an id (new, or from an earlier release) one, in both.
+pub(super) fn check_marker(o: &Opened<'_>, marker: Option<String>) -> Result<(), StoreError> {
+    let open_err = |e| open_error(o.db_dir, e);
+    let stored = o.meta.get(ID_KEY).map_err(open_err)?;
+    let stored = stored.map(|v| String::from_utf8_lossy(&v).into_owned());
+    match (marker, stored) {
+        (Some(expected), Some(id)) if expected == id => {}
+        (Some(expected), Some(id)) => {
+            return Err(replaced(
+                o.state_dir,
+                &expected,
+                format!("it holds database {id}"),
+            ));
+        }
+        (Some(expected), None) => {
+            return Err(replaced(
+                o.state_dir,
+                &expected,
+                "it holds no id (it is new or was emptied)".into(),
+            ));
+        }
+        (None, Some(id)) => {
+            // The marker was deleted, or a crash came between the two writes below.
+            write_marker(o.state_dir, &id)?;
+            tracing::info!(dir = %o.db_dir.display(), id, "marker file {MARKER_FILE} written");
+        }
+        (None, None) => {
+            let id = new_id(o.db_dir);
+            // The database first: a crash before the marker is written leaves the case
+            // above, not a marker naming an id the database lacks.
+            o.meta.insert(ID_KEY, id.as_bytes()).map_err(open_err)?;
+            o.db.flush().map_err(open_err)?;
+            write_marker(o.state_dir, &id)?;
+            // An earlier release's database that holds no source is as new as a created
+            // one: either way every source records a new baseline.
+            let empty = o.sources.first().map_err(open_err)?.is_none();
+            if !o.existed || empty {
+                tracing::warn!("{}", new_database_warning(o.db_dir));
+            } else {
+                tracing::info!(dir = %o.db_dir.display(), id, "state database adopted: marker file {MARKER_FILE} written");
+            }
+        }
+    }
+    Ok(())
+}
