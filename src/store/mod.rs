@@ -11,6 +11,7 @@
 
 mod records;
 mod sled_store;
+mod state_dir;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -20,12 +21,54 @@ use crate::event::Event;
 
 pub use records::{Delivery, DeliveryStatus, SourceState, TargetStats};
 pub use sled_store::SledStore;
+pub use state_dir::{new_database_warning, MARKER_FILE};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot open the state database in {path}: {reason} (is another pollhook running with the same state_dir? check permissions on the directory)")]
+    /// The database's lock is held (sled reports this only as text, kept in `reason`).
+    #[error("cannot open the state database in {path}: another pollhook daemon, or a `pollhook` operator command, holds its lock ({reason}). Stop the other process, or give this one another state_dir")]
     Open { path: String, reason: String },
+    /// The file system refused access to the state_dir or a file in it.
+    #[error("cannot open the state database: permission denied on {path} (or a file in it). Check its owner and mode (`ls -lan {path}`): everything in the state_dir must belong to the user pollhook runs as, e.g. after a run as root, or under a systemd unit with DynamicUser= whose StateDirectory= does not manage this directory")]
+    OpenDenied {
+        path: String,
+        #[source]
+        error: std::io::Error,
+    },
+    /// A file-system failure around the database that is not damage to it.
+    #[error("cannot open the state database: cannot {action} {path}")]
+    OpenIo {
+        action: &'static str,
+        path: String,
+        #[source]
+        error: std::io::Error,
+    },
+    /// sled refused the database's files: corruption, a missing or truncated file.
+    #[error("the state database in {path} is damaged and cannot be opened (files there: {files}). Restore that directory from a backup, or move it aside (`mv {path} {path}.damaged`), delete {} and start afresh, losing its pending deliveries and snapshots: every source then records a new baseline at its first poll (no events for items that already exist). sled reported", state_dir::marker_for(.path))]
+    Damaged {
+        path: String,
+        files: String,
+        #[source]
+        error: Box<sled::Error>,
+    },
+    /// The state_dir's marker file names another database than the one found.
+    #[error("the state database in {path} is not the one this state_dir held: {marker} names database {expected}, but {found}. It is empty or was replaced, and opening it would make every source record a new baseline and strand the pending deliveries of the old one. Restore {path} from a backup, or delete {marker} to start with this database as it is, a new empty one if there is none (every source records a new baseline at its first poll; no events for items that already exist)")]
+    Replaced {
+        path: String,
+        marker: String,
+        expected: String,
+        found: String,
+    },
+    /// A snapshot record's page lives in a file under `db/blobs` that is gone.
+    #[error("source {source_name}: cannot read its snapshot record (bucket {bucket}): a file under {db}/blobs is missing (sled keeps large pages there, and the page holds this record and possibly those of other sources). The state database is damaged: restore the state_dir from a backup, or stop pollhook, move the database aside (`mv {db} {db}.damaged`), delete {} and start afresh, losing its pending deliveries and snapshots (every source records a new baseline)", state_dir::marker_for(.db))]
+    MissingBlob {
+        source_name: String,
+        bucket: String,
+        db: String,
+        #[source]
+        error: Box<sled::Error>,
+    },
     #[error("state database error: {0}")]
     Db(String),
     /// sled itself failed: an I/O error (a full disk, a file it may not write), corruption
@@ -215,3 +258,5 @@ where
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_damage;

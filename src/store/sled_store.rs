@@ -12,6 +12,7 @@ use super::records::{
     delivery_key, encode_bucket, encode_delivery, encode_new_delivery, prefix,
     split_delivery_key_ref, to_seen, Entry, MAX_PER_BUCKET,
 };
+use super::state_dir;
 use super::{Delivery, DeliveryStatus, PollCommit, SourceState, Store, StoreError, TargetStats};
 use crate::diff::Seen;
 
@@ -84,16 +85,29 @@ fn list(
 }
 
 impl SledStore {
-    /// Opens (or creates) the database in `dir`. sled locks the directory, so a second
-    /// process on the same `state_dir` fails here with a clear message.
+    /// Opens (or creates) the database in `dir`/db. sled locks the directory, so a
+    /// second process on the same `state_dir` fails here with a clear message.
+    ///
+    /// The marker file [`super::MARKER_FILE`] ties the state_dir to its database (see
+    /// `state_dir.rs`): with the marker present, a missing, empty or other database is
+    /// refused ([`StoreError::Replaced`]) rather than silently started afresh. Without
+    /// it, a new database is created with a warning, and one from a release before the
+    /// marker is adopted.
     pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
-        let open_err = |reason: String| StoreError::Open {
-            path: dir.display().to_string(),
-            reason,
-        };
-        std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
+        std::fs::create_dir_all(dir).map_err(|e| state_dir::io_error("create", dir, e))?;
+        let db_dir = dir.join("db");
+        let marker = state_dir::read_marker(dir)?;
+        let existed = state_dir::holds_files(&db_dir);
+        if let (Some(expected), false) = (&marker, existed) {
+            // Refused before sled would create a new database there.
+            return Err(state_dir::replaced(
+                dir,
+                expected,
+                "there is no database there (the directory is missing or empty)".into(),
+            ));
+        }
         let config = sled::Config::new()
-            .path(dir.join("db"))
+            .path(&db_dir)
             // sled's default page cache is 1 GiB; pollhook's working set is the outbox
             // head and one source's snapshot at a time, so memory stays bounded.
             .cache_capacity(64 * 1024 * 1024);
@@ -114,19 +128,33 @@ impl SledStore {
                 {
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
-                Err(e) => return Err(open_err(e.to_string())),
+                Err(e) => return Err(state_dir::open_error(&db_dir, e)),
             }
         };
-        let tree = |name: &str| db.open_tree(name).map_err(|e| open_err(e.to_string()));
-        Ok(SledStore {
+        let open_err = |e| state_dir::open_error(&db_dir, e);
+        let tree = |name: &str| db.open_tree(name).map_err(open_err);
+        let meta = tree(state_dir::META_TREE)?;
+        let store = SledStore {
             sources: tree("sources-v1")?,
             snap: tree("snap-v1")?,
             outbox: tree("outbox-v1")?,
             dead: tree("dead-v1")?,
             enqueue: std::sync::Mutex::new(()),
-            path: dir.join("db"),
+            path: db_dir.clone(),
             db,
-        })
+        };
+        state_dir::check_marker(
+            &state_dir::Opened {
+                state_dir: dir,
+                db_dir: &db_dir,
+                existed,
+                db: &store.db,
+                meta: &meta,
+                sources: &store.sources,
+            },
+            marker,
+        )?;
+        Ok(store)
     }
 
     /// CRC32 over every tree, for tests that must see any write at all.
@@ -140,6 +168,28 @@ impl SledStore {
     /// Bytes the database takes on disk.
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
         self.db.size_on_disk().map_err(db_err)
+    }
+
+    /// A failed read of `source`'s snapshot records, the scan having read up to `last`.
+    /// sled 0.34 keeps a page larger than a quarter of a log segment (128 KiB) in a
+    /// file of its own under `db/blobs`; if that file is gone, reading the page fails
+    /// with a bare "No such file or directory", which is named here for what it is.
+    fn snap_read_err(&self, source: &str, last: Option<&[u8]>, e: sled::Error) -> StoreError {
+        let missing =
+            matches!(&e, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::NotFound);
+        if !missing {
+            return db_err(e);
+        }
+        let bucket = match last.and_then(|k| k.get(k.len().checked_sub(4)?..)) {
+            Some(b) => format!("after {}", u32::from_be_bytes([b[0], b[1], b[2], b[3]])),
+            None => "0 or the first one stored".into(),
+        };
+        StoreError::MissingBlob {
+            source_name: source.to_string(),
+            bucket,
+            db: self.path.display().to_string(),
+            error: Box::new(e),
+        }
     }
 
     fn rewrite(&self, target: &str, seq: u64, f: impl Fn(&mut Delivery)) -> Result<(), StoreError> {
@@ -174,8 +224,10 @@ impl Store for SledStore {
 
     fn snapshot(&self, source: &str) -> Result<HashMap<String, Seen>, StoreError> {
         let mut out = HashMap::new();
+        let mut last = None;
         for kv in self.snap.scan_prefix(prefix(source)) {
-            let (k, v) = kv.map_err(db_err)?;
+            let (k, v) = kv.map_err(|e| self.snap_read_err(source, last.as_deref(), e))?;
+            last = Some(k.clone());
             let mut entries: Vec<(&str, Entry<'_>)> = Vec::new();
             decode_bucket(&k, &v, &mut entries)?;
             out.extend(
@@ -512,9 +564,10 @@ impl Store for SledStore {
         // transaction (a commit racing this forget is either before or after it). Keys
         // found under its prefix beforehand are removed too, so no bucket a broken state
         // does not count can bring old items back.
-        let mut found = Vec::new();
+        let mut found: Vec<sled::IVec> = Vec::new();
         for k in self.snap.scan_prefix(prefix(source)).keys() {
-            found.push(k.map_err(db_err)?);
+            let k = k.map_err(|e| self.snap_read_err(source, found.last().map(|k| &k[..]), e))?;
+            found.push(k);
         }
         let result = (&self.sources, &self.snap).transaction(|(sources, snap)| {
             let stored = sources.get(source.as_bytes())?;
