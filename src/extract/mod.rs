@@ -108,33 +108,29 @@ impl Kinds {
 
     /// The one type every item had; None if there were none or several.
     pub fn single(self) -> Option<Kind> {
-        if self.0.count_ones() != 1 {
-            return None;
+        let mut kinds = self.iter();
+        match (kinds.next(), kinds.next()) {
+            (Some(k), None) => Some(k),
+            _ => None,
         }
-        [
-            Kind::Object,
-            Kind::Array,
-            Kind::String,
-            Kind::Number,
-            Kind::Bool,
-            Kind::Null,
-        ]
-        .into_iter()
-        .find(|k| self.0 == 1 << *k as u8)
     }
 
-    /// Whether some item had a type other than `kind`.
+    /// A type some item had other than `kind`, if any.
     pub fn other_than(self, kind: Kind) -> Option<Kind> {
-        [
+        self.iter().find(|k| *k != kind)
+    }
+
+    fn iter(self) -> impl Iterator<Item = Kind> {
+        const ALL: [Kind; 6] = [
             Kind::Object,
             Kind::Array,
             Kind::String,
             Kind::Number,
             Kind::Bool,
             Kind::Null,
-        ]
-        .into_iter()
-        .find(|k| *k != kind && self.0 & (1 << *k as u8) != 0)
+        ];
+        ALL.into_iter()
+            .filter(move |k| self.0 & (1 << *k as u8) != 0)
     }
 }
 
@@ -469,6 +465,26 @@ pub fn extract(doc: &Value, items_ptr: &str, id_ptr: &str) -> Result<Vec<Item>, 
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn kinds_say_the_one_type_and_the_others() {
+        let mut k = Kinds::default();
+        assert_eq!(k.single(), None);
+        k.add(Kind::Object);
+        k.add(Kind::Object);
+        assert_eq!(
+            (k.single(), k.other_than(Kind::Object)),
+            (Some(Kind::Object), None)
+        );
+        k.add(Kind::String);
+        assert_eq!(
+            (k.single(), k.other_than(Kind::Object)),
+            (None, Some(Kind::String))
+        );
+        assert_eq!(Kind::of_json(br#"{"a":1}"#), Some(Kind::Object));
+        assert_eq!(Kind::of_json(b"-1"), Some(Kind::Number));
+        assert_eq!(Kind::of_json(b""), None);
+    }
+
     #[test]
     fn number_text_is_exact_for_integers_and_stable_for_floats() {
         let text = |t: &str| number_text(&serde_json::from_str(t).unwrap()).into_owned();

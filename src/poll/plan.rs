@@ -2,15 +2,16 @@
 //! that refuse answers that only look like data (another shape, a snapshot read back
 //! short), and the commits that turn the changes into events.
 //!
-//! Memory stays bounded by the document, whatever the number of changes: the diff keeps
+//! Memory stays bounded by the response, whatever the number of changes: the diff keeps
 //! each changed item once, as the JSON text it is stored as, and no event. Events are
-//! built when their commit is: a poll with more than [`CHUNK`] changes is committed in
-//! chunks of at most that many, each one transaction holding its items' snapshot entries
-//! and their events (invariant 1 holds per item). The first chunk takes the source to the
-//! poll's generation and later ones continue it, so every event of the poll has the id a
-//! single commit would have given it (invariant 2). A crash between chunks leaves the
-//! items of the chunks not committed as they were: the next poll finds those changes
-//! again (with a new generation, since nothing of them was ever sent).
+//! built when their commit is. A poll with at most [`CHUNK`] events is one commit: its
+//! snapshot changes, events and deliveries in one transaction. A poll with more queues
+//! its events first, [`CHUNK`] at a time, each chunk one transaction that changes no
+//! state, and then commits the snapshot with the last chunk. Every event carries the
+//! poll's generation (the ids one commit would give). A crash before the snapshot commit
+//! leaves the state as it was: the next poll detects the same changes under the same
+//! generation, so the events already queued are queued again with the same ids (at
+//! least once, invariant 2), and nothing is lost (invariant 1).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -35,11 +36,15 @@ pub struct Plan {
     pub report: PollReport,
     /// Items the source held before this poll.
     pub held: usize,
-    /// Items created or updated, in document order, with what they were (None: a
-    /// stale fingerprint refreshed silently).
-    upserts: std::vec::IntoIter<(String, Seen, Option<ChangeKind>)>,
+    /// Items created or updated, in document order.
+    upserts: Vec<(String, Seen)>,
+    /// What each upsert is (None: a stale fingerprint refreshed silently).
+    kinds: Vec<Option<ChangeKind>>,
     /// Items gone, ascending.
-    removals: std::vec::IntoIter<String>,
+    removals: Vec<String>,
+    /// How far events have been built: upserts, then removals.
+    next_upsert: usize,
+    next_removal: usize,
     /// The snapshot the poll was diffed against: the previous state of updated and
     /// deleted items.
     previous: HashMap<String, Seen>,
@@ -48,17 +53,14 @@ pub struct Plan {
     source: String,
     event_type: String,
     targets: Arc<[String]>,
-    /// The generation the first commit expects, and then the one the later continue.
+    /// The generation the poll read: every commit of the plan expects it.
     expected: u64,
-    /// The poll's generation: part of every event id.
-    generation: u64,
-    /// Items held after the commits made so far, and after the last.
-    items: u64,
-    final_items: u64,
+    /// Items held after the poll.
+    item_count: u64,
     collection: Option<Collection>,
     now: DateTime<Utc>,
-    /// A commit of this plan was made: the next ones continue its generation.
-    started: bool,
+    /// The commit that writes the snapshot is made.
+    done: bool,
     /// The source never committed: its first poll records that it did, changes or not.
     baseline_record: bool,
 }
@@ -69,124 +71,122 @@ impl Plan {
         Plan {
             report,
             held: 0,
-            upserts: Vec::new().into_iter(),
-            removals: Vec::new().into_iter(),
+            upserts: Vec::new(),
+            kinds: Vec::new(),
+            removals: Vec::new(),
+            next_upsert: 0,
+            next_removal: 0,
             previous: HashMap::new(),
             emit: Vec::new(),
             source: String::new(),
             event_type: String::new(),
             targets: Arc::from(Vec::new()),
             expected: 0,
-            generation: 0,
-            items: 0,
-            final_items: 0,
+            item_count: 0,
             collection: None,
             now: DateTime::<Utc>::UNIX_EPOCH,
-            started: false,
+            done: true,
             baseline_record: false,
         }
     }
 
     /// The generation the poll read (what the store holds if nothing is written).
     pub fn generation_read(&self) -> u64 {
-        self.generation.saturating_sub(1)
+        self.expected
     }
 
     /// Ids of the items this plan removes from the snapshot, ascending.
     pub fn removals(&self) -> &[String] {
-        self.removals.as_slice()
+        &self.removals
     }
 
     /// Whether the plan has anything (more) to write.
     pub fn writes(&self) -> bool {
-        (!self.started && self.baseline_record) || self.upserts.len() + self.removals.len() > 0
+        !self.done
+            && (self.baseline_record || !self.upserts.is_empty() || !self.removals.is_empty())
     }
 
-    /// The next commit: up to [`CHUNK`] changes with their events, built now. None when
-    /// every change is committed. The first commit expects the generation the poll read;
-    /// a source's first poll commits even without changes (the baseline is recorded).
+    /// The next commit, its events built now; None once the snapshot is committed. All
+    /// but the last carry [`CHUNK`] events and nothing else (`events_only`); the last
+    /// carries the remaining events and every snapshot change. A source's first poll
+    /// commits even without changes (the baseline is recorded).
     pub fn next_commit(&mut self) -> Result<Option<PollCommit>, PollError> {
         if !self.writes() {
             return Ok(None);
         }
+        let mut events = Vec::new();
+        while events.len() < CHUNK && self.next_upsert < self.upserts.len() {
+            let i = self.next_upsert;
+            self.next_upsert += 1;
+            if let Some(kind) = self.kinds[i].filter(|k| self.emit.contains(k)) {
+                let event = self.upsert_event(i, kind)?;
+                events.push((event, self.targets.clone()));
+            }
+        }
+        while events.len() < CHUNK && self.next_removal < self.removals.len() {
+            let i = self.next_removal;
+            self.next_removal += 1;
+            if self.emit.contains(&ChangeKind::Deleted) {
+                if let Some(event) = self.removal_event(i)? {
+                    events.push((event, self.targets.clone()));
+                }
+            }
+        }
         let mut commit = PollCommit {
             source: self.source.clone(),
             expected_generation: self.expected,
-            continues: self.started,
-            final_items: self.final_items,
+            events,
             collection: self.collection,
             now_ms: self.now.timestamp_millis(),
             ..PollCommit::default()
         };
-        let mut created = 0u64;
-        while commit.upserts.len() < CHUNK {
-            let Some((id, seen, kind)) = self.upserts.next() else {
-                break;
-            };
-            if let Some(kind) = kind.filter(|k| self.emit.contains(k)) {
-                let object = parse(&id, &seen.raw)?;
-                let previous = match self.previous.get(&id) {
-                    Some(old) if kind == ChangeKind::Updated => Some(parse(&id, &old.raw)?),
-                    _ => None,
-                };
-                let changes = previous
-                    .as_ref()
-                    .map(|old| Value::Array(json_patch(old, &object)));
-                let change = Change {
-                    kind,
-                    version: seen.hash,
-                    id: id.clone(),
-                    object,
-                    previous,
-                    changes,
-                };
-                commit
-                    .events
-                    .push((self.event(&change), self.targets.clone()));
-            }
-            if !self.previous.contains_key(&id) {
-                created += 1;
-            }
-            commit.upserts.push((id, seen));
-        }
-        while commit.upserts.len() + commit.removals.len() < CHUNK {
-            let Some(id) = self.removals.next() else {
-                break;
-            };
-            if self.emit.contains(&ChangeKind::Deleted) {
-                if let Some(last) = self.previous.get(&id) {
-                    let object = parse(&id, &last.raw)?;
-                    let change = Change {
-                        kind: ChangeKind::Deleted,
-                        version: last.hash,
-                        id: id.clone(),
-                        previous: Some(object.clone()),
-                        object,
-                        changes: None,
-                    };
-                    commit
-                        .events
-                        .push((self.event(&change), self.targets.clone()));
-                }
-            }
-            commit.removals.push(id);
-        }
-        self.items = self.items + created - commit.removals.len() as u64;
-        // The last commit states the exact count the poll arrived at (a truncated walk
-        // keeps what it did not see); the ones before, what they hold so far.
-        commit.item_count = if self.upserts.len() + self.removals.len() == 0 {
-            self.final_items
+        let last =
+            self.next_upsert == self.upserts.len() && self.next_removal == self.removals.len();
+        if last {
+            self.done = true;
+            commit.upserts = std::mem::take(&mut self.upserts);
+            commit.removals = std::mem::take(&mut self.removals);
+            commit.item_count = self.item_count;
         } else {
-            self.items
-        };
-        if !self.started {
-            // The later chunks build on the generation the first one writes.
-            self.started = true;
-            if commit.upserts.len() + commit.removals.len() + commit.events.len() > 0 {
-                self.expected += 1;
-            }
+            commit.events_only = true;
         }
         Ok(Some(commit))
+    }
+
+    fn upsert_event(&self, i: usize, kind: ChangeKind) -> Result<Event, PollError> {
+        let (id, seen) = &self.upserts[i];
+        let object = parse(id, &seen.raw)?;
+        let previous = match self.previous.get(id) {
+            Some(old) if kind == ChangeKind::Updated => Some(parse(id, &old.raw)?),
+            _ => None,
+        };
+        let changes = previous
+            .as_ref()
+            .map(|old| Value::Array(json_patch(old, &object)));
+        Ok(self.event(&Change {
+            kind,
+            version: seen.hash,
+            id: id.clone(),
+            object,
+            previous,
+            changes,
+        }))
+    }
+
+    fn removal_event(&self, i: usize) -> Result<Option<Event>, PollError> {
+        let id = &self.removals[i];
+        let Some(last) = self.previous.get(id) else {
+            return Ok(None);
+        };
+        let object = parse(id, &last.raw)?;
+        Ok(Some(self.event(&Change {
+            kind: ChangeKind::Deleted,
+            version: last.hash,
+            id: id.clone(),
+            previous: Some(object.clone()),
+            object,
+            changes: None,
+        })))
     }
 
     /// Commits every chunk of the plan to `store`, one after the other, waking no one.
@@ -226,7 +226,7 @@ impl Plan {
         event::build(
             &self.source,
             &self.event_type,
-            self.generation,
+            self.expected + 1,
             change,
             self.now,
         )
@@ -379,22 +379,19 @@ fn plan_with(
     // Exactly what the snapshot holds after the last commit (a truncated walk keeps the
     // unseen items and adds the new ones): a later read that finds fewer knows that
     // records are lost.
-    let final_items = if complete {
+    let item_count = if complete {
         count as u64
     } else {
         (held + d.created) as u64
     };
-    let upserts: Vec<(String, Seen, Option<ChangeKind>)> = d
-        .upserts
-        .into_iter()
-        .zip(d.upsert_kinds)
-        .map(|((id, seen), kind)| (id, seen, kind))
-        .collect();
     Ok(Plan {
         report,
         held,
-        upserts: upserts.into_iter(),
-        removals: d.removals.into_iter(),
+        upserts: d.upserts,
+        kinds: d.upsert_kinds,
+        removals: d.removals,
+        next_upsert: 0,
+        next_removal: 0,
         previous,
         emit,
         source: source.name.clone(),
@@ -402,12 +399,10 @@ fn plan_with(
         // Every event of a poll goes to the same targets: one shared list.
         targets: source.targets.clone().into(),
         expected: state.generation,
-        generation: state.generation + 1,
-        items: held as u64,
-        final_items,
+        item_count,
         collection: collection.or(state.collection),
         now,
-        started: false,
+        done: false,
         baseline_record: !state.initialized,
     })
 }

@@ -98,7 +98,8 @@ impl StoreError {
 }
 
 /// Everything one commit of a poll writes, in one transaction: all of a poll's changes,
-/// or one chunk of a poll with more than [`crate::poll::CHUNK`].
+/// or, for a poll with more than [`crate::poll::CHUNK`] events, a chunk of its events
+/// (`events_only`) or its last chunk with the snapshot changes.
 #[derive(Debug, Default)]
 pub struct PollCommit {
     pub source: String,
@@ -112,12 +113,10 @@ pub struct PollCommit {
     pub events: Vec<(Event, Arc<[String]>)>,
     /// Items the source holds after this commit.
     pub item_count: u64,
-    /// A later chunk of a poll committed in several (see [`crate::poll::CHUNK`]): it
-    /// expects the generation the poll's first chunk wrote, and keeps it.
-    pub continues: bool,
-    /// Items the source holds after the poll's last chunk, for sizing its snapshot
-    /// buckets at its first commit (0: `item_count`).
-    pub final_items: u64,
+    /// Events of a poll with more than [`crate::poll::CHUNK`], queued ahead of the
+    /// commit that writes its snapshot: only the outbox is written, under the same
+    /// generation check, and the source's state stays as it is.
+    pub events_only: bool,
     /// What the items came in, kept to recognise an answer of another shape.
     pub collection: Option<crate::extract::Collection>,
     /// Detection time, unix milliseconds (the deliveries' first attempt time).

@@ -251,11 +251,10 @@ impl Store for SledStore {
         // once). The generation check below makes sure `before` is still the state this
         // commit builds on.
         let old_buckets = before.buckets.max(1);
-        let sized_for = c.item_count.max(c.final_items);
         let buckets = if !before.initialized {
-            buckets_for(sized_for)
+            buckets_for(c.item_count)
         } else if c.item_count > u64::from(old_buckets) * MAX_PER_BUCKET {
-            buckets_for(sized_for).max(old_buckets)
+            buckets_for(c.item_count).max(old_buckets)
         } else {
             old_buckets
         };
@@ -304,6 +303,11 @@ impl Store for SledStore {
                         expected,
                         found: current.generation,
                     }));
+                }
+                if c.events_only {
+                    // Events queued ahead of the poll's snapshot commit: the state stays.
+                    outbox_tx.apply_batch(&outbox)?;
+                    return Ok(expected);
                 }
                 if rebucket {
                     let mut olds = Vec::new();
@@ -354,12 +358,7 @@ impl Store for SledStore {
                 }
                 outbox_tx.apply_batch(&outbox)?;
                 let next = SourceState {
-                    // A later chunk of a poll keeps the generation its first wrote.
-                    generation: if changed && !c.continues {
-                        expected + 1
-                    } else {
-                        expected
-                    },
+                    generation: if changed { expected + 1 } else { expected },
                     initialized: true,
                     items: c.item_count,
                     buckets,
