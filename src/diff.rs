@@ -339,6 +339,12 @@ impl<'a> Differ<'a> {
         self
     }
 
+    /// Distinct items pushed so far (an id pushed twice, as two pages of a walk may
+    /// both hold it, counts once).
+    pub fn distinct(&self) -> usize {
+        self.present.len() + self.created.len()
+    }
+
     /// The JSON types of the items pushed so far.
     pub fn kinds(&self) -> Kinds {
         self.kinds

@@ -259,11 +259,10 @@ pub fn plan_fetched(
             collection,
         } => {
             let mut plan = plan_with(store, source, now, complete, |differ| {
-                let count = items.len();
                 for item in items {
                     differ.push(item)?;
                 }
-                Ok((count, collection))
+                Ok(collection)
             })?;
             plan.report.pages = pages;
             plan.report.truncated = !complete;
@@ -291,7 +290,7 @@ pub fn plan_response(
         extract_each(body, &source.items, &source.id, &mut |item| {
             differ.push(item)
         })
-        .map(|found| (found.count, Some(found.collection)))
+        .map(|found| Some(found.collection))
         .map_err(|e| match e {
             EachError::Json(e) => PollError::Json {
                 url: url.clone(),
@@ -308,15 +307,14 @@ pub fn plan_response(
     Ok(plan)
 }
 
-/// The diff of a poll whose items `push` feeds to the differ (returning how many it
-/// pushed and the collection they came in). With `complete` false, items not seen are
-/// kept, not deleted.
+/// The diff of a poll whose items `push` feeds to the differ (returning the collection
+/// they came in). With `complete` false, items not seen are kept, not deleted.
 fn plan_with(
     store: &dyn crate::store::Store,
     source: &Source,
     now: DateTime<Utc>,
     complete: bool,
-    push: impl FnOnce(&mut Differ<'_>) -> Result<(usize, Option<Collection>), PollError>,
+    push: impl FnOnce(&mut Differ<'_>) -> Result<Option<Collection>, PollError>,
 ) -> Result<Plan, PollError> {
     let state = store.source_state(&source.name)?;
     let previous = store.snapshot(&source.name)?;
@@ -336,7 +334,9 @@ fn plan_with(
     };
     // The differ keeps no change as a parsed value: events are built per commit.
     let mut differ = Differ::new(&previous, &source.ignore).keep_only(&[]);
-    let (count, collection) = push(&mut differ)?;
+    let collection = push(&mut differ)?;
+    // Items as the snapshot will hold them: a page walk may see an item on two pages.
+    let count = differ.distinct();
     if source.mode == Mode::Items {
         check_shape(source, &state, &previous, collection, differ.kinds())?;
     }

@@ -479,3 +479,31 @@ async fn a_poll_of_many_changes_commits_in_chunks_and_a_crash_between_them_loses
         )
     );
 }
+
+/// An item a page walk sees on two pages (the list shifted between requests) is one
+/// item: the count stored is the snapshot's, so the next poll finds what it expects.
+#[tokio::test]
+async fn an_item_seen_on_two_pages_counts_once() {
+    use pollhook::extract::{Collection, Item};
+    use pollhook::poll::{plan_fetched, Fetched};
+    let h = Harness::new().await;
+    let config = h.config("", "");
+    let source = &config.sources["s"];
+    let store = SledStore::open(&h.state_dir()).unwrap();
+    let item = |id: &str| Item {
+        id: id.into(),
+        value: json!({"id": id}),
+    };
+    let pages = || Fetched::Items {
+        items: vec![item("a"), item("b"), item("b"), item("c")],
+        pages: 2,
+        complete: true,
+        collection: Some(Collection::Array),
+    };
+    let plan = plan_fetched(&store, source, pages(), chrono::Utc::now()).unwrap();
+    assert_eq!(plan.report.items, 3);
+    plan.commit_all(&store).unwrap();
+    assert_eq!(store.source_state("s").unwrap().items, 3);
+    let again = plan_fetched(&store, source, pages(), chrono::Utc::now()).unwrap();
+    assert_eq!((again.report.items, again.report.events), (3, 0));
+}
