@@ -424,7 +424,7 @@ async fn large_poll(n: usize) -> Result<()> {
         let plan = plan_response(&*store, &source, body, chrono::Utc::now())?;
         let r = &plan.report;
         let writes = r.created + r.updated + r.deleted + r.events;
-        plan.commit_all(&*store)?;
+        plan.commit_all(&*store, || {})?;
         Ok((t.elapsed().as_secs_f64() * 1000.0, writes))
     };
     let (first, _) = whole_poll(&body)?;

@@ -89,6 +89,42 @@ pub struct Change {
     pub version: Hash,
 }
 
+impl Change {
+    /// A created (`previous` None) or updated item's change, with the patch from
+    /// `previous` to `object` for an update; `version` is the new fingerprint.
+    pub fn upserted(
+        kind: ChangeKind,
+        id: String,
+        object: Value,
+        previous: Option<Value>,
+        version: Hash,
+    ) -> Change {
+        let changes = previous
+            .as_ref()
+            .map(|old| Value::Array(json_patch(old, &object)));
+        Change {
+            kind,
+            id,
+            object,
+            previous,
+            changes,
+            version,
+        }
+    }
+
+    /// A deleted item's change: the item as last seen, with its last fingerprint.
+    pub fn deleted(id: String, last: Value, version: Hash) -> Change {
+        Change {
+            kind: ChangeKind::Deleted,
+            id,
+            object: last.clone(),
+            previous: Some(last),
+            changes: None,
+            version,
+        }
+    }
+}
+
 /// The outcome of comparing one poll with the store.
 #[derive(Debug, Default, PartialEq)]
 pub struct Diff {
@@ -268,7 +304,8 @@ pub fn fingerprint(item: &Value, ignore: &[String]) -> Hash {
     fingerprint_parsed(item, &parse_ignores(ignore))
 }
 
-fn parse_seen(id: &str, seen: &Seen) -> Result<Value, DiffError> {
+/// The item `seen` holds, parsed back from its stored bytes.
+pub(crate) fn parse_seen(id: &str, seen: &Seen) -> Result<Value, DiffError> {
     serde_json::from_slice(&seen.raw).map_err(|e| DiffError::CorruptState {
         id: id.to_string(),
         reason: e.to_string(),
@@ -390,15 +427,9 @@ impl<'a> Differ<'a> {
         if !self.keep.contains(&kind) {
             return Ok(());
         }
-        let changes = old.as_ref().map(|o| Value::Array(json_patch(o, &value)));
-        self.out.changes.push(Change {
-            kind,
-            id,
-            object: value,
-            previous: old,
-            changes,
-            version: hash,
-        });
+        self.out
+            .changes
+            .push(Change::upserted(kind, id, value, old, hash));
         Ok(())
     }
 
@@ -424,14 +455,9 @@ impl<'a> Differ<'a> {
                 continue;
             }
             let last = parse_seen(id, seen)?;
-            self.out.changes.push(Change {
-                kind: ChangeKind::Deleted,
-                id: id.clone(),
-                object: last.clone(),
-                previous: Some(last),
-                changes: None,
-                version: seen.hash,
-            });
+            self.out
+                .changes
+                .push(Change::deleted(id.clone(), last, seen.hash));
         }
         Ok(self.out)
     }

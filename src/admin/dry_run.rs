@@ -1,8 +1,8 @@
 //! Dry runs through the admin API: at most one per source at a time, and the answer
-//! streamed. A dry run holds every event of a poll in memory (a first poll of a large
-//! source: one per item); a second one of the same source would only double that, so it
-//! is refused with 409 until the first one's answer is sent. The answer is the
-//! [`super::PollResponse`] JSON, written event by event from the stored envelope bytes,
+//! streamed. A dry run holds the poll's plan (the diff: each changed item once) and one
+//! chunk of built events at a time; a second one of the same source would only double
+//! that, so it is refused with 409 until the first one's answer is sent. The answer is
+//! the [`super::PollResponse`] JSON, written event by event as the chunks are built,
 //! never assembled into one buffer.
 
 use std::collections::HashSet;
@@ -14,7 +14,6 @@ use std::task::{Context, Poll};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use chrono::Utc;
 use http_body::Frame;
 
 use super::ApiError;
@@ -63,11 +62,9 @@ impl Drop for Slot {
 /// that streams the events. Like [`crate::poll::Poller::dry_run`]: a first poll shows
 /// its items as created even with `baseline = true`.
 pub(super) async fn respond(running: &RunningSource, slot: Slot) -> Result<Response, ApiError> {
-    let mut source = (*running.source).clone();
-    source.baseline = false;
     let plan = running
         .poller
-        .plan(&Arc::new(source), Utc::now())
+        .dry_plan(&running.source)
         .await
         .map_err(|e| ApiError(StatusCode::BAD_GATEWAY, e.to_string()))?;
     let report = plan.report.clone();

@@ -268,33 +268,30 @@ impl Poller {
         Ok((report, found))
     }
 
-    /// Commits `plan`, a chunk at a time (see [`plan`]); returns the generation stored.
-    /// Each chunk's events are built and committed on a blocking thread, and its targets
-    /// woken there right after the commit: if this future is dropped meanwhile (a reload,
-    /// a shutdown) that commit still lands, and its deliveries must not wait for some
-    /// later wake. The chunks not committed then are found again by the next poll.
-    async fn commit(&self, source: &Source, mut plan: Plan) -> Result<u64, PollError> {
-        let mut generation = plan.generation_read();
-        while plan.writes() {
-            let store = self.store.clone();
-            let wakes = self.wakes.clone();
-            let targets = source.targets.clone();
-            let (back, result) = tokio::task::spawn_blocking(move || {
-                let result = commit_next(&mut plan, &*store, &wakes, &targets);
-                (plan, result)
-            })
-            .await
-            .map_err(|e| PollError::Processing {
-                url: source.location(),
-                detail: format!("commit task stopped: {e}"),
-            })?;
-            plan = back;
-            match result? {
-                Some(g) => generation = g,
-                None => break,
-            }
+    /// Commits `plan` (in chunks if it is large, see [`plan`]) on a blocking thread;
+    /// returns the generation stored. Targets are woken there right after each commit
+    /// that queued deliveries: if this future is dropped meanwhile (a reload, a
+    /// shutdown), the commits still land, and their deliveries must not wait for some
+    /// later wake. An unchanged poll makes no store call at all.
+    async fn commit(&self, source: &Source, plan: Plan) -> Result<u64, PollError> {
+        if !plan.writes() {
+            return Ok(plan.generation_read());
         }
-        Ok(generation)
+        let store = self.store.clone();
+        let wakes = self.wakes.clone();
+        let targets = source.targets.clone();
+        tokio::task::spawn_blocking(move || {
+            plan.commit_all(&*store, || {
+                for t in &targets {
+                    wakes.wake(t);
+                }
+            })
+        })
+        .await
+        .map_err(|e| PollError::Processing {
+            url: source.location(),
+            detail: format!("commit task stopped: {e}"),
+        })?
     }
 
     /// Whether the deletion guard holds `plan` back: it deletes more than the source's
@@ -346,9 +343,7 @@ impl Poller {
     /// event envelopes. A first poll shows its items as created even with
     /// `baseline = true`: seeing them is the point of a dry run.
     pub async fn dry_run(&self, source: &Source) -> Result<(PollReport, Vec<Value>), PollError> {
-        let mut source = source.clone();
-        source.baseline = false;
-        let plan = self.plan(&Arc::new(source), Utc::now()).await?;
+        let plan = self.dry_plan(source).await?;
         let report = plan.report.clone();
         let events = plan
             .into_events()
@@ -356,6 +351,14 @@ impl Poller {
             .map(|e| e.map(|e| serde_json::from_slice(&e.body).unwrap_or(Value::Null)))
             .collect::<Result<_, _>>()?;
         Ok((report, events))
+    }
+
+    /// The plan of a dry run of `source`: as [`Poller::plan`], but a first poll shows
+    /// its items as created even with `baseline = true`.
+    pub async fn dry_plan(&self, source: &Source) -> Result<Plan, PollError> {
+        let mut source = source.clone();
+        source.baseline = false;
+        self.plan(&Arc::new(source), Utc::now()).await
     }
 
     async fn plan_fetched(
@@ -523,27 +526,6 @@ impl Poller {
             }
         }
     }
-}
-
-/// Builds and commits the next chunk of `plan`, then wakes `targets` if it queued
-/// deliveries. Blocking. None when every chunk is committed.
-fn commit_next(
-    plan: &mut Plan,
-    store: &dyn crate::store::Store,
-    wakes: &Wakes,
-    targets: &[String],
-) -> Result<Option<u64>, PollError> {
-    let Some(commit) = plan.next_commit()? else {
-        return Ok(None);
-    };
-    let events = !commit.events.is_empty();
-    let result = store.commit_poll(commit);
-    if events {
-        for t in targets {
-            wakes.wake(t);
-        }
-    }
-    Ok(Some(result?))
 }
 
 /// How long the CPU work of a poll (parsing, transform, extraction, diff) may take:

@@ -17,11 +17,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use serde_json::Value;
 
 use super::{Fetched, PollError, PollReport};
 use crate::config::{Mode, Source};
-use crate::diff::{json_patch, Change, ChangeKind, Differ, Seen};
+use crate::diff::{parse_seen, Change, ChangeKind, Differ, Seen};
 use crate::event::{self, Event};
 use crate::extract::{extract_each, Collection, EachError, Kind, Kinds};
 use crate::store::{PollCommit, SourceState};
@@ -155,22 +154,13 @@ impl Plan {
 
     fn upsert_event(&self, i: usize, kind: ChangeKind) -> Result<Event, PollError> {
         let (id, seen) = &self.upserts[i];
-        let object = parse(id, &seen.raw)?;
+        let object = parse_seen(id, seen)?;
         let previous = match self.previous.get(id) {
-            Some(old) if kind == ChangeKind::Updated => Some(parse(id, &old.raw)?),
+            Some(old) if kind == ChangeKind::Updated => Some(parse_seen(id, old)?),
             _ => None,
         };
-        let changes = previous
-            .as_ref()
-            .map(|old| Value::Array(json_patch(old, &object)));
-        Ok(self.event(&Change {
-            kind,
-            version: seen.hash,
-            id: id.clone(),
-            object,
-            previous,
-            changes,
-        }))
+        let change = Change::upserted(kind, id.clone(), object, previous, seen.hash);
+        Ok(self.event(&change))
     }
 
     fn removal_event(&self, i: usize) -> Result<Option<Event>, PollError> {
@@ -178,23 +168,28 @@ impl Plan {
         let Some(last) = self.previous.get(id) else {
             return Ok(None);
         };
-        let object = parse(id, &last.raw)?;
-        Ok(Some(self.event(&Change {
-            kind: ChangeKind::Deleted,
-            version: last.hash,
-            id: id.clone(),
-            previous: Some(object.clone()),
-            object,
-            changes: None,
-        })))
+        let change = Change::deleted(id.clone(), parse_seen(id, last)?, last.hash);
+        Ok(Some(self.event(&change)))
     }
 
-    /// Commits every chunk of the plan to `store`, one after the other, waking no one.
+    /// Commits every chunk of the plan to `store`, one after the other, calling
+    /// `queued` after each commit that queued deliveries (to wake their targets).
     /// Blocking. Returns the generation stored.
-    pub fn commit_all(mut self, store: &dyn crate::store::Store) -> Result<u64, PollError> {
+    pub fn commit_all(
+        mut self,
+        store: &dyn crate::store::Store,
+        mut queued: impl FnMut(),
+    ) -> Result<u64, PollError> {
         let mut generation = self.generation_read();
         while let Some(commit) = self.next_commit()? {
-            generation = store.commit_poll(commit)?;
+            let events = !commit.events.is_empty();
+            // The wake follows the commit even when it failed: an earlier chunk may have
+            // queued deliveries already.
+            let result = store.commit_poll(commit);
+            if events {
+                queued();
+            }
+            generation = result?;
         }
         Ok(generation)
     }
@@ -231,16 +226,6 @@ impl Plan {
             self.now,
         )
     }
-}
-
-/// An item's stored or fetched JSON text, parsed again to build its event.
-fn parse(id: &str, raw: &[u8]) -> Result<Value, PollError> {
-    serde_json::from_slice(raw).map_err(|e| {
-        PollError::Diff(crate::diff::DiffError::CorruptState {
-            id: id.to_string(),
-            reason: e.to_string(),
-        })
-    })
 }
 
 /// Works out what a poll that fetched `fetched` would commit. Blocking.
@@ -351,20 +336,15 @@ fn plan_with(
     } else {
         differ.finish_without_deletions()
     };
-    let counted = |kind: ChangeKind| {
-        let n = match kind {
-            ChangeKind::Created => d.created,
-            ChangeKind::Updated => d.updated,
-            ChangeKind::Deleted => d.deleted,
-        };
-        if emit.contains(&kind) {
-            n
-        } else {
-            0
-        }
-    };
-    let events =
-        counted(ChangeKind::Created) + counted(ChangeKind::Updated) + counted(ChangeKind::Deleted);
+    let events = [
+        (ChangeKind::Created, d.created),
+        (ChangeKind::Updated, d.updated),
+        (ChangeKind::Deleted, d.deleted),
+    ]
+    .iter()
+    .filter(|(kind, _)| emit.contains(kind))
+    .map(|(_, n)| n)
+    .sum();
     let report = PollReport {
         items: count,
         first: !state.initialized,

@@ -502,7 +502,7 @@ async fn an_item_seen_on_two_pages_counts_once() {
     };
     let plan = plan_fetched(&store, source, pages(), chrono::Utc::now()).unwrap();
     assert_eq!(plan.report.items, 3);
-    plan.commit_all(&store).unwrap();
+    plan.commit_all(&store, || {}).unwrap();
     assert_eq!(store.source_state("s").unwrap().items, 3);
     let again = plan_fetched(&store, source, pages(), chrono::Utc::now()).unwrap();
     assert_eq!((again.report.items, again.report.events), (3, 0));

@@ -192,7 +192,7 @@ async fn a_change_redetected_after_a_crash_keeps_its_id() {
     let plan = poller.plan(source, Utc::now()).await.unwrap();
     let created = ids(poller.plan(source, Utc::now()).await.unwrap());
     assert_eq!(created.len(), 1);
-    plan.commit_all(&*store).unwrap();
+    plan.commit_all(&*store, || {}).unwrap();
 
     let mut seen = created.clone();
     for v in [2, 1, 2] {
@@ -202,6 +202,6 @@ async fn a_change_redetected_after_a_crash_keeps_its_id() {
         assert!(!seen.contains(&id[0]), "v{v} reused an earlier id");
         seen.push(id[0].clone());
         let plan = poller.plan(source, Utc::now()).await.unwrap();
-        plan.commit_all(&*store).unwrap();
+        plan.commit_all(&*store, || {}).unwrap();
     }
 }
