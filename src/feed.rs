@@ -168,13 +168,7 @@ pub fn entries(body: &[u8], fetched_from: Option<&Url>) -> Result<Value, FeedErr
 /// The fetched URL as a base for links: without credentials, query and fragment,
 /// which must not reach an event through a link such as `href=""`.
 fn link_base(url: &Url) -> Url {
-    let mut base = url.clone();
-    // These setters only fail for URLs that cannot have credentials, which is fine.
-    let _ = base.set_username("");
-    let _ = base.set_password(None);
-    base.set_query(None);
-    base.set_fragment(None);
-    base
+    crate::config::without_credentials(url)
 }
 
 /// `href` resolved against `base` if it is relative (feed-rs resolves XML links; a JSON

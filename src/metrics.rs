@@ -78,6 +78,18 @@ pub enum PollOutcome {
     Error,
 }
 
+impl PollOutcome {
+    /// The word in metrics' `outcome` label and in the source status.
+    pub fn label(self) -> &'static str {
+        match self {
+            PollOutcome::Ok { .. } => "ok",
+            PollOutcome::NotModified => "not_modified",
+            PollOutcome::HeldBack { .. } => "held_back",
+            PollOutcome::Error => "error",
+        }
+    }
+}
+
 /// The daemon's metrics; one per process, shared by every task.
 pub struct Metrics {
     registry: Registry,
@@ -194,12 +206,7 @@ impl Metrics {
             source: source.to_string(),
         };
         self.poll_duration.get_or_create(&label).observe(seconds);
-        let outcome = match result {
-            PollOutcome::Ok { .. } => "ok",
-            PollOutcome::NotModified => "not_modified",
-            PollOutcome::HeldBack { .. } => "held_back",
-            PollOutcome::Error => "error",
-        };
+        let outcome = result.label();
         self.polls
             .get_or_create(&PollLabels {
                 source: source.to_string(),

@@ -34,7 +34,10 @@ pub use request::{
 };
 use validate::Validator;
 pub use validate::{valid_name, NAME_RULE};
-pub use values::{display_url, env_values, expand_env, parse_duration, parse_size, redact_url};
+pub use values::{
+    display_url, env_values, expand_env, parse_duration, parse_size, redact_url,
+    without_credentials,
+};
 
 /// Default retry delays (Svix's schedule): before attempt 2, 3, … 8.
 pub const DEFAULT_RETRY: [Duration; 7] = [

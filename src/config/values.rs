@@ -122,18 +122,22 @@ pub fn display_url(template: &str, url: &Url) -> String {
     shown
 }
 
-/// The URL without user, password, query and fragment, which may carry tokens:
-/// `https://api.example.com/v1/things`. Use it in every log line and error.
-pub fn redact_url(url: &Url) -> String {
+/// `url` without user, password, query and fragment: what may be shown or reused.
+pub fn without_credentials(url: &Url) -> Url {
     let mut u = url.clone();
     // These setters only fail for URLs that cannot have credentials, which is fine.
     let _ = u.set_username("");
     let _ = u.set_password(None);
-    let had_query = u.query().is_some();
     u.set_query(None);
     u.set_fragment(None);
-    let mut s = u.to_string();
-    if had_query {
+    u
+}
+
+/// The URL without user, password, query and fragment, which may carry tokens:
+/// `https://api.example.com/v1/things`. Use it in every log line and error.
+pub fn redact_url(url: &Url) -> String {
+    let mut s = without_credentials(url).to_string();
+    if url.query().is_some() {
         s.push_str("?…");
     }
     s

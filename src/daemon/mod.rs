@@ -178,9 +178,9 @@ async fn run_daemon(
             .with_health(health.clone()),
     );
     let tracker = TaskTracker::new();
-    // The admin API answers until the end of the shutdown (`/readyz` then says 503, and
-    // why the daemon stops is visible), so it has its own token, cancelled last, or when
-    // this future is dropped (a forced stop).
+    // The admin API answers until the end of the shutdown (`/readyz` then says 503), so
+    // it has its own token, cancelled last, or when this future is dropped (a forced
+    // stop).
     let admin_stop = CancellationToken::new();
     let _admin_guard = admin_stop.clone().drop_guard();
     let admin_task = admin.map(|listener| {
@@ -240,8 +240,8 @@ async fn run_daemon(
     }
     options.notifier.stopping();
     let grace = handle.config().shutdown_grace;
-    // One deadline for everything that is waited for: workers replaced by reloads and
-    // still finishing count against it too.
+    // One deadline for the tasks: workers replaced by reloads and still finishing count
+    // against it too. The final flush below has a bound of its own.
     let deadline = tokio::time::Instant::now() + grace;
     tracing::info!(grace = %humantime::format_duration(grace), "stopping: polls stopped, finishing in-flight deliveries");
     tracker.close();

@@ -94,21 +94,11 @@ impl SourceLoop {
         let took = started.elapsed();
         let took_ms = took.as_millis() as u64;
         let now = Utc::now();
-        match &result {
+        // Logged per outcome; counted and shown in the status once, below.
+        let outcome = match &result {
             Ok((r, _)) if r.not_modified => {
                 tracing::debug!(source = %s.name, took_ms, "not modified (304)");
-                self.handle.metrics.poll_done(
-                    &s.name,
-                    took.as_secs_f64(),
-                    PollOutcome::NotModified,
-                );
-                self.handle.update_status(&s.name, |st| {
-                    st.last_poll = Some(now);
-                    st.last_outcome = Some("not_modified".into());
-                    st.last_duration_ms = Some(took_ms);
-                    st.consecutive_failures = 0;
-                    st.polls_ok += 1;
-                });
+                PollOutcome::NotModified
             }
             Ok((
                 PollReport {
@@ -122,20 +112,9 @@ impl SourceLoop {
                     "the poll would delete more items than deletion_guard allows at once, so nothing was committed; the deletions are committed when {} polls in a row see the same (a one-off bad answer deletes nothing)",
                     h.needed
                 );
-                self.handle.metrics.poll_done(
-                    &s.name,
-                    took.as_secs_f64(),
-                    PollOutcome::HeldBack {
-                        deletions: h.deletions,
-                    },
-                );
-                self.handle.update_status(&s.name, |st| {
-                    st.last_poll = Some(now);
-                    st.last_outcome = Some("held_back".into());
-                    st.last_duration_ms = Some(took_ms);
-                    st.consecutive_failures = 0;
-                    st.polls_ok += 1;
-                });
+                PollOutcome::HeldBack {
+                    deletions: h.deletions,
+                }
             }
             Ok((r, _)) => {
                 if r.truncated {
@@ -146,41 +125,38 @@ impl SourceLoop {
                     deleted = r.deleted, events = r.events, first = r.first, baseline = r.baseline,
                     pages = r.pages, took_ms, "polled"
                 );
-                self.handle.metrics.poll_done(
-                    &s.name,
-                    took.as_secs_f64(),
-                    PollOutcome::Ok {
-                        items: r.items,
-                        created: r.created,
-                        updated: r.updated,
-                        deleted: r.deleted,
-                    },
-                );
-                self.handle.update_status(&s.name, |st| {
-                    st.last_poll = Some(now);
-                    st.last_outcome = Some("ok".into());
-                    st.last_duration_ms = Some(took_ms);
-                    st.items = r.items as u64;
-                    st.consecutive_failures = 0;
-                    st.polls_ok += 1;
-                });
+                PollOutcome::Ok {
+                    items: r.items,
+                    created: r.created,
+                    updated: r.updated,
+                    deleted: r.deleted,
+                }
             }
             Err(e) => {
                 tracing::warn!(source = %s.name, error = %e, "poll failed; nothing changed, next poll on schedule");
-                self.handle
-                    .metrics
-                    .poll_done(&s.name, took.as_secs_f64(), PollOutcome::Error);
-                self.handle.update_status(&s.name, |st| {
-                    st.last_poll = Some(now);
-                    st.last_outcome = Some("error".into());
-                    st.last_error = Some(e.to_string());
-                    st.last_error_at = Some(now);
-                    st.last_duration_ms = Some(took_ms);
-                    st.consecutive_failures += 1;
-                    st.polls_failed += 1;
-                });
+                PollOutcome::Error
             }
-        }
+        };
+        self.handle
+            .metrics
+            .poll_done(&s.name, took.as_secs_f64(), outcome);
+        self.handle.update_status(&s.name, |st| {
+            st.last_poll = Some(now);
+            st.last_outcome = Some(outcome.label().into());
+            st.last_duration_ms = Some(took_ms);
+            if let Err(e) = &result {
+                st.last_error = Some(e.to_string());
+                st.last_error_at = Some(now);
+                st.consecutive_failures += 1;
+                st.polls_failed += 1;
+                return;
+            }
+            if let PollOutcome::Ok { items, .. } = outcome {
+                st.items = items as u64;
+            }
+            st.consecutive_failures = 0;
+            st.polls_ok += 1;
+        });
         result
     }
 }

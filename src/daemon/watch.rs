@@ -43,20 +43,13 @@ impl Health {
         self.failure.get()
     }
 
-    fn report(&self, operation: impl FnOnce() -> String, error: &StoreError) {
-        let mut first = false;
-        self.failure.get_or_init(|| {
-            first = true;
-            Failure {
-                operation: operation(),
-                // sled's own words; "the state database failed" is said by the caller.
-                error: match error {
-                    StoreError::Failed(e) => e.to_string(),
-                    other => other.to_string(),
-                },
-            }
-        });
-        if first {
+    fn report(&self, operation: impl FnOnce() -> String, error: &sled::Error) {
+        let failure = Failure {
+            operation: operation(),
+            // sled's own words; "the state database failed" is said by the caller.
+            error: error.to_string(),
+        };
+        if self.failure.set(failure).is_ok() {
             tracing::error!(error = %error, "the state database failed; pollhook stops so that the service manager restarts it");
             self.stop.cancel();
         }
@@ -79,16 +72,16 @@ impl Watched {
         result: Result<T, StoreError>,
         operation: impl FnOnce() -> String,
     ) -> Result<T, StoreError> {
-        if let Err(e) = &result {
-            if e.is_fatal() {
-                self.health.report(operation, e);
-            }
+        // `StoreError::is_fatal` is exactly this variant.
+        if let Err(StoreError::Failed(e)) = &result {
+            self.health.report(operation, e);
         }
         result
     }
 }
 
-// Every method delegates, the provided ones too (the inner store may do them better).
+// Every required method delegates through `check`; the provided ones (`ack`,
+// `pending_counts`) are the trait's, over these.
 impl Store for Watched {
     fn source_state(&self, source: &str) -> Result<SourceState, StoreError> {
         self.check(self.inner.source_state(source), || {
@@ -123,12 +116,6 @@ impl Store for Watched {
     fn delivery(&self, target: &str, seq: u64) -> Result<Option<Delivery>, StoreError> {
         self.check(self.inner.delivery(target, seq), || {
             format!("reading a delivery of target {target}")
-        })
-    }
-
-    fn ack(&self, target: &str, seq: u64) -> Result<(), StoreError> {
-        self.check(self.inner.ack(target, seq), || {
-            format!("recording an acknowledgement of target {target}")
         })
     }
 
@@ -168,12 +155,6 @@ impl Store for Watched {
     fn dead(&self, target: Option<&str>, limit: usize) -> Result<Vec<Delivery>, StoreError> {
         self.check(self.inner.dead(target, limit), || {
             "reading dead deliveries".into()
-        })
-    }
-
-    fn pending_counts(&self) -> Result<HashMap<String, u64>, StoreError> {
-        self.check(self.inner.pending_counts(), || {
-            "counting pending deliveries".into()
         })
     }
 

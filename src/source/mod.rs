@@ -14,9 +14,10 @@
 //!   asked for, at most 5, and no `Referer` is sent: the source's headers (API keys,
 //!   auth) and query must never reach another server. A redirect elsewhere fails the
 //!   poll, naming both origins.
-//! - Secrets out of errors: every [`FetchError`] passes through the request's
-//!   [`Redactor`](crate::redact::Redactor) and the OAuth2 token it used, so an API
-//!   echoing the credential in a 401 body does not put it in logs and `last_error`.
+//! - Secrets out of errors: every [`FetchError`] of an HTTP fetch passes through the
+//!   request's [`Redactor`](crate::redact::Redactor) and the OAuth2 token it used, so an
+//!   API echoing the credential in a 401 body does not put it in logs and `last_error`.
+//!   (A command source's config names no secrets, so its errors are not redacted.)
 //! - A UTF-8 byte order mark before a JSON body is dropped (RFC 8259 §8.1 lets
 //!   parsers ignore it; Windows tools and some .NET APIs write one).
 

@@ -53,18 +53,18 @@ async fn names_that_break_the_config_rule_are_refused_with_400() {
     let text = on_request(&h);
     let base = start(&mut h, &text).await;
     let c = reqwest::Client::new();
-    for (method, path) in [
-        (Method::DELETE, "/v1/sources/s%00/state"),
-        (Method::DELETE, "/v1/sources/..%2Fs/state"),
-        (Method::POST, "/v1/sources/a%20b/poll"),
-        (Method::POST, "/v1/sources/%FF/poll"),
-        (Method::GET, "/v1/deliveries?target=t%00"),
-        (Method::GET, "/v1/deliveries?target=.t"),
+    for (method, path, kind) in [
+        (Method::DELETE, "/v1/sources/s%00/state", "source"),
+        (Method::DELETE, "/v1/sources/..%2Fs/state", "source"),
+        (Method::POST, "/v1/sources/a%20b/poll", "source"),
+        (Method::POST, "/v1/sources/%FF/poll", "source"),
+        (Method::GET, "/v1/deliveries?target=t%00", "target"),
+        (Method::GET, "/v1/deliveries?target=.t", "target"),
     ] {
         let (status, message) = error_of(c.request(method, format!("{base}{path}"))).await;
         assert_eq!(status, 400, "{path}: {message}");
         assert!(
-            message.contains("source name") || message.contains("target name"),
+            message.contains(&format!("{kind} name")),
             "{path}: {message}"
         );
     }
@@ -407,6 +407,16 @@ async fn idle_and_slow_admin_connections_are_closed_after_the_header_timeout() {
             "{:?}",
             String::from_utf8_lossy(&answer[..n])
         );
+        // Not closed at once: the timeout (500 ms) is what closes them.
+        let early = Duration::from_millis(200);
+        assert!(
+            !closed_within(&mut silent, early),
+            "closed before the timeout"
+        );
+        assert!(
+            !closed_within(&mut slow, early),
+            "closed before the timeout"
+        );
         [
             ("silent", closed_within(&mut silent, Duration::from_secs(5))),
             ("slow", closed_within(&mut slow, Duration::from_secs(5))),
@@ -462,8 +472,7 @@ async fn beyond_the_connection_limit_the_idlest_connection_makes_room() {
         closed, expected,
         "which of 20 idle connections were closed, oldest first, beyond a limit of 8"
     );
-    // And a client that asks something is answered at once.
-    let started = Instant::now();
+    // And a client that asks something is answered (within the request's timeout).
     let r = reqwest::Client::new()
         .get(format!("{base}/healthz"))
         .timeout(Duration::from_secs(2))
@@ -471,7 +480,6 @@ async fn beyond_the_connection_limit_the_idlest_connection_makes_room() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert!(started.elapsed() < Duration::from_secs(2));
     stop.cancel();
 }
 
@@ -546,7 +554,6 @@ async fn a_thousand_idle_admin_connections_stop_neither_polls_deliveries_nor_hea
     })
     .await
     .unwrap();
-    let started = Instant::now();
     let r = reqwest::Client::new()
         .get(format!("{base}/healthz"))
         .timeout(Duration::from_secs(3))
@@ -554,7 +561,6 @@ async fn a_thousand_idle_admin_connections_stop_neither_polls_deliveries_nor_hea
         .await
         .unwrap_or_else(|e| panic!("/healthz did not answer: {e}\n{}", logs()));
     assert_eq!(r.status(), 200);
-    assert!(started.elapsed() < Duration::from_secs(3));
     // Polls and deliveries go on.
     h.api.set("1", json!({"v": 1}));
     h.received("the created event", |r| {

@@ -313,7 +313,7 @@ async fn a_snapshot_read_back_short_is_refused_not_sent_as_created() {
         assert_eq!(poller.poll(source).await.unwrap().items, 41);
         store.flush().unwrap();
     }
-    // Give sled's threads a moment to let go of the files, then lose the blobs.
+    // Lose the blob files.
     let blobs = h.state_dir().join("db").join("blobs");
     let lost: Vec<_> = std::fs::read_dir(&blobs)
         .unwrap_or_else(|e| panic!("{}: {e}", blobs.display()))
@@ -325,7 +325,6 @@ async fn a_snapshot_read_back_short_is_refused_not_sent_as_created() {
     }
     let (poller, store) = poller(&h, &config);
     let err = poller.poll(source).await.unwrap_err().to_string();
-    eprintln!("{err}");
     assert!(err.contains("holds 0 of the 41 items"), "{err}");
     assert!(err.contains("pollhook forget s"), "{err}");
     assert!(queued(&store).is_empty());
