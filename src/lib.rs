@@ -2,6 +2,15 @@
 //! what it sees against what it saw last (kept in sled), and delivers each change as a
 //! signed webhook, retrying until the target accepts it.
 //!
+//! This library is the seam between the binary and its tests, not a stable public API:
+//! its items are `pub` so that `main.rs`, the integration tests, the benchmarks and the
+//! examples can drive the daemon in-process, and they change with the binary, without
+//! semver promises.
+//!
+//! `docs/DESIGN.md` is the house plan: the flow, the numbered invariants that comments
+//! cite ("invariant 4"), each with the tests that guard it, the storage layout and the
+//! wire formats.
+//!
 //! The flow, one module a stage (data moves one way):
 //!
 //! ```text

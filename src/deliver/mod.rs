@@ -489,7 +489,7 @@ pub enum Peer<'a> {
 /// This is matched as text because the typed way is closed to us: rustls is not a direct
 /// dependency (reqwest does not re-export it), and a downcast to `rustls::Error` would
 /// need one pinned to exactly the rustls reqwest uses. The wording has been the same since
-/// rustls 0.20; tests/tls.rs fails if a reqwest or rustls upgrade changes it.
+/// rustls 0.20; tests/it/tls.rs fails if a reqwest or rustls upgrade changes it.
 const REJECTED_CERTIFICATE: &str = "invalid peer certificate: ";
 
 /// A transport error in words, without the URL (it may carry a token) and, for a

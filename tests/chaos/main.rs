@@ -1,6 +1,6 @@
 //! The reliability harness: runs the real `pollhook` binary against a sample API that
 //! changes all the time and receivers that verify every signature and record every
-//! webhook, and attacks the invariants of DESIGN.md: kill -9 at random instants,
+//! webhook, and attacks the invariants of docs/DESIGN.md: kill -9 at random instants,
 //! receiver faults, source faults, churn, SIGTERM under load. Each scenario prints a
 //! ledger (changes at the source, events delivered per target, lost, duplicated, dead)
 //! and the run exits non-zero if an invariant broke.

@@ -18,6 +18,10 @@
 //!   second SIGTERM), a failed store stopping the daemon, paths relative to the config.
 //! - `process`: the binary: restart after kill -9, clean SIGTERM, secrets never logged,
 //!   `check` and the demo.
+//! - `systemd`: the unit file: `systemd-analyze verify` and `security` (skipped where
+//!   `systemd-analyze` is missing), the stop timeout, the directories systemd hands over.
+//! - `tls`: server certificates verified by default for sources and targets; `ca_file`
+//!   for a private CA.
 
 mod admin;
 mod admin_hostile;
@@ -31,3 +35,5 @@ mod service;
 mod shaped_api;
 mod sources;
 mod support;
+mod systemd;
+mod tls;

@@ -46,6 +46,20 @@ impl Harness {
     /// `t` posting to the receiver with short retries. `source_extra` and `extra` are
     /// appended to the source table and to the file.
     pub fn config_text(&self, source_extra: &str, extra: &str) -> String {
+        self.config_text_for(&self.rx.url(), "", &self.api.url(), source_extra, extra)
+    }
+
+    /// [`Harness::config_text`] with target `t` posting to `target_url` and source `s`
+    /// polling `source_url` (a server the test put in front of the receiver or the API);
+    /// `target_extra` is appended to the target's table.
+    pub fn config_text_for(
+        &self,
+        target_url: &str,
+        target_extra: &str,
+        source_url: &str,
+        source_extra: &str,
+        extra: &str,
+    ) -> String {
         format!(
             r#"state_dir = {state:?}
 shutdown_grace = "3s"
@@ -54,26 +68,30 @@ shutdown_grace = "3s"
 listen = ""
 
 [targets.t]
-url = "{rx}"
+url = "{target_url}"
 secret = "{SECRET}"
 retry = ["200ms", "200ms", "200ms", "200ms", "200ms", "200ms", "200ms", "200ms", "200ms", "200ms"]
 timeout = "2s"
+{target_extra}
 
 [sources.s]
-url = "{api}"
+url = "{source_url}"
 interval = "200ms"
 items = "/items"
 {source_extra}
 {extra}"#,
             state = self.state_dir().display().to_string(),
-            rx = self.rx.url(),
-            api = self.api.url(),
         )
     }
 
     pub fn config(&self, source_extra: &str, extra: &str) -> Config {
-        let text = self.config_text(source_extra, extra);
-        Config::parse(&text, &self.dir.path().join("config.toml"), &|_| None)
+        self.parse_config(&self.config_text(source_extra, extra))
+    }
+
+    /// `text` read as the harness's config file (`config.toml`, not written), with an
+    /// empty environment.
+    pub fn parse_config(&self, text: &str) -> Config {
+        Config::parse(text, &self.dir.path().join("config.toml"), &|_| None)
             .unwrap_or_else(|e| panic!("{e}"))
     }
 

@@ -21,6 +21,9 @@ use std::time::Duration;
 use pollhook::config::{parse_duration, Config};
 use pollhook::sign::{Scheme, Signer};
 
+use crate::process::BIN;
+use crate::support::SECRET;
+
 /// What `systemd-analyze security` may rate the unit at most (0 = fully sandboxed,
 /// 10 = unprotected; systemd calls up to 2.0 "OK" and below 1.0 "SAFE"). The unit
 /// measured 1.1 with systemd 252.
@@ -95,7 +98,7 @@ fn unit_for_this_build(dir: &Path) -> PathBuf {
         unit.lines().any(|l| l.starts_with(&prefix)),
         "the unit should start {INSTALLED_BINARY}, where the Debian package installs it"
     );
-    let built = format!("ExecStart=\"{}\" ", env!("CARGO_BIN_EXE_pollhook"));
+    let built = format!("ExecStart=\"{BIN}\" ");
     let rewritten: String = unit
         .lines()
         .map(|l| match l.strip_prefix(&prefix) {
@@ -222,7 +225,7 @@ fn state_and_credentials_directories_reach_the_config() {
     // What systemd sets up for the service: $STATE_DIRECTORY from StateDirectory=, and a
     // credential loaded with LoadCredential=my-app:… (file contents end in a newline).
     let credentials = tempfile::tempdir().expect("temporary directory");
-    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let secret = SECRET;
     std::fs::write(credentials.path().join("my-app"), format!("{secret}\n")).unwrap();
     let credentials_dir = credentials.path().to_str().unwrap().to_string();
     let service_env = |name: &str| match name {

@@ -10,17 +10,12 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use pollhook::config::Config;
-use pollhook::demo::api::SampleApi;
-use pollhook::demo::receiver::Receiver;
 use pollhook::poll::Poller;
-use pollhook::sign::Scheme;
 use pollhook::source::Fetcher;
-use pollhook::store::{SharedStore, SledStore, Store};
+use pollhook::store::{SharedStore, Store};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     KeyUsagePurpose,
@@ -30,11 +25,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio_rustls::rustls::{crypto::ring, ServerConfig};
 use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
-const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-/// Long enough for a loaded CI machine, short enough that a broken test fails fast.
-const WAIT: Duration = Duration::from_secs(15);
+use crate::support::{wait_for, Harness, WAIT};
+
 /// What an operator reads when a server's certificate does not chain to a trusted root.
 const NOT_TRUSTED: &str = "TLS certificate not trusted (self-signed or unknown CA)";
 
@@ -120,50 +114,41 @@ async fn https_front(plain: &str, ca: &TestCa, shutdown: CancellationToken) -> S
     url.to_string()
 }
 
-/// The servers and files one test needs: the sample API and the receiver, each also
-/// behind HTTPS with a certificate from `ca`, and a directory for the config, the CA
-/// file and the state.
+/// What one test needs: the harness (the sample API, the receiver, a directory for the
+/// config, the CA file and the state), and the API and the receiver each also behind
+/// HTTPS with a certificate from `ca`.
 struct Setup {
-    api: SampleApi,
-    rx: Receiver,
+    h: Harness,
     /// The sample API over HTTPS.
     api_tls: String,
     /// The receiver over HTTPS.
     rx_tls: String,
-    dir: tempfile::TempDir,
-    servers: CancellationToken,
+    /// Stops the HTTPS fronts.
+    _fronts: DropGuard,
 }
 
 impl Setup {
     async fn new(ca: &TestCa) -> Setup {
-        let servers = CancellationToken::new();
-        let api = SampleApi::start(servers.clone()).await.unwrap();
-        let rx = Receiver::start(Scheme::Standard, vec![SECRET.into()], servers.clone())
-            .await
-            .unwrap();
-        api.set("1", json!({"name": "apple"}));
+        let h = Harness::new().await;
+        h.api.set("1", json!({"name": "apple"}));
+        let fronts = CancellationToken::new();
         Setup {
-            api_tls: https_front(&api.url(), ca, servers.clone()).await,
-            rx_tls: https_front(&rx.url(), ca, servers.clone()).await,
-            api,
-            rx,
-            dir: tempfile::tempdir().unwrap(),
-            servers,
+            api_tls: https_front(&h.api.url(), ca, fronts.clone()).await,
+            rx_tls: https_front(&h.rx.url(), ca, fronts.clone()).await,
+            h,
+            _fronts: fronts.drop_guard(),
         }
     }
 
     /// Writes `pem` to `name` beside the config.
     fn write_ca(&self, name: &str, pem: &str) {
-        std::fs::write(self.dir.path().join(name), pem).unwrap();
+        std::fs::write(self.h.dir.path().join(name), pem).unwrap();
     }
 
-    fn state_dir(&self) -> PathBuf {
-        self.dir.path().join("state")
-    }
-
-    /// A config with target `t` posting to `target_url` and source `s` polling
-    /// `source_url` every 200 ms; `target_extra`, `source_extra` and `extra` are appended
-    /// to the target's table, the source's table and the file.
+    /// The harness's config with target `t` posting to `target_url` and source `s`
+    /// polling `source_url`, without a baseline (its first poll sends the item as
+    /// created); `target_extra`, `source_extra` and `extra` are appended to the target's
+    /// table, the source's table and the file.
     fn config(
         &self,
         target_url: &str,
@@ -172,41 +157,18 @@ impl Setup {
         source_extra: &str,
         extra: &str,
     ) -> Config {
-        let text = format!(
-            r#"state_dir = {state:?}
-shutdown_grace = "3s"
-
-[admin]
-listen = ""
-
-[targets.t]
-url = "{target_url}"
-secret = "{SECRET}"
-retry = ["200ms", "200ms", "200ms", "200ms", "200ms", "200ms", "200ms", "200ms"]
-timeout = "2s"
-{target_extra}
-
-[sources.s]
-url = "{source_url}"
-interval = "200ms"
-items = "/items"
-baseline = false
-{source_extra}
-{extra}"#,
-            state = self.state_dir().display().to_string(),
-        );
-        Config::parse(&text, &self.dir.path().join("config.toml"), &|_| None)
-            .unwrap_or_else(|e| panic!("{e}"))
+        let source_extra = format!("baseline = false\n{source_extra}");
+        self.h.parse_config(&self.h.config_text_for(
+            target_url,
+            target_extra,
+            source_url,
+            &source_extra,
+            extra,
+        ))
     }
 
     fn open_store(&self) -> SharedStore {
-        Arc::new(SledStore::open(&self.state_dir()).unwrap())
-    }
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        self.servers.cancel();
+        Arc::new(self.h.store())
     }
 }
 
@@ -237,14 +199,7 @@ async fn run_daemon_until(config: Config, store: &SharedStore, done: impl Fn(&dy
         store.clone(),
         token.clone(),
     ));
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !done(&**store) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition not met within {WAIT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for(|| done(&**store)).await;
     token.cancel();
     tokio::time::timeout(WAIT, daemon)
         .await
@@ -270,7 +225,7 @@ async fn a_source_with_an_untrusted_certificate_fails_clearly_and_commits_nothin
     let ca = TestCa::new("pollhook test CA");
     let s = Setup::new(&ca).await;
     let source_url = format!("{}?token=s3cret", s.api_tls);
-    let config = s.config(&s.rx.url(), "", &source_url, "", "");
+    let config = s.config(&s.h.rx.url(), "", &source_url, "", "");
     let store = s.open_store();
 
     let results = poll_all(&config, &store).await;
@@ -280,7 +235,7 @@ async fn a_source_with_an_untrusted_certificate_fails_clearly_and_commits_nothin
     assert!(!err.contains("s3cret"), "the URL's query leaked: {err}");
 
     // The handshake stopped it: the API behind the front never saw a request.
-    assert_eq!(s.api.requests(), 0);
+    assert_eq!(s.h.api.requests(), 0);
     assert!(!store.source_state("s").unwrap().initialized);
     assert!(store.snapshot("s").unwrap().is_empty());
     assert!(store.pending_counts().unwrap().is_empty());
@@ -298,7 +253,13 @@ async fn a_source_with_ca_file_polls_and_only_that_source_trusts_the_ca() {
         "[sources.strict]\nurl = \"{}\"\ninterval = \"1m\"\nitems = \"/items\"\n",
         s.api_tls
     );
-    let config = s.config(&s.rx.url(), "", &s.api_tls, "ca_file = \"ca.pem\"", &strict);
+    let config = s.config(
+        &s.h.rx.url(),
+        "",
+        &s.api_tls,
+        "ca_file = \"ca.pem\"",
+        &strict,
+    );
     let store = s.open_store();
 
     let results = poll_all(&config, &store).await;
@@ -321,7 +282,7 @@ async fn a_ca_file_with_the_wrong_ca_says_so() {
     let ca = TestCa::new("pollhook test CA");
     let s = Setup::new(&ca).await;
     s.write_ca("other.pem", &TestCa::new("some other CA").pem);
-    let config = s.config(&s.rx.url(), "", &s.api_tls, "ca_file = \"other.pem\"", "");
+    let config = s.config(&s.h.rx.url(), "", &s.api_tls, "ca_file = \"other.pem\"", "");
     let store = s.open_store();
 
     let results = poll_all(&config, &store).await;
@@ -341,7 +302,7 @@ async fn a_target_with_an_untrusted_certificate_fails_clearly() {
     let ca = TestCa::new("pollhook test CA");
     let s = Setup::new(&ca).await;
     let target_url = format!("{}?key=s3cret", s.rx_tls);
-    let config = s.config(&target_url, "", &s.api.url(), "", "");
+    let config = s.config(&target_url, "", &s.h.api.url(), "", "");
     let store = s.open_store();
 
     run_daemon_until(config, &store, |st| last_error(st).is_some()).await;
@@ -349,7 +310,7 @@ async fn a_target_with_an_untrusted_certificate_fails_clearly() {
     assert!(err.contains(NOT_TRUSTED), "{err}");
     assert!(err.contains("set ca_file for this target"), "{err}");
     assert!(!err.contains("s3cret"), "the URL's query leaked: {err}");
-    assert!(s.rx.received().is_empty(), "{:?}", s.rx.received());
+    assert!(s.h.rx.received().is_empty(), "{:?}", s.h.rx.received());
     assert_eq!(store.pending_counts().unwrap().get("t"), Some(&1));
 }
 
@@ -359,19 +320,19 @@ async fn a_target_with_an_untrusted_certificate_fails_clearly() {
 async fn a_target_with_ca_file_gets_its_webhooks() {
     let ca = TestCa::new("pollhook test CA");
     let s = Setup::new(&ca).await;
-    let ca_path = s.dir.path().join("ca.pem");
+    let ca_path = s.h.dir.path().join("ca.pem");
     s.write_ca("ca.pem", &ca.pem);
     // An absolute path this time; (b) uses one relative to the config file.
     let target_extra = format!("ca_file = {:?}", ca_path.display().to_string());
-    let config = s.config(&s.rx_tls, &target_extra, &s.api.url(), "", "");
+    let config = s.config(&s.rx_tls, &target_extra, &s.h.api.url(), "", "");
     let store = s.open_store();
-    let rx = s.rx.clone();
+    let rx = s.h.rx.clone();
 
     run_daemon_until(config, &store, |st| {
         !rx.accepted().is_empty() && st.pending("t", None, 10).unwrap().is_empty()
     })
     .await;
-    let got = s.rx.accepted();
+    let got = s.h.rx.accepted();
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0].event_type, "s.created");
     assert!(got[0].verified, "signature did not verify");
