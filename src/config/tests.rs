@@ -1,6 +1,8 @@
 use super::*;
 use crate::sign::Scheme;
 
+mod reload;
+
 fn env(name: &str) -> Option<String> {
     match name {
         "API_TOKEN" => Some("tok-123".into()),
