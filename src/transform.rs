@@ -175,6 +175,16 @@ impl Transform {
     }
 }
 
+// The compiled filter is made from the program text alone (and cannot be compared
+// itself): two transforms of the same text do the same.
+impl PartialEq for Transform {
+    fn eq(&self, other: &Transform) -> bool {
+        self.program == other.program
+    }
+}
+
+impl Eq for Transform {}
+
 impl fmt::Debug for Transform {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_tuple("Transform").field(&&*self.program).finish()

@@ -4,15 +4,43 @@
 //! The file is read and checked at load, so a wrong path or a key file given by mistake
 //! is a config problem with its key and line, not a failed poll hours later.
 
+use std::ops::Deref;
 use std::path::Path;
 
 use reqwest::Certificate;
 
+/// The certificates read from a `ca_file` (none without one), trusted in addition to the
+/// built-in roots. Two bundles are equal when they were read from the same bytes (by
+/// SHA-256): a `Certificate` cannot be compared, and a reload must see a file rewritten
+/// in place.
+#[derive(Clone, Default)]
+pub struct CaBundle {
+    certs: Vec<Certificate>,
+    /// SHA-256 of the file as read; zeros without one (a file read holds at least one
+    /// certificate, so its digest is never that of nothing).
+    digest: [u8; 32],
+}
+
+impl PartialEq for CaBundle {
+    fn eq(&self, other: &CaBundle) -> bool {
+        self.digest == other.digest
+    }
+}
+
+impl Eq for CaBundle {}
+
+impl Deref for CaBundle {
+    type Target = [Certificate];
+
+    fn deref(&self) -> &[Certificate] {
+        &self.certs
+    }
+}
+
 /// The certificates in the PEM file at `path` (one or more `BEGIN CERTIFICATE` blocks),
-/// each checked to be one a TLS client can trust, and the SHA-256 of the file (a reload
-/// rebuilds the clients only when it changed). The error says what is wrong with the
+/// each checked to be one a TLS client can trust. The error says what is wrong with the
 /// file, naming it.
-pub fn load(path: &Path) -> Result<(Vec<Certificate>, [u8; 32]), String> {
+pub fn load(path: &Path) -> Result<CaBundle, String> {
     let shown = path.display();
     let pem = std::fs::read(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
     let certs = Certificate::from_pem_bundle(&pem)
@@ -39,8 +67,9 @@ pub fn load(path: &Path) -> Result<(Vec<Certificate>, [u8; 32]), String> {
                 )
             })?;
     }
-    Ok((
+    Ok(CaBundle {
         certs,
-        sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&pem)).into(),
-    ))
+        digest: sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&pem))
+            .into(),
+    })
 }

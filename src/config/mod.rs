@@ -20,12 +20,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::HeaderMap;
-use reqwest::{Certificate, Url};
+use reqwest::Url;
 
 use crate::diff::ChangeKind;
 use crate::schedule::Schedule;
 use crate::sign::Signer;
 
+pub use ca::CaBundle;
 pub use locate::{KeyPath, Locator};
 use raw::RawConfig;
 pub use request::{
@@ -102,6 +103,11 @@ pub fn peek_log_format(path: &Path) -> LogFormat {
 }
 
 /// Where webhooks go and how they are signed and retried.
+///
+/// Equal targets deliver exactly alike: a reload restarts a target's worker only when its
+/// new settings are not equal to those it runs with. Every field counts, secrets and the
+/// CA file's content too.
+#[derive(PartialEq)]
 pub struct Target {
     pub name: String,
     pub url: Url,
@@ -122,13 +128,15 @@ pub struct Target {
     /// `ca_file` as resolved against the config file's directory, if set.
     pub ca_file: Option<PathBuf>,
     /// The certificates read from `ca_file`, trusted in addition to the built-in roots.
-    pub ca: Vec<Certificate>,
-    /// SHA-256 of the `ca_file` as read (zeros without one), so a reload sees a new file.
-    pub ca_digest: [u8; 32],
+    pub ca: CaBundle,
 }
 
 /// An API to poll and how to read its items.
-#[derive(Clone)]
+///
+/// Equal sources poll exactly alike: a reload restarts a source's loop only when its new
+/// settings are not equal to those it runs with. Every field counts, secrets, the
+/// transform's program and the CA file's content too.
+#[derive(Clone, PartialEq)]
 pub struct Source {
     pub name: String,
     /// The HTTP request (or command) that gets the document.
@@ -169,9 +177,7 @@ pub struct Source {
     /// `ca_file` as resolved against the config file's directory, if set.
     pub ca_file: Option<PathBuf>,
     /// The certificates read from `ca_file`, trusted in addition to the built-in roots.
-    pub ca: Vec<Certificate>,
-    /// SHA-256 of the `ca_file` as read (zeros without one), so a reload sees a new file.
-    pub ca_digest: [u8; 32],
+    pub ca: CaBundle,
 }
 
 /// `[sources.<name>.deletion_guard]`: a poll that would delete more than `share` of the
@@ -253,51 +259,7 @@ impl fmt::Debug for Source {
     }
 }
 
-impl Target {
-    /// Whether `other` would deliver exactly as this does: a reload restarts a target's
-    /// worker only when this is false. Secrets and the CA file's content count.
-    pub fn same_settings(&self, other: &Target) -> bool {
-        self.name == other.name
-            && self.url == other.url
-            && self.display_url == other.display_url
-            && self.signer == other.signer
-            && self.timeout == other.timeout
-            && self.retry == other.retry
-            && self.headers == other.headers
-            && self.max_in_flight == other.max_in_flight
-            && self.ca_file == other.ca_file
-            && self.ca_digest == other.ca_digest
-    }
-}
-
 impl Source {
-    /// Whether `other` would poll exactly as this does: a reload restarts a source's
-    /// loop only when this is false.
-    pub fn same_settings(&self, other: &Source) -> bool {
-        self.name == other.name
-            && self.origin == other.origin
-            && self.pagination == other.pagination
-            && self.format == other.format
-            && self.transform.as_ref().map(|t| t.program())
-                == other.transform.as_ref().map(|t| t.program())
-            && self.mode == other.mode
-            && self.event_type == other.event_type
-            && self.max_backoff == other.max_backoff
-            && self.schedule == other.schedule
-            && self.timeout == other.timeout
-            && self.max_body == other.max_body
-            && self.items == other.items
-            && self.id == other.id
-            && self.ignore == other.ignore
-            && self.events == other.events
-            && self.targets == other.targets
-            && self.baseline == other.baseline
-            && self.allow_empty == other.allow_empty
-            && self.deletion_guard == other.deletion_guard
-            && self.ca_file == other.ca_file
-            && self.ca_digest == other.ca_digest
-    }
-
     /// Where the document comes from, for messages: the URL as written (`${VAR}`s not
     /// expanded) without credentials or query, or the command's program.
     pub fn location(&self) -> String {

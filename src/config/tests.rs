@@ -1,6 +1,8 @@
 use super::*;
 use crate::sign::Scheme;
 
+mod reload;
+
 fn env(name: &str) -> Option<String> {
     match name {
         "API_TOKEN" => Some("tok-123".into()),
@@ -455,23 +457,23 @@ fn peeking_the_log_format_never_fails() {
 }
 
 #[test]
-fn same_settings_sees_every_change_including_secrets() {
+fn equality_sees_every_change_including_secrets() {
     let a = parse(GOOD).unwrap();
     let b = parse(GOOD).unwrap();
-    assert!(a.targets["gh"].same_settings(&b.targets["gh"]));
-    assert!(a.sources["things"].same_settings(&b.sources["things"]));
+    assert_eq!(a.targets["gh"], b.targets["gh"]);
+    assert_eq!(a.sources["things"], b.sources["things"]);
     let c = parse(&GOOD.replace("It's a Secret to Everybody", "rotated")).unwrap();
-    assert!(!a.targets["gh"].same_settings(&c.targets["gh"]));
+    assert_ne!(a.targets["gh"], c.targets["gh"]);
     let c = parse(&GOOD.replace("interval = \"1m\"", "interval = \"2m\"")).unwrap();
-    assert!(!a.sources["things"].same_settings(&c.sources["things"]));
-    assert!(a.sources["weekly"].same_settings(&c.sources["weekly"]));
+    assert_ne!(a.sources["things"], c.sources["things"]);
+    assert_eq!(a.sources["weekly"], c.sources["weekly"]);
     let other = |name: &str| match name {
         "API_TOKEN" => Some("tok-456".into()),
         n => env(n),
     };
     let c = Config::parse(GOOD, Path::new("/etc/pollhook/config.toml"), &other).unwrap();
-    assert!(
-        !a.sources["things"].same_settings(&c.sources["things"]),
+    assert_ne!(
+        a.sources["things"], c.sources["things"],
         "a new token in the environment is a change"
     );
 }
@@ -674,7 +676,7 @@ fn deletion_guard_defaults_off_and_bad_values() {
     // A reload sees a changed guard.
     let a = parse(GOOD).unwrap();
     let b = parse(&with("confirm = 3")).unwrap();
-    assert!(!a.sources["weekly"].same_settings(&b.sources["weekly"]));
+    assert_ne!(a.sources["weekly"], b.sources["weekly"]);
 }
 
 #[test]

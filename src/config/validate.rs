@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
-use reqwest::{Certificate, Url};
+use reqwest::Url;
 
 use super::raw::{self, RawConfig, RawSource, RawTarget};
 use super::{
-    ca, expand_env, parse_duration, parse_size, redact_url, Config, DeletionGuard, KeyPath,
-    Locator, LogFormat, Problem, Source, Target, DEFAULT_ADMIN_LISTEN, DEFAULT_GRACE,
+    ca, expand_env, parse_duration, parse_size, redact_url, CaBundle, Config, DeletionGuard,
+    KeyPath, Locator, LogFormat, Problem, Source, Target, DEFAULT_ADMIN_LISTEN, DEFAULT_GRACE,
     DEFAULT_MAX_BODY, DEFAULT_MAX_IN_FLIGHT, DEFAULT_RETRY, DEFAULT_SOURCE_TIMEOUT,
     DEFAULT_TARGET_TIMEOUT,
 };
@@ -384,24 +384,19 @@ impl Validator<'_> {
 
     /// `ca_file`: the path resolved like `secret_file`, and the certificates in it. A file
     /// that cannot be used is a problem; the placeholder is no extra roots.
-    fn ca_file(
-        &mut self,
-        key: &KeyPath,
-        file: Option<&str>,
-    ) -> (Option<PathBuf>, Vec<Certificate>, [u8; 32]) {
-        let none = (None, Vec::new(), [0; 32]);
+    fn ca_file(&mut self, key: &KeyPath, file: Option<&str>) -> (Option<PathBuf>, CaBundle) {
         let Some(file) = file else {
-            return none;
+            return (None, CaBundle::default());
         };
         let Some(expanded) = self.expand(key, file) else {
-            return none;
+            return (None, CaBundle::default());
         };
         let path = self.base.join(expanded);
         match ca::load(&path) {
-            Ok((certs, digest)) => (Some(path), certs, digest),
+            Ok(ca) => (Some(path), ca),
             Err(e) => {
                 self.problem(key, e);
-                (Some(path), Vec::new(), [0; 32])
+                (Some(path), CaBundle::default())
             }
         }
     }
@@ -451,7 +446,7 @@ impl Validator<'_> {
                 .collect(),
         };
         let headers = self.headers(&key.key("headers"), &t.headers);
-        let (ca_file, ca, ca_digest) = self.ca_file(&key.key("ca_file"), t.ca_file.as_deref());
+        let (ca_file, ca) = self.ca_file(&key.key("ca_file"), t.ca_file.as_deref());
         let max_in_flight = match t.max_in_flight {
             None => DEFAULT_MAX_IN_FLIGHT,
             Some(n) if (1..=1024).contains(&n) => n as usize,
@@ -472,7 +467,6 @@ impl Validator<'_> {
             headers,
             max_in_flight,
             ca_file,
-            ca_digest,
             ca,
         })
     }
@@ -562,7 +556,7 @@ impl Validator<'_> {
                 DEFAULT_MAX_BODY
             }
         };
-        let (ca_file, ca, ca_digest) = self.ca_file(&key.key("ca_file"), s.ca_file.as_deref());
+        let (ca_file, ca) = self.ca_file(&key.key("ca_file"), s.ca_file.as_deref());
         let deletion_guard = self.deletion_guard(&key.key("deletion_guard"), s.deletion_guard);
         let items = s.items.unwrap_or_default();
         let id = s.id.unwrap_or_else(|| "/id".to_string());
@@ -644,7 +638,6 @@ impl Validator<'_> {
             allow_empty: s.allow_empty.unwrap_or(false),
             deletion_guard,
             ca_file,
-            ca_digest,
             ca,
         })
     }

@@ -368,8 +368,9 @@ impl Running {
             }
         }
         for (name, target) in &config.targets {
+            // Unchanged settings (`Target`'s equality): the running worker stays.
             if let Some(old) = self.targets.get(name) {
-                if old.target.same_settings(target) {
+                if old.target == *target {
                     continue;
                 }
             }
@@ -423,14 +424,11 @@ impl Running {
                 handle.metrics.forget_source(&name);
             }
         }
+        // New or changed settings (`Source`'s equality); the others keep running.
         let changed: Vec<_> = config
             .sources
             .values()
-            .filter(|s| {
-                handle
-                    .source(&s.name)
-                    .is_none_or(|r| !r.source.same_settings(s))
-            })
+            .filter(|s| handle.source(&s.name).is_none_or(|r| r.source != **s))
             .cloned()
             .collect();
         if changed.is_empty() {

@@ -80,7 +80,7 @@ impl TargetWorker {
             .timeout(target.timeout)
             .pool_max_idle_per_host(target.max_in_flight);
         // `ca_file`: trusted in addition to the built-in roots, not instead of them.
-        for cert in &target.ca {
+        for cert in target.ca.iter() {
             builder = builder.add_root_certificate(cert.clone());
         }
         let client = builder.build()?;

@@ -1,6 +1,7 @@
 //! Reloading the config in a running daemon (what SIGHUP does): sources and targets
 //! added, changed and removed take effect; an invalid config changes nothing; no
-//! pending delivery is lost or sent twice, and an attempt in flight finishes.
+//! pending delivery is lost or sent twice, and an attempt in flight finishes; a source
+//! whose transform alone changed restarts with the new program.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,6 +22,21 @@ fn has(r: &[Received], event_type: &str, item: &str) -> bool {
     accepted(r, event_type).any(|x| x.item_id == item)
 }
 
+/// Writes `text` as the config file and starts the daemon on it; notifying what this
+/// returns reloads the file, as SIGHUP does.
+fn start_reloadable(h: &mut Harness, text: &str) -> Arc<Notify> {
+    let reload = Arc::new(Notify::new());
+    let config = h.write_config(text);
+    h.start_with(
+        config,
+        Options {
+            reload: Some(reload.clone()),
+            ..Options::default()
+        },
+    );
+    reload
+}
+
 #[tokio::test]
 async fn a_reload_applies_changes_and_loses_or_repeats_no_delivery() {
     let mut h = Harness::new().await;
@@ -33,15 +49,7 @@ async fn a_reload_applies_changes_and_loses_or_repeats_no_delivery() {
     h.api.set("1", json!({"v": 1}));
     api2.set("a", json!({"v": 1}));
     let text_a = h.config_text("baseline = false", "");
-    let reload = Arc::new(Notify::new());
-    let config = h.write_config(&text_a);
-    h.start_with(
-        config,
-        Options {
-            reload: Some(reload.clone()),
-            ..Options::default()
-        },
-    );
+    let reload = start_reloadable(&mut h, &text_a);
     h.received("item 1", |r| has(r, "s.created", "1")).await;
 
     // An attempt in flight at the reload: the first receiver holds it for a second.
@@ -109,4 +117,27 @@ async fn a_reload_applies_changes_and_loses_or_repeats_no_delivery() {
     assert_eq!(pending(&store, "t"), 0);
     // The removed source's state stays until `pollhook forget`.
     assert_eq!(store.source_state("s2").unwrap().items, 1);
+}
+
+#[tokio::test]
+async fn a_reload_restarts_a_source_whose_transform_changed() {
+    let mut h = Harness::new().await;
+    h.api.set("1", json!({"v": 1}));
+    let text = h.config_text("baseline = false\ntransform = '.'", "");
+    let reload = start_reloadable(&mut h, &text);
+    h.received("item 1", |r| has(r, "s.created", "1")).await;
+
+    // Only the program's text changes: the source restarts and polls with the new one,
+    // which changes every item.
+    h.write_config(&text.replace(
+        "transform = '.'",
+        "transform = '.items |= map(. + {tagged: true})'",
+    ));
+    reload.notify_one();
+    h.received("item 1 shaped by the new transform", |r| {
+        accepted(r, "s.updated")
+            .any(|x| x.item_id == "1" && x.body["data"]["object"]["tagged"] == true)
+    })
+    .await;
+    h.stop().await;
 }
