@@ -5,13 +5,14 @@
 //! Memory stays bounded by the response, whatever the number of changes: the diff keeps
 //! each changed item once, as the JSON text it is stored as, and no event. Events are
 //! built when their commit is. A poll with at most [`CHUNK`] events is one commit: its
-//! snapshot changes, events and deliveries in one transaction. A poll with more queues
+//! snapshot changes, events and deliveries in one transaction. A poll with more stages
 //! its events first, [`CHUNK`] at a time, each chunk one transaction that changes no
-//! state, and then commits the snapshot with the last chunk. Every event carries the
-//! poll's generation (the ids one commit would give). A crash before the snapshot commit
-//! leaves the state as it was: the next poll detects the same changes under the same
-//! generation, so the events already queued are queued again with the same ids (at
-//! least once, invariant 2), and nothing is lost (invariant 1).
+//! state and queues nothing, then commits the snapshot with the last chunk; only then
+//! does the store move the staged events to the outbox (see
+//! [`crate::store::PollCommit::chunk`]). Every event carries the poll's generation (the
+//! ids one commit would give). A crash before the snapshot commit leaves the state as it
+//! was and delivers nothing of the poll: the next poll detects the changes again, as
+//! they are then (invariant 1); a crash after it loses no staged event.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -60,6 +61,8 @@ pub struct Plan {
     now: DateTime<Utc>,
     /// The commit that writes the snapshot is made.
     done: bool,
+    /// Commits made so far.
+    chunks: u32,
     /// The source never committed: its first poll records that it did, changes or not.
     baseline_record: bool,
 }
@@ -85,6 +88,7 @@ impl Plan {
             collection: None,
             now: DateTime::<Utc>::UNIX_EPOCH,
             done: true,
+            chunks: 0,
             baseline_record: false,
         }
     }
@@ -137,8 +141,10 @@ impl Plan {
             events,
             collection: self.collection,
             now_ms: self.now.timestamp_millis(),
+            chunk: self.chunks,
             ..PollCommit::default()
         };
+        self.chunks += 1;
         let last =
             self.next_upsert == self.upserts.len() && self.next_removal == self.removals.len();
         if last {
@@ -183,8 +189,8 @@ impl Plan {
         let mut generation = self.generation_read();
         while let Some(commit) = self.next_commit()? {
             let events = !commit.events.is_empty();
-            // The wake follows the commit even when it failed: an earlier chunk may have
-            // queued deliveries already.
+            // The wake follows the commit even when it failed: a last commit may have
+            // moved some of its staged chunks to the outbox before its error.
             let result = store.commit_poll(commit);
             if events {
                 queued();
@@ -383,6 +389,7 @@ fn plan_with(
         collection: collection.or(state.collection),
         now,
         done: false,
+        chunks: 0,
         baseline_record: !state.initialized,
     })
 }

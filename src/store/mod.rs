@@ -5,7 +5,9 @@
 //! events and one delivery per subscribed target are written in one transaction and
 //! flushed to disk before it returns (DESIGN invariant 1), so a change is either still
 //! undetected after a crash (and the next poll finds it again, with the same event id)
-//! or already queued for every target.
+//! or already queued for every target. A poll with more events than one commit holds
+//! stages them in chunks first and has them moved to the outbox once its snapshot commit
+//! is durable (see [`PollCommit::chunk`]).
 //!
 //! Every call blocks: async code calls it through `spawn_blocking`.
 
@@ -113,10 +115,17 @@ pub struct PollCommit {
     pub events: Vec<(Event, Arc<[String]>)>,
     /// Items the source holds after this commit.
     pub item_count: u64,
-    /// Events of a poll with more than [`crate::poll::CHUNK`], queued ahead of the
-    /// commit that writes its snapshot: only the outbox is written, under the same
-    /// generation check, and the source's state stays as it is.
+    /// Events of a poll with more than [`crate::poll::CHUNK`], staged ahead of the
+    /// commit that writes its snapshot: nothing reaches the outbox, the generation is
+    /// checked as for any commit, and the source's state stays as it is.
     pub events_only: bool,
+    /// This commit's place among its poll's commits. A poll of one commit (chunk 0, not
+    /// `events_only`) writes its deliveries in its transaction. A poll of several stages
+    /// each chunk's events, the last one's with the snapshot, and the store moves them to
+    /// the outbox only once that commit is durable: no event of a poll that never
+    /// committed is delivered, and a crash after it loses none (the store finishes the
+    /// move when it next opens).
+    pub chunk: u32,
     /// What the items came in, kept to recognise an answer of another shape.
     pub collection: Option<crate::extract::Collection>,
     /// Detection time, unix milliseconds (the deliveries' first attempt time).
@@ -259,3 +268,5 @@ where
 mod tests;
 #[cfg(test)]
 mod tests_damage;
+#[cfg(test)]
+mod tests_staged;

@@ -13,6 +13,11 @@
 //!   small source is one key.
 //! - `outbox-v1` and `dead-v1`: target name, 0x00, sequence (u64 big-endian, so keys sort
 //!   in detection order) → u32 big-endian header length, header JSON, event body bytes.
+//! - `stage-v1`: source name, 0x00, chunk (u32 big-endian) → the events of one chunk of a
+//!   poll with more than [`crate::poll::CHUNK`] events, not yet in the outbox: repeated
+//!   `u32 record length, delivery record (as in the outbox), u16 target count, then per
+//!   target u16 length, name`. Written before the poll's snapshot commit and moved to the
+//!   outbox after it (see `SledStore::commit_poll`).
 //!
 //! A name in a key is escaped so that it holds no 0x00 (0x01 → 0x01 0x02, 0x00 → 0x01
 //! 0x01) and the first 0x00 ends it: no name's keys are a prefix of another name's, so a
@@ -46,6 +51,16 @@ pub struct SourceState {
     /// for document sources, and for states written before this was kept).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub collection: Option<Collection>,
+    /// Chunks of events the last commit left staged, to be moved to the outbox (a poll
+    /// with more than [`crate::poll::CHUNK`] events; 0 once they are, or for a smaller
+    /// one). Set by the commit that writes the snapshot, so staged chunks without it are
+    /// those of a poll that never committed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub staged: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// One event queued for one target.
@@ -303,6 +318,73 @@ pub(super) fn encode_new_delivery(event: &Event, now_ms: i64) -> Vec<u8> {
         },
         &event.body,
     )
+}
+
+/// The key of chunk `chunk` of `source`'s staged events.
+pub(super) fn stage_key(source: &str, chunk: u32) -> Vec<u8> {
+    bucket_key(source, chunk)
+}
+
+/// A chunk of events detected at `now_ms`, with their targets, as staged.
+pub(super) fn encode_staged(events: &[(Event, std::sync::Arc<[String]>)], now_ms: i64) -> Vec<u8> {
+    let mut v = Vec::new();
+    for (event, targets) in events {
+        let record = encode_new_delivery(event, now_ms);
+        v.extend_from_slice(&(record.len() as u32).to_be_bytes());
+        v.extend_from_slice(&record);
+        // Target names are config names: short, and far fewer than 65,536 per event.
+        v.extend_from_slice(&(targets.len() as u16).to_be_bytes());
+        for t in targets.iter() {
+            v.extend_from_slice(&(t.len() as u16).to_be_bytes());
+            v.extend_from_slice(t.as_bytes());
+        }
+    }
+    v
+}
+
+/// One staged event: its delivery record (as the outbox stores it) and its targets.
+pub(super) type StagedEvent<'a> = (&'a [u8], Vec<&'a str>);
+
+/// The events of a staged chunk read under `key`, in detection order.
+pub(super) fn decode_staged<'a>(
+    key: &[u8],
+    mut value: &'a [u8],
+) -> Result<Vec<StagedEvent<'a>>, StoreError> {
+    let corrupt = |reason: &str| StoreError::Corrupt {
+        key: format!("stage-v1/{}", String::from_utf8_lossy(key)),
+        reason: reason.into(),
+    };
+    fn take<'a>(v: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = (v.get(..n)?, v.get(n..)?);
+        *v = rest;
+        Some(head)
+    }
+    let len = |v: &mut &[u8], n: usize| -> Option<usize> {
+        Some(
+            take(v, n)?
+                .iter()
+                .fold(0usize, |acc, b| acc << 8 | usize::from(*b)),
+        )
+    };
+    let mut out = Vec::new();
+    while !value.is_empty() {
+        let entry = (|| {
+            let n = len(&mut value, 4)?;
+            let record = take(&mut value, n)?;
+            let count = len(&mut value, 2)?;
+            let mut targets = Vec::with_capacity(count);
+            for _ in 0..count {
+                let n = len(&mut value, 2)?;
+                targets.push(std::str::from_utf8(take(&mut value, n)?).ok()?);
+            }
+            Some((record, targets))
+        })();
+        out.push(
+            entry
+                .ok_or_else(|| corrupt("a staged event is cut short or its target is not UTF-8"))?,
+        );
+    }
+    Ok(out)
 }
 
 fn encode_parts(header: &HeaderRef<'_>, body: &[u8]) -> Vec<u8> {

@@ -9,8 +9,8 @@ use sled::Transactional;
 
 use super::records::{
     bucket_key, bucket_of, buckets_for, decode_bucket, decode_delivery, decode_record,
-    delivery_key, encode_bucket, encode_delivery, encode_new_delivery, prefix,
-    split_delivery_key_ref, to_seen, Entry, MAX_PER_BUCKET,
+    decode_staged, delivery_key, encode_bucket, encode_delivery, encode_new_delivery,
+    encode_staged, prefix, split_delivery_key_ref, stage_key, to_seen, Entry, MAX_PER_BUCKET,
 };
 use super::state_dir;
 use super::{Delivery, DeliveryStatus, PollCommit, SourceState, Store, StoreError, TargetStats};
@@ -24,6 +24,12 @@ type BucketChange<'a> = (Vec<(&'a str, Entry<'a>)>, Vec<&'a str>);
 /// every dead letter is cut into batches rather than made one huge transaction.
 pub(super) const REPLAY_BATCH: usize = 1_000;
 
+#[cfg(test)]
+thread_local! {
+    /// Tests: the process dies after a commit's transaction, before its staged events move.
+    pub(super) static DIE_BEFORE_APPLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// How long `open` waits for a directory lock that is still held.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
@@ -36,6 +42,8 @@ pub struct SledStore {
     snap: sled::Tree,
     outbox: sled::Tree,
     dead: sled::Tree,
+    /// Events of a large poll on their way to the outbox (see `commit_poll`).
+    pub(super) stage: sled::Tree,
     /// Held from drawing outbox sequence numbers until the transaction that uses them
     /// has committed. A target's worker loads the deliveries above the last sequence it
     /// has; without this, two commits racing could land a lower sequence after the
@@ -139,6 +147,7 @@ impl SledStore {
             snap: tree("snap-v1")?,
             outbox: tree("outbox-v1")?,
             dead: tree("dead-v1")?,
+            stage: tree("stage-v1")?,
             enqueue: std::sync::Mutex::new(()),
             path: db_dir.clone(),
             db,
@@ -154,7 +163,78 @@ impl SledStore {
             },
             marker,
         )?;
+        store.recover_staged()?;
         Ok(store)
+    }
+
+    /// After a crash: moves the events of every committed large poll to the outbox, and
+    /// drops those of polls that never committed (their next poll detects the changes
+    /// again).
+    fn recover_staged(&self) -> Result<(), StoreError> {
+        for (source, state) in self.sources()? {
+            if state.staged > 0 {
+                self.apply_staged(&source)?;
+            }
+        }
+        let mut abandoned = sled::Batch::default();
+        let mut any = false;
+        for key in self.stage.iter().keys() {
+            abandoned.remove(key.map_err(db_err)?);
+            any = true;
+        }
+        if any {
+            self.stage.apply_batch(abandoned).map_err(db_err)?;
+            self.db.flush().map_err(db_err)?;
+        }
+        Ok(())
+    }
+
+    /// Moves the events `source`'s last commit staged into the outbox, a chunk per
+    /// transaction, in detection order, and records that none are left. Idempotent: a
+    /// chunk is removed from the stage in the transaction that queues it.
+    fn apply_staged(&self, source: &str) -> Result<(), StoreError> {
+        let staged = self.source_state(source)?.staged;
+        for chunk in 0..staged {
+            let key = stage_key(source, chunk);
+            let Some(value) = self.stage.get(&key).map_err(db_err)? else {
+                continue;
+            };
+            let events = decode_staged(&key, &value)?;
+            // Sequence numbers are drawn now, not when the chunk was staged: a target's
+            // worker reads the outbox above the last sequence it has (see `enqueue`).
+            let enqueue = self.enqueue.lock().unwrap_or_else(|e| e.into_inner());
+            let mut outbox = sled::Batch::default();
+            for (record, targets) in events {
+                let seq = self.db.generate_id().map_err(db_err)?;
+                let record = sled::IVec::from(record);
+                for target in targets {
+                    outbox.insert(delivery_key(target, seq), record.clone());
+                }
+            }
+            let result = (&self.stage, &self.outbox).transaction(|(stage, outbox_tx)| {
+                outbox_tx.apply_batch(&outbox)?;
+                stage.remove(key.as_slice())?;
+                Ok(())
+            });
+            drop(enqueue);
+            result.map_err(tx_err)?;
+        }
+        let result = self.sources.transaction(|sources| {
+            let mut state = read_state(sources.get(source)?, source)
+                .map_err(ConflictableTransactionError::Abort)?;
+            if state.staged > 0 {
+                state.staged = 0;
+                // A struct of integers and bools always serialises.
+                sources.insert(
+                    source.as_bytes(),
+                    serde_json::to_vec(&state).unwrap_or_default(),
+                )?;
+            }
+            Ok(())
+        });
+        result.map_err(tx_err)?;
+        self.db.flush().map_err(db_err)?;
+        Ok(())
     }
 
     /// CRC32 over every tree, for tests that must see any write at all.
@@ -240,9 +320,19 @@ impl Store for SledStore {
     }
 
     fn commit_poll(&self, c: PollCommit) -> Result<u64, StoreError> {
+        let mut before = self.source_state(&c.source)?;
+        if before.staged > 0 {
+            // The events of the previous commit are still staged (it failed after its
+            // transaction): they go first, in detection order.
+            self.apply_staged(&c.source)?;
+            before.staged = 0;
+        }
+        // A poll of more than one commit stages every chunk of events, the last one
+        // with the snapshot; they reach the outbox only after that commit, so no event
+        // of a poll that never committed is ever delivered.
+        let staging = c.events_only || c.chunk > 0;
         let changed = !(c.upserts.is_empty() && c.removals.is_empty() && c.events.is_empty());
-        let before = self.source_state(&c.source)?;
-        if !changed && before.initialized {
+        if !changed && before.initialized && !staging {
             // An unchanged poll writes nothing.
             return Ok(before.generation);
         }
@@ -276,12 +366,25 @@ impl Store for SledStore {
                 .1
                 .push(id);
         }
+        // The first commit of a poll drops chunks a poll that never committed left staged.
+        let mut stage = sled::Batch::default();
+        if c.chunk == 0 {
+            for key in self.stage.scan_prefix(prefix(&c.source)).keys() {
+                stage.remove(key.map_err(db_err)?);
+            }
+        }
+        if staging && !c.events.is_empty() {
+            stage.insert(
+                stage_key(&c.source, c.chunk),
+                encode_staged(&c.events, c.now_ms),
+            );
+        }
         // Held until the transaction has committed (see `enqueue`), not through the
         // flush, so concurrent commits still share flushes. A poisoned lock guards
         // nothing but ordering, so it is taken over.
         let enqueue = self.enqueue.lock().unwrap_or_else(|e| e.into_inner());
         let mut outbox = sled::Batch::default();
-        for (event, targets) in &c.events {
+        for (event, targets) in c.events.iter().filter(|_| !staging) {
             // Ids from generate_id increase across restarts, so outbox keys keep detection
             // order; gaps after a crash are harmless.
             let seq = self.db.generate_id().map_err(db_err)?;
@@ -293,87 +396,99 @@ impl Store for SledStore {
         }
         let expected = c.expected_generation;
         let source = c.source.as_str();
-        let result =
-            (&self.sources, &self.snap, &self.outbox).transaction(|(sources, snap, outbox_tx)| {
-                let abort = ConflictableTransactionError::Abort;
-                let current = read_state(sources.get(source)?, source).map_err(abort)?;
-                if current.generation != expected || current.initialized != before.initialized {
-                    return Err(abort(StoreError::Conflict {
-                        source_name: source.to_string(),
-                        expected,
-                        found: current.generation,
-                    }));
-                }
-                if c.events_only {
-                    // Events queued ahead of the poll's snapshot commit: the state stays.
-                    outbox_tx.apply_batch(&outbox)?;
-                    return Ok(expected);
-                }
-                if rebucket {
-                    let mut olds = Vec::new();
-                    for b in 0..old_buckets {
-                        let key = bucket_key(source, b);
-                        if let Some(v) = snap.get(&key)? {
-                            olds.push((key, v));
-                        }
-                    }
-                    let mut items: BTreeMap<&str, Entry<'_>> = BTreeMap::new();
-                    for (key, v) in &olds {
-                        decode_bucket(key, v, &mut items).map_err(abort)?;
-                        snap.remove(key.as_slice())?;
-                    }
-                    for (upserts, removals) in touched.values() {
-                        items.extend(upserts.iter().copied());
-                        for id in removals {
-                            items.remove(id);
-                        }
-                    }
-                    let mut regrouped: BTreeMap<u32, Vec<(&str, Entry<'_>)>> = BTreeMap::new();
-                    for (id, e) in items {
-                        regrouped
-                            .entry(bucket_of(id, buckets))
-                            .or_default()
-                            .push((id, e));
-                    }
-                    for (b, entries) in regrouped {
-                        snap.insert(bucket_key(source, b), encode_bucket(entries.into_iter()))?;
+        let trees = (&self.sources, &self.snap, &self.outbox, &self.stage);
+        let result = trees.transaction(|(sources, snap, outbox_tx, stage_tx)| {
+            let abort = ConflictableTransactionError::Abort;
+            let current = read_state(sources.get(source)?, source).map_err(abort)?;
+            if current.generation != expected || current.initialized != before.initialized {
+                return Err(abort(StoreError::Conflict {
+                    source_name: source.to_string(),
+                    expected,
+                    found: current.generation,
+                }));
+            }
+            stage_tx.apply_batch(&stage)?;
+            if c.events_only {
+                // Events staged ahead of the poll's snapshot commit: the state stays.
+                return Ok(expected);
+            }
+            if rebucket {
+                let mut olds = Vec::new();
+                for b in 0..old_buckets {
+                    let key = bucket_key(source, b);
+                    if let Some(v) = snap.get(&key)? {
+                        olds.push((key, v));
                     }
                 }
-                for (bucket, (upserts, removals)) in touched.iter().filter(|_| !rebucket) {
-                    let key = bucket_key(source, *bucket);
-                    let old = snap.get(&key)?;
-                    let mut items: BTreeMap<&str, Entry<'_>> = BTreeMap::new();
-                    if let Some(old) = &old {
-                        decode_bucket(&key, old, &mut items).map_err(abort)?;
-                    }
+                let mut items: BTreeMap<&str, Entry<'_>> = BTreeMap::new();
+                for (key, v) in &olds {
+                    decode_bucket(key, v, &mut items).map_err(abort)?;
+                    snap.remove(key.as_slice())?;
+                }
+                for (upserts, removals) in touched.values() {
                     items.extend(upserts.iter().copied());
                     for id in removals {
                         items.remove(id);
                     }
-                    if items.is_empty() {
-                        snap.remove(key)?;
-                    } else {
-                        snap.insert(key, encode_bucket(items.into_iter()))?;
-                    }
                 }
-                outbox_tx.apply_batch(&outbox)?;
-                let next = SourceState {
-                    generation: if changed { expected + 1 } else { expected },
-                    initialized: true,
-                    items: c.item_count,
-                    buckets,
-                    collection: c.collection.or(current.collection),
-                };
-                // A struct of integers and bools always serialises.
-                let bytes = serde_json::to_vec(&next).unwrap_or_default();
-                sources.insert(source.as_bytes(), bytes)?;
-                Ok(next.generation)
-            });
+                let mut regrouped: BTreeMap<u32, Vec<(&str, Entry<'_>)>> = BTreeMap::new();
+                for (id, e) in items {
+                    regrouped
+                        .entry(bucket_of(id, buckets))
+                        .or_default()
+                        .push((id, e));
+                }
+                for (b, entries) in regrouped {
+                    snap.insert(bucket_key(source, b), encode_bucket(entries.into_iter()))?;
+                }
+            }
+            for (bucket, (upserts, removals)) in touched.iter().filter(|_| !rebucket) {
+                let key = bucket_key(source, *bucket);
+                let old = snap.get(&key)?;
+                let mut items: BTreeMap<&str, Entry<'_>> = BTreeMap::new();
+                if let Some(old) = &old {
+                    decode_bucket(&key, old, &mut items).map_err(abort)?;
+                }
+                items.extend(upserts.iter().copied());
+                for id in removals {
+                    items.remove(id);
+                }
+                if items.is_empty() {
+                    snap.remove(key)?;
+                } else {
+                    snap.insert(key, encode_bucket(items.into_iter()))?;
+                }
+            }
+            outbox_tx.apply_batch(&outbox)?;
+            let next = SourceState {
+                generation: if changed { expected + 1 } else { expected },
+                initialized: true,
+                items: c.item_count,
+                buckets,
+                collection: c.collection.or(current.collection),
+                staged: if staging { c.chunk + 1 } else { 0 },
+            };
+            // A struct of integers and bools always serialises.
+            let bytes = serde_json::to_vec(&next).unwrap_or_default();
+            sources.insert(source.as_bytes(), bytes)?;
+            Ok(next.generation)
+        });
         drop(enqueue);
         let generation = result.map_err(tx_err)?;
+        if c.events_only {
+            // Nothing is visible yet: the commit of the snapshot flushes this too.
+            return Ok(generation);
+        }
         // Durable before anyone may deliver: a crash after this point redelivers, a crash
         // before it re-detects (DESIGN invariant 1).
         self.db.flush().map_err(db_err)?;
+        #[cfg(test)]
+        if DIE_BEFORE_APPLY.get() {
+            return Ok(generation);
+        }
+        if staging {
+            self.apply_staged(&c.source)?;
+        }
         Ok(generation)
     }
 
@@ -563,12 +678,24 @@ impl Store for SledStore {
         // transaction (a commit racing this forget is either before or after it). Keys
         // found under its prefix beforehand are removed too, so no bucket a broken state
         // does not count can bring old items back.
+        //
+        // Events a commit left staged are queued first: forgetting drops what the source
+        // holds, not what it has detected. Chunks of a poll that never committed go.
+        if self.source_state(source)?.staged > 0 {
+            self.apply_staged(source)?;
+        }
+        let mut abandoned = sled::Batch::default();
+        for key in self.stage.scan_prefix(prefix(source)).keys() {
+            abandoned.remove(key.map_err(db_err)?);
+        }
         let mut found: Vec<sled::IVec> = Vec::new();
         for k in self.snap.scan_prefix(prefix(source)).keys() {
             let k = k.map_err(|e| self.snap_read_err(source, found.last().map(|k| &k[..]), e))?;
             found.push(k);
         }
-        let result = (&self.sources, &self.snap).transaction(|(sources, snap)| {
+        let trees = (&self.sources, &self.snap, &self.stage);
+        let result = trees.transaction(|(sources, snap, stage)| {
+            stage.apply_batch(&abandoned)?;
             let stored = sources.get(source.as_bytes())?;
             let mut had = stored.is_some();
             let state = read_state(stored, source).map_err(ConflictableTransactionError::Abort)?;

@@ -17,11 +17,11 @@ use super::*;
 use crate::diff::{Change, ChangeKind};
 
 /// Detection time of every test commit, unix milliseconds.
-const NOW_MS: i64 = 1_790_000_000_000;
+pub(super) const NOW_MS: i64 = 1_790_000_000_000;
 
 /// Opens the store in `dir`, also right after another handle on it was dropped (open
 /// waits for the directory lock sled's threads may still hold).
-fn open(dir: &Path) -> SledStore {
+pub(super) fn open(dir: &Path) -> SledStore {
     SledStore::open(dir).unwrap_or_else(|e| panic!("cannot open the database: {e}"))
 }
 
@@ -30,7 +30,7 @@ fn now() -> DateTime<Utc> {
 }
 
 /// What the snapshot keeps for `object`: its fingerprint and bytes.
-fn seen(object: &Value) -> Seen {
+pub(super) fn seen(object: &Value) -> Seen {
     let raw = serde_json::to_vec(object).expect("JSON serialises");
     Seen {
         hash: Sha256::digest(&raw).into(),
@@ -52,7 +52,12 @@ fn event(source: &str, generation: u64, kind: ChangeKind, id: &str, object: Valu
 }
 
 /// A created event for item `id` of `source`, going to `targets`.
-fn created(source: &str, generation: u64, id: &str, targets: &[&str]) -> (Event, Arc<[String]>) {
+pub(super) fn created(
+    source: &str,
+    generation: u64,
+    id: &str,
+    targets: &[&str],
+) -> (Event, Arc<[String]>) {
     let e = event(
         source,
         generation,
@@ -64,7 +69,11 @@ fn created(source: &str, generation: u64, id: &str, targets: &[&str]) -> (Event,
 }
 
 /// A commit of `source` from generation `expected` carrying only events.
-fn events_commit(source: &str, expected: u64, events: Vec<(Event, Arc<[String]>)>) -> PollCommit {
+pub(super) fn events_commit(
+    source: &str,
+    expected: u64,
+    events: Vec<(Event, Arc<[String]>)>,
+) -> PollCommit {
     PollCommit {
         source: source.into(),
         expected_generation: expected,
@@ -74,7 +83,7 @@ fn events_commit(source: &str, expected: u64, events: Vec<(Event, Arc<[String]>)
     }
 }
 
-fn all_pending(store: &SledStore, target: &str) -> Vec<Delivery> {
+pub(super) fn all_pending(store: &SledStore, target: &str) -> Vec<Delivery> {
     store.pending(target, None, usize::MAX).unwrap()
 }
 
@@ -142,6 +151,7 @@ fn commit_poll_writes_items_state_and_deliveries_durably() {
             items: 2,
             buckets: 1,
             collection: None,
+            staged: 0,
         }
     );
     let expected: HashMap<String, Seen> = [("a".into(), seen(&a)), ("b".into(), seen(&b))].into();
@@ -195,6 +205,7 @@ fn commit_poll_writes_items_state_and_deliveries_durably() {
             items: 1,
             buckets: 1,
             collection: None,
+            staged: 0,
         }
     );
     assert_eq!(
@@ -328,6 +339,7 @@ fn first_commit_without_changes_records_the_empty_baseline() {
                 items: 0,
                 buckets: 1,
                 collection: None,
+                staged: 0,
             }
         );
         assert!(store.snapshot("s").unwrap().is_empty());
@@ -1063,6 +1075,7 @@ fn forget_source_drops_the_snapshot_and_moves_the_generation_on() {
             items: 0,
             buckets: 0,
             collection: None,
+            staged: 0,
         }
     );
     assert_eq!(dump(&store, &["s2", "s\u{1}"], &[]), s2);
@@ -1090,6 +1103,7 @@ fn forget_source_drops_the_snapshot_and_moves_the_generation_on() {
             items: 20,
             buckets: 1,
             collection: None,
+            staged: 0,
         }
     );
     let expected: HashMap<String, Seen> = (990..1_010).map(item).collect();

@@ -7,18 +7,10 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
 use super::state_dir::{io_error, open_error, ID_KEY, META_TREE};
+use super::tests::{seen, NOW_MS};
 use super::*;
-
-fn seen(object: &serde_json::Value) -> Seen {
-    let raw = serde_json::to_vec(object).expect("JSON serialises");
-    Seen {
-        hash: Sha256::digest(&raw).into(),
-        raw,
-    }
-}
 
 /// The first commit of `source` with `items` (id, object) pairs.
 fn baseline(store: &SledStore, source: &str, items: Vec<(String, serde_json::Value)>) {
@@ -26,7 +18,7 @@ fn baseline(store: &SledStore, source: &str, items: Vec<(String, serde_json::Val
         source: source.into(),
         item_count: items.len() as u64,
         upserts: items.into_iter().map(|(id, v)| (id, seen(&v))).collect(),
-        now_ms: 1_790_000_000_000,
+        now_ms: NOW_MS,
         ..PollCommit::default()
     };
     store.commit_poll(commit).expect("commit");

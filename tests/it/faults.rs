@@ -395,10 +395,11 @@ async fn integers_beyond_64_bits_stay_exact() {
     assert_eq!((r.created, r.updated, r.deleted), (0, 0, 0), "{r:?}");
 }
 
-/// A poll with more events than one commit holds queues them in chunks before it
+/// A poll with more events than one commit holds stages them in chunks before it
 /// commits its snapshot: every event under the poll's generation. A crash before the
-/// snapshot commit loses nothing: the next poll detects the same changes under the same
-/// ids, so what was queued is queued again with those ids (at least once).
+/// snapshot commit queues nothing (so no target hears of a change the store never
+/// recorded, which the source may undo before the next poll) and loses nothing: the next
+/// poll detects the same changes under the same ids and queues each once.
 #[tokio::test]
 async fn a_poll_of_many_changes_commits_in_chunks_and_a_crash_between_them_loses_nothing() {
     let h = Harness::new().await;
@@ -410,7 +411,7 @@ async fn a_poll_of_many_changes_commits_in_chunks_and_a_crash_between_them_loses
     let config = h.config("baseline = false", "");
     let source = &config.sources["s"];
     let (poller, store) = poller(&h, &config);
-    // The first chunk of events is queued, then the process dies.
+    // The first chunk of events is staged, then the process dies.
     let mut plan = poller.plan(source, chrono::Utc::now()).await.unwrap();
     assert_eq!(plan.report.events, n);
     let first = plan.next_commit().unwrap().unwrap();
@@ -424,14 +425,22 @@ async fn a_poll_of_many_changes_commits_in_chunks_and_a_crash_between_them_loses
         (state.generation, state.items, state.initialized),
         (0, 0, false)
     );
-    assert_eq!(queued(&store).len(), chunk);
+    assert_eq!(
+        queued(&store).len(),
+        0,
+        "an event of a poll that never committed was queued"
+    );
     // The next poll finds every change again and commits them all.
     let r = poller.poll(source).await.unwrap();
     assert_eq!((r.created, r.events), (n, n));
     let state = store.source_state("s").unwrap();
     assert_eq!((state.generation, state.items), (1, n as u64));
     let pending = store.pending("t", None, usize::MAX).unwrap();
-    assert_eq!(pending.len(), n + chunk);
+    assert_eq!(
+        pending.len(),
+        n,
+        "the crashed poll's staged events were queued too"
+    );
     let mut ids: Vec<&str> = pending.iter().map(|d| d.event_id.as_str()).collect();
     ids.sort();
     ids.dedup();
@@ -460,6 +469,11 @@ async fn a_poll_of_many_changes_commits_in_chunks_and_a_crash_between_them_loses
         .filter(|d| d.event_type == "s.updated")
         .collect();
     assert_eq!(updates.len(), n);
+    let order: Vec<usize> = updates.iter().map(|d| d.item_id.parse().unwrap()).collect();
+    assert!(
+        order.windows(2).all(|w| w[0] < w[1]),
+        "staged chunks reached the outbox out of detection order"
+    );
     let generation_of_ids: std::collections::HashSet<&str> =
         updates.iter().map(|d| d.event_id.as_str()).collect();
     assert_eq!(generation_of_ids.len(), n);
