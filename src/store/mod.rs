@@ -12,6 +12,8 @@
 //! Every call blocks: async code calls it through `spawn_blocking`.
 
 mod records;
+mod sled_forget;
+mod sled_stage;
 mod sled_store;
 mod state_dir;
 
@@ -63,7 +65,7 @@ pub enum StoreError {
         found: String,
     },
     /// A snapshot record's page lives in a file under `db/blobs` that is gone.
-    #[error("source {source_name}: cannot read its snapshot record (bucket {bucket}): a file under {db}/blobs is missing (sled keeps large pages there, and the page holds this record and possibly those of other sources). The state database is damaged: restore the state_dir from a backup, or stop pollhook, move the database aside (`mv {db} {db}.damaged`), delete {} and start afresh, losing its pending deliveries and snapshots (every source records a new baseline)", state_dir::marker_for(.db))]
+    #[error("source {source_name}: cannot read its snapshot record (bucket {bucket}): a file under {db}/blobs is missing (sled keeps large pages there, and the page holds this record and possibly those of other sources). The state database is damaged: run `pollhook forget {source_name}` to start this source afresh (its next poll records a new baseline; a source whose records shared the page fails the same way and can be forgotten the same way), restore the state_dir from a backup, or stop pollhook, move the database aside (`mv {db} {db}.damaged`), delete {} and start afresh, losing its pending deliveries and snapshots (every source records a new baseline)", state_dir::marker_for(.db))]
     MissingBlob {
         source_name: String,
         bucket: String,

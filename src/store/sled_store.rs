@@ -9,8 +9,8 @@ use sled::Transactional;
 
 use super::records::{
     bucket_key, bucket_of, buckets_for, decode_bucket, decode_delivery, decode_record,
-    decode_staged, delivery_key, encode_bucket, encode_delivery, encode_new_delivery,
-    encode_staged, prefix, split_delivery_key_ref, stage_key, to_seen, Entry, MAX_PER_BUCKET,
+    delivery_key, encode_bucket, encode_delivery, encode_new_delivery, encode_staged, prefix,
+    split_delivery_key_ref, stage_key, to_seen, Entry, MAX_PER_BUCKET,
 };
 use super::state_dir;
 use super::{Delivery, DeliveryStatus, PollCommit, SourceState, Store, StoreError, TargetStats};
@@ -35,26 +35,30 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// The state database in one directory.
 pub struct SledStore {
-    db: sled::Db,
+    pub(super) db: sled::Db,
     /// The database directory (`state_dir/db`), for messages.
-    path: std::path::PathBuf,
-    sources: sled::Tree,
-    snap: sled::Tree,
-    outbox: sled::Tree,
-    dead: sled::Tree,
+    pub(super) path: std::path::PathBuf,
+    pub(super) sources: sled::Tree,
+    /// The snapshot tree: `snap-v1`, or the one named under `snap-tree` in `meta-v1`
+    /// after a forget had to rebuild it (see `sled_forget.rs`). Commits and reads hold it
+    /// shared; that rebuild holds it alone.
+    pub(super) snap: std::sync::RwLock<sled::Tree>,
+    pub(super) meta: sled::Tree,
+    pub(super) outbox: sled::Tree,
+    pub(super) dead: sled::Tree,
     /// Events of a large poll on their way to the outbox (see `commit_poll`).
     pub(super) stage: sled::Tree,
     /// Held from drawing outbox sequence numbers until the transaction that uses them
     /// has committed. A target's worker loads the deliveries above the last sequence it
     /// has; without this, two commits racing could land a lower sequence after the
     /// worker had read past it, and that delivery would wait for the next restart.
-    enqueue: std::sync::Mutex<()>,
+    pub(super) enqueue: std::sync::Mutex<()>,
 }
 
 /// sled's error as a [`StoreError`]: I/O errors, corruption and reported bugs leave sled
 /// failing every later call (0.34 keeps the first such error globally), so they are
 /// [`StoreError::Failed`]; the rest (a missing tree, an unsupported operation) are not.
-fn db_err(e: sled::Error) -> StoreError {
+pub(super) fn db_err(e: sled::Error) -> StoreError {
     match e {
         sled::Error::Io(_) | sled::Error::Corruption { .. } | sled::Error::ReportableBug(_) => {
             StoreError::Failed(e)
@@ -66,7 +70,7 @@ fn db_err(e: sled::Error) -> StoreError {
 }
 
 /// A failed transaction: the store error it aborted with, or sled's own.
-fn tx_err(e: TransactionError<StoreError>) -> StoreError {
+pub(super) fn tx_err(e: TransactionError<StoreError>) -> StoreError {
     match e {
         TransactionError::Abort(e) => e,
         TransactionError::Storage(e) => db_err(e),
@@ -144,10 +148,11 @@ impl SledStore {
         let meta = tree(state_dir::META_TREE)?;
         let store = SledStore {
             sources: tree("sources-v1")?,
-            snap: tree("snap-v1")?,
+            snap: std::sync::RwLock::new(tree(&snap_tree_name(&meta).map_err(open_err)?)?),
             outbox: tree("outbox-v1")?,
             dead: tree("dead-v1")?,
             stage: tree("stage-v1")?,
+            meta,
             enqueue: std::sync::Mutex::new(()),
             path: db_dir.clone(),
             db,
@@ -158,83 +163,13 @@ impl SledStore {
                 db_dir: &db_dir,
                 existed,
                 db: &store.db,
-                meta: &meta,
+                meta: &store.meta,
                 sources: &store.sources,
             },
             marker,
         )?;
         store.recover_staged()?;
         Ok(store)
-    }
-
-    /// After a crash: moves the events of every committed large poll to the outbox, and
-    /// drops those of polls that never committed (their next poll detects the changes
-    /// again).
-    fn recover_staged(&self) -> Result<(), StoreError> {
-        for (source, state) in self.sources()? {
-            if state.staged > 0 {
-                self.apply_staged(&source)?;
-            }
-        }
-        let mut abandoned = sled::Batch::default();
-        let mut any = false;
-        for key in self.stage.iter().keys() {
-            abandoned.remove(key.map_err(db_err)?);
-            any = true;
-        }
-        if any {
-            self.stage.apply_batch(abandoned).map_err(db_err)?;
-            self.db.flush().map_err(db_err)?;
-        }
-        Ok(())
-    }
-
-    /// Moves the events `source`'s last commit staged into the outbox, a chunk per
-    /// transaction, in detection order, and records that none are left. Idempotent: a
-    /// chunk is removed from the stage in the transaction that queues it.
-    fn apply_staged(&self, source: &str) -> Result<(), StoreError> {
-        let staged = self.source_state(source)?.staged;
-        for chunk in 0..staged {
-            let key = stage_key(source, chunk);
-            let Some(value) = self.stage.get(&key).map_err(db_err)? else {
-                continue;
-            };
-            let events = decode_staged(&key, &value)?;
-            // Sequence numbers are drawn now, not when the chunk was staged: a target's
-            // worker reads the outbox above the last sequence it has (see `enqueue`).
-            let enqueue = self.enqueue.lock().unwrap_or_else(|e| e.into_inner());
-            let mut outbox = sled::Batch::default();
-            for (record, targets) in events {
-                let seq = self.db.generate_id().map_err(db_err)?;
-                let record = sled::IVec::from(record);
-                for target in targets {
-                    outbox.insert(delivery_key(target, seq), record.clone());
-                }
-            }
-            let result = (&self.stage, &self.outbox).transaction(|(stage, outbox_tx)| {
-                outbox_tx.apply_batch(&outbox)?;
-                stage.remove(key.as_slice())?;
-                Ok(())
-            });
-            drop(enqueue);
-            result.map_err(tx_err)?;
-        }
-        let result = self.sources.transaction(|sources| {
-            let mut state = read_state(sources.get(source)?, source)
-                .map_err(ConflictableTransactionError::Abort)?;
-            if state.staged > 0 {
-                state.staged = 0;
-                // A struct of integers and bools always serialises.
-                sources.insert(
-                    source.as_bytes(),
-                    serde_json::to_vec(&state).unwrap_or_default(),
-                )?;
-            }
-            Ok(())
-        });
-        result.map_err(tx_err)?;
-        self.db.flush().map_err(db_err)?;
-        Ok(())
     }
 
     /// CRC32 over every tree, for tests that must see any write at all.
@@ -254,7 +189,12 @@ impl SledStore {
     /// sled 0.34 keeps a page larger than a quarter of a log segment (128 KiB) in a
     /// file of its own under `db/blobs`; if that file is gone, reading the page fails
     /// with a bare "No such file or directory", which is named here for what it is.
-    fn snap_read_err(&self, source: &str, last: Option<&[u8]>, e: sled::Error) -> StoreError {
+    pub(super) fn snap_read_err(
+        &self,
+        source: &str,
+        last: Option<&[u8]>,
+        e: sled::Error,
+    ) -> StoreError {
         let missing =
             matches!(&e, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::NotFound);
         if !missing {
@@ -272,6 +212,12 @@ impl SledStore {
         }
     }
 
+    /// The snapshot tree, shared.
+    pub(super) fn snap(&self) -> std::sync::RwLockReadGuard<'_, sled::Tree> {
+        // A poisoned lock guards a tree handle that is never left half-changed.
+        self.snap.read().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn rewrite(&self, target: &str, seq: u64, f: impl Fn(&mut Delivery)) -> Result<(), StoreError> {
         let key = delivery_key(target, seq);
         // A delivery is only touched by its target's worker, so read-modify-write is safe;
@@ -287,7 +233,18 @@ impl SledStore {
     }
 }
 
-fn read_state(v: Option<sled::IVec>, source: &str) -> Result<SourceState, StoreError> {
+/// The key in `meta-v1` naming the snapshot tree, when it is not `snap-v1`.
+pub(super) const SNAP_TREE_KEY: &[u8] = b"snap-tree";
+
+/// The name of the snapshot tree recorded in `meta`.
+pub(super) fn snap_tree_name(meta: &sled::Tree) -> Result<String, sled::Error> {
+    Ok(match meta.get(SNAP_TREE_KEY)? {
+        Some(v) => String::from_utf8_lossy(&v).into_owned(),
+        None => "snap-v1".into(),
+    })
+}
+
+pub(super) fn read_state(v: Option<sled::IVec>, source: &str) -> Result<SourceState, StoreError> {
     match v {
         None => Ok(SourceState::default()),
         Some(v) => serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
@@ -303,9 +260,10 @@ impl Store for SledStore {
     }
 
     fn snapshot(&self, source: &str) -> Result<HashMap<String, Seen>, StoreError> {
+        let snap = self.snap();
         let mut out = HashMap::new();
         let mut last = None;
-        for kv in self.snap.scan_prefix(prefix(source)) {
+        for kv in snap.scan_prefix(prefix(source)) {
             let (k, v) = kv.map_err(|e| self.snap_read_err(source, last.as_deref(), e))?;
             last = Some(k.clone());
             let mut entries: Vec<(&str, Entry<'_>)> = Vec::new();
@@ -396,7 +354,8 @@ impl Store for SledStore {
         }
         let expected = c.expected_generation;
         let source = c.source.as_str();
-        let trees = (&self.sources, &self.snap, &self.outbox, &self.stage);
+        let snap = self.snap();
+        let trees = (&self.sources, &*snap, &self.outbox, &self.stage);
         let result = trees.transaction(|(sources, snap, outbox_tx, stage_tx)| {
             let abort = ConflictableTransactionError::Abort;
             let current = read_state(sources.get(source)?, source).map_err(abort)?;
@@ -674,56 +633,7 @@ impl Store for SledStore {
     }
 
     fn forget_source(&self, source: &str) -> Result<bool, StoreError> {
-        // The source's buckets are 0..buckets of its stored state, read inside the
-        // transaction (a commit racing this forget is either before or after it). Keys
-        // found under its prefix beforehand are removed too, so no bucket a broken state
-        // does not count can bring old items back.
-        //
-        // Events a commit left staged are queued first: forgetting drops what the source
-        // holds, not what it has detected. Chunks of a poll that never committed go.
-        if self.source_state(source)?.staged > 0 {
-            self.apply_staged(source)?;
-        }
-        let mut abandoned = sled::Batch::default();
-        for key in self.stage.scan_prefix(prefix(source)).keys() {
-            abandoned.remove(key.map_err(db_err)?);
-        }
-        let mut found: Vec<sled::IVec> = Vec::new();
-        for k in self.snap.scan_prefix(prefix(source)).keys() {
-            let k = k.map_err(|e| self.snap_read_err(source, found.last().map(|k| &k[..]), e))?;
-            found.push(k);
-        }
-        let trees = (&self.sources, &self.snap, &self.stage);
-        let result = trees.transaction(|(sources, snap, stage)| {
-            stage.apply_batch(&abandoned)?;
-            let stored = sources.get(source.as_bytes())?;
-            let mut had = stored.is_some();
-            let state = read_state(stored, source).map_err(ConflictableTransactionError::Abort)?;
-            let counted = (0..state.buckets).map(|b| sled::IVec::from(bucket_key(source, b)));
-            let keys: std::collections::BTreeSet<sled::IVec> =
-                counted.chain(found.iter().cloned()).collect();
-            for key in keys {
-                had |= snap.remove(key)?.is_some();
-            }
-            if had {
-                // The generation goes up, never back (see the trait): event ids after
-                // the forget stay distinct from those before it, and a poll that read
-                // the old state fails its commit instead of writing a partial snapshot.
-                let reset = SourceState {
-                    generation: state.generation + 1,
-                    ..SourceState::default()
-                };
-                // A struct of integers and bools always serialises.
-                let bytes = serde_json::to_vec(&reset).unwrap_or_default();
-                sources.insert(source.as_bytes(), bytes)?;
-            }
-            Ok(had)
-        });
-        let had = result.map_err(tx_err)?;
-        if had {
-            self.db.flush().map_err(db_err)?;
-        }
-        Ok(had)
+        self.forget(source)
     }
 
     fn sources(&self) -> Result<Vec<(String, SourceState)>, StoreError> {

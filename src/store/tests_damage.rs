@@ -16,6 +16,7 @@ use super::*;
 fn baseline(store: &SledStore, source: &str, items: Vec<(String, serde_json::Value)>) {
     let commit = PollCommit {
         source: source.into(),
+        expected_generation: store.source_state(source).unwrap().generation,
         item_count: items.len() as u64,
         upserts: items.into_iter().map(|(id, v)| (id, seen(&v))).collect(),
         now_ms: NOW_MS,
@@ -314,14 +315,22 @@ fn remove_blobs(state: &Path) -> usize {
 }
 
 #[test]
-fn a_missing_blob_file_is_named_with_its_source() {
+fn a_missing_blob_file_is_named_and_forget_starts_the_source_afresh() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path();
     with_a_blob(state);
+    // Sources enough for several sled pages: some keep readable records.
+    let others: Vec<String> = (0..40).map(|i| format!("h{i:02}")).collect();
+    {
+        let store = SledStore::open(state).unwrap();
+        for name in &others {
+            baseline(&store, name, small(name));
+        }
+    }
     // sled writes its page-table snapshot (snap.*) when it opens a database with new
     // log entries; from then on, the page table points into the blob file.
     drop(SledStore::open(state).unwrap());
-    assert_eq!(remove_blobs(state), 1);
+    assert!(remove_blobs(state) >= 1);
     let store = SledStore::open(state).unwrap();
     let e = store.snapshot("s").unwrap_err();
     assert!(matches!(e, StoreError::MissingBlob { .. }), "{e:?}");
@@ -330,6 +339,7 @@ fn a_missing_blob_file_is_named_with_its_source() {
     for part in [
         "source s: cannot read its snapshot record (bucket ".to_string(),
         format!("a file under {blobs} is missing"),
+        "run `pollhook forget s`".into(),
         format!("delete {}", state.join(MARKER_FILE).display()),
         "from a backup".into(),
     ] {
@@ -338,12 +348,45 @@ fn a_missing_blob_file_is_named_with_its_source() {
     // The page held the other source's bucket too.
     let e = store.snapshot("t").unwrap_err();
     assert!(e.to_string().starts_with("source t: "), "{e}");
-    // sled 0.34 cannot remove keys from a page it cannot read: forgetting fails, with
-    // the same message.
-    let e = store.forget_source("s").unwrap_err();
-    assert!(matches!(e, StoreError::MissingBlob { .. }), "{e:?}");
     // The source states are intact, so the poller still knows what it held.
     assert_eq!(store.source_state("s").unwrap().items, 40);
+    let readable: Vec<&String> = (others.iter())
+        .filter(|n| store.snapshot(n).is_ok())
+        .collect();
+    assert!(!readable.is_empty());
+    // sled 0.34 cannot remove records from a page it cannot read: forget rebuilds the
+    // snapshot without them, and starts the source afresh.
+    let generation = store.source_state("s").unwrap().generation;
+    assert!(store.forget_source("s").unwrap());
+    let forgotten = store.source_state("s").unwrap();
+    assert!(
+        !forgotten.initialized && forgotten.items == 0,
+        "{forgotten:?}"
+    );
+    assert_eq!(forgotten.generation, generation + 1);
+    assert!(store.snapshot("s").unwrap().is_empty());
+    // A source whose records were lost too now reads short of its stored count (which
+    // the poller refuses, naming forget); it is forgotten the ordinary way.
+    assert!(store.snapshot("t").unwrap().is_empty());
+    assert_eq!(store.source_state("t").unwrap().items, 3);
+    assert!(store.forget_source("t").unwrap());
+    for name in &readable {
+        assert_eq!(store.snapshot(name).unwrap().len(), 3, "{name} was copied");
+    }
+    baseline(&store, "s", small("s"));
+    baseline(&store, "t", small("t"));
+    baseline(&store, "u", small("u"));
+    drop(store);
+    // All of it survives a restart: the rebuilt tree is the one opened.
+    let store = SledStore::open(state).unwrap();
+    for name in ["s", "t", "u"]
+        .iter()
+        .copied()
+        .chain(readable.iter().map(|n| n.as_str()))
+    {
+        assert_eq!(store.snapshot(name).unwrap().len(), 3, "{name}");
+        assert_eq!(store.source_state(name).unwrap().items, 3, "{name}");
+    }
 }
 
 #[test]

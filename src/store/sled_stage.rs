@@ -1,0 +1,83 @@
+//! A large poll's events on their way to the outbox (see [`super::PollCommit::chunk`]):
+//! staged in `stage-v1` while the poll commits chunk by chunk, moved to the outbox once
+//! its snapshot commit is durable, and after a crash either moved (the commit happened)
+//! or dropped (it did not) when the store next opens.
+
+use sled::transaction::ConflictableTransactionError;
+use sled::Transactional;
+
+use super::records::{decode_staged, delivery_key, stage_key};
+use super::sled_store::{db_err, read_state, tx_err, SledStore};
+use super::{Store, StoreError};
+
+impl SledStore {
+    /// After a crash: moves the events of every committed large poll to the outbox, and
+    /// drops those of polls that never committed (their next poll detects the changes
+    /// again).
+    pub(super) fn recover_staged(&self) -> Result<(), StoreError> {
+        for (source, state) in self.sources()? {
+            if state.staged > 0 {
+                self.apply_staged(&source)?;
+            }
+        }
+        let mut abandoned = sled::Batch::default();
+        let mut any = false;
+        for key in self.stage.iter().keys() {
+            abandoned.remove(key.map_err(db_err)?);
+            any = true;
+        }
+        if any {
+            self.stage.apply_batch(abandoned).map_err(db_err)?;
+            self.db.flush().map_err(db_err)?;
+        }
+        Ok(())
+    }
+
+    /// Moves the events `source`'s last commit staged into the outbox, a chunk per
+    /// transaction, in detection order, and records that none are left. Idempotent: a
+    /// chunk is removed from the stage in the transaction that queues it.
+    pub(super) fn apply_staged(&self, source: &str) -> Result<(), StoreError> {
+        let staged = self.source_state(source)?.staged;
+        for chunk in 0..staged {
+            let key = stage_key(source, chunk);
+            let Some(value) = self.stage.get(&key).map_err(db_err)? else {
+                continue;
+            };
+            let events = decode_staged(&key, &value)?;
+            // Sequence numbers are drawn now, not when the chunk was staged: a target's
+            // worker reads the outbox above the last sequence it has (see `enqueue`).
+            let enqueue = self.enqueue.lock().unwrap_or_else(|e| e.into_inner());
+            let mut outbox = sled::Batch::default();
+            for (record, targets) in events {
+                let seq = self.db.generate_id().map_err(db_err)?;
+                let record = sled::IVec::from(record);
+                for target in targets {
+                    outbox.insert(delivery_key(target, seq), record.clone());
+                }
+            }
+            let result = (&self.stage, &self.outbox).transaction(|(stage, outbox_tx)| {
+                outbox_tx.apply_batch(&outbox)?;
+                stage.remove(key.as_slice())?;
+                Ok(())
+            });
+            drop(enqueue);
+            result.map_err(tx_err)?;
+        }
+        let result = self.sources.transaction(|sources| {
+            let mut state = read_state(sources.get(source)?, source)
+                .map_err(ConflictableTransactionError::Abort)?;
+            if state.staged > 0 {
+                state.staged = 0;
+                // A struct of integers and bools always serialises.
+                sources.insert(
+                    source.as_bytes(),
+                    serde_json::to_vec(&state).unwrap_or_default(),
+                )?;
+            }
+            Ok(())
+        });
+        result.map_err(tx_err)?;
+        self.db.flush().map_err(db_err)?;
+        Ok(())
+    }
+}
