@@ -8,6 +8,7 @@
 //! outbox only after a 2xx (invariant 1), or moves to the dead letters after its last
 //! retry or a 410.
 
+mod acks;
 mod queue;
 pub mod retry;
 
@@ -20,7 +21,7 @@ use bytes::Bytes;
 use chrono::Utc;
 use reqwest::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
 use tokio::sync::Notify;
-use tokio::task::{JoinError, JoinHandle, JoinSet};
+use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
@@ -28,7 +29,8 @@ use crate::config::Target;
 use crate::metrics::Metrics;
 use crate::schedule::random_unit;
 use crate::sign::Scheme;
-use crate::store::{blocking, SharedStore, StoreError};
+use crate::store::{blocking, SharedStore};
+use acks::AckWriter;
 use queue::{Queue, Ready};
 pub use retry::{Decision, Outcome, RetryPolicy};
 
@@ -36,11 +38,6 @@ pub use retry::{Decision, Outcome, RetryPolicy};
 /// deliveries waiting for a retry are dropped from memory and read again when due, so
 /// this bounds memory while letting thousands of failing items retry side by side.
 const WINDOW: usize = 16_384;
-
-/// Acknowledgements written in one store call at most, and how long the first of a
-/// batch may wait for others. A crash loses at most these (they are sent again).
-const ACK_BATCH: usize = 512;
-const ACK_DELAY: Duration = Duration::from_millis(20);
 
 /// The `User-Agent` of every request pollhook makes.
 pub fn user_agent() -> &'static str {
@@ -314,116 +311,6 @@ impl Alarm {
         self.sleep.as_mut().await;
         self.armed = None;
     }
-}
-
-/// A worker's acknowledgements, written in batches, one store call for many deliveries:
-/// while one batch is written the next accumulates. A crash before a batch lands only
-/// repeats those deliveries (at least once), as an unflushed single write would.
-struct AckWriter {
-    store: SharedStore,
-    target: String,
-    /// Acknowledged, not yet being written.
-    pending: Vec<u64>,
-    /// When the oldest of `pending` arrived: they are written once they are ACK_BATCH or
-    /// have waited ACK_DELAY, so one store write (and one wake-up of a blocking thread)
-    /// serves many deliveries.
-    since: Option<Instant>,
-    /// The batch being written, at most one at a time.
-    writing: Option<AckBatch>,
-}
-
-/// A batch of acknowledgements being written; on failure, the error and the batch.
-type AckBatch = JoinHandle<AckResult>;
-type AckResult = Result<(), (StoreError, Vec<u64>)>;
-
-impl AckWriter {
-    fn new(store: SharedStore, target: String) -> AckWriter {
-        AckWriter {
-            store,
-            target,
-            pending: Vec::new(),
-            since: None,
-            writing: None,
-        }
-    }
-
-    /// Records that a delivery was acknowledged by its target.
-    fn push(&mut self, seq: u64) {
-        self.pending.push(seq);
-        self.since.get_or_insert_with(Instant::now);
-    }
-
-    /// Starts writing the pending acknowledgements when they are due and no other batch
-    /// is being written.
-    fn start_if_due(&mut self) {
-        let waited = self.since.is_some_and(|t| t + ACK_DELAY <= Instant::now());
-        if self.writing.is_none() && (self.pending.len() >= ACK_BATCH || waited) {
-            let seqs = std::mem::take(&mut self.pending);
-            self.writing = Some(self.write(seqs));
-            self.since = None;
-        }
-    }
-
-    /// When the pending acknowledgements are due; none while a batch is being written
-    /// (its end wakes the worker).
-    fn due(&self) -> Option<Instant> {
-        self.since
-            .filter(|_| self.writing.is_none())
-            .map(|t| t + ACK_DELAY)
-    }
-
-    /// Resolves when the batch being written has landed (never when there is none); a
-    /// batch that failed joins the pending ones. Cancel-safe: until the batch ends, the
-    /// write stays in `writing`.
-    async fn written(&mut self) {
-        let Some(batch) = self.writing.as_mut() else {
-            return std::future::pending().await;
-        };
-        let result = joined(batch.await);
-        self.writing = None;
-        if let Err((e, seqs)) = result {
-            tracing::error!(target_name = %self.target, error = %e, "cannot record acknowledgements; retrying in 1s");
-            self.pending.extend(seqs);
-            // Due again in a second, not in ACK_DELAY: a failing store is not hammered (or
-            // the log flooded) fifty times a second.
-            self.since = Some(Instant::now() + Duration::from_secs(1));
-        }
-    }
-
-    /// At shutdown: waits for the batch being written, then writes what is left.
-    async fn close(mut self) {
-        if let Some(batch) = self.writing.take() {
-            if let Err((_, seqs)) = joined(batch.await) {
-                self.pending.extend(seqs);
-            }
-        }
-        if !self.pending.is_empty() {
-            let seqs = std::mem::take(&mut self.pending);
-            if let Err((e, _)) = joined(self.write(seqs).await) {
-                tracing::error!(target_name = %self.target, error = %e, "cannot record acknowledgements at shutdown; they will be sent again");
-            }
-        }
-    }
-
-    /// Starts writing a batch of acknowledgements.
-    fn write(&self, seqs: Vec<u64>) -> AckBatch {
-        let store = self.store.clone();
-        let target = self.target.clone();
-        tokio::task::spawn_blocking(move || match store.ack_many(&target, &seqs) {
-            Ok(()) => Ok(()),
-            Err(e) => Err((e, seqs)),
-        })
-    }
-}
-
-/// How a batch's write ended; a write task that stopped (it panicked) is an error too.
-fn joined(ended: Result<AckResult, JoinError>) -> AckResult {
-    ended.unwrap_or_else(|e| {
-        Err((
-            StoreError::Db(format!("acknowledgement task stopped: {e}")),
-            Vec::new(),
-        ))
-    })
 }
 
 /// What one attempt needs, owned so it can run as its own task.
