@@ -8,10 +8,12 @@
 //! outbox only after a 2xx (invariant 1), or moves to the dead letters after its last
 //! retry or a 410.
 
+mod acks;
 mod queue;
 pub mod retry;
 
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,13 +22,15 @@ use chrono::Utc;
 use reqwest::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Target;
 use crate::metrics::Metrics;
 use crate::schedule::random_unit;
 use crate::sign::Scheme;
-use crate::store::{blocking, SharedStore, StoreError};
+use crate::store::{blocking, SharedStore};
+use acks::AckWriter;
 use queue::{Queue, Ready};
 pub use retry::{Decision, Outcome, RetryPolicy};
 
@@ -34,11 +38,6 @@ pub use retry::{Decision, Outcome, RetryPolicy};
 /// deliveries waiting for a retry are dropped from memory and read again when due, so
 /// this bounds memory while letting thousands of failing items retry side by side.
 const WINDOW: usize = 16_384;
-
-/// Acknowledgements written in one store call at most, and how long the first of a
-/// batch may wait for others. A crash loses at most these (they are sent again).
-const ACK_BATCH: usize = 512;
-const ACK_DELAY: Duration = Duration::from_millis(20);
 
 /// The `User-Agent` of every request pollhook makes.
 pub fn user_agent() -> &'static str {
@@ -105,160 +104,92 @@ impl TargetWorker {
     /// thing to happen. Store errors are logged and retried; they never end the loop (a fatal
     /// one stops the daemon, which stops this worker like a shutdown).
     pub async fn run(self) {
-        let name = self.target.name.clone();
         let mut queue = Queue::default();
         let mut in_flight: JoinSet<Finished> = JoinSet::new();
-        // Acknowledgements are written in batches, one store call for many deliveries:
-        // while one batch is written the next accumulates. A crash before a batch lands
-        // only repeats those deliveries (at least once), as an unflushed single write would.
-        let mut acks: Vec<u64> = Vec::new();
-        let mut writing: Option<AckBatch> = None;
-        // The first pass loads whatever a previous run left pending.
-        let mut refill = true;
-        let mut more = false;
-        let mut load_retry: Option<tokio::time::Instant> = None;
-        // One timer for the whole loop, moved only when the next due time changes:
-        // creating a timer per iteration costs more than the bookkeeping it waits for.
-        let timer = tokio::time::sleep(Duration::ZERO);
-        tokio::pin!(timer);
-        let mut armed: Option<tokio::time::Instant> = None;
-        // When the oldest unwritten acknowledgement arrived: a batch is written once it
-        // holds ACK_BATCH or has waited ACK_DELAY, so one store write (and one wake-up of
-        // a blocking thread) serves many deliveries.
-        let mut acks_since: Option<tokio::time::Instant> = None;
+        let mut acks = AckWriter::new(self.store.clone(), self.target.name.clone());
+        let mut refill = Refill::new(self.store.clone(), self.target.name.clone());
+        let mut alarm = Alarm::new();
         loop {
-            let ack_due = acks_since.map(|t| t + ACK_DELAY);
-            if writing.is_none()
-                && (acks.len() >= ACK_BATCH
-                    || ack_due.is_some_and(|t| t <= tokio::time::Instant::now()))
-            {
-                writing = Some(self.write_acks(std::mem::take(&mut acks)));
-                acks_since = None;
-            }
-            let may_load = load_retry.is_none_or(|at| at <= tokio::time::Instant::now());
-            if (refill || more) && may_load && queue.len() < WINDOW / 2 {
-                let loaded = self.load(&queue).await;
-                match loaded {
-                    Ok(batch) => {
-                        more = batch.len() == WINDOW - queue.len();
-                        for d in batch {
-                            queue.push(d);
-                        }
-                        refill = false;
-                        load_retry = None;
-                    }
-                    Err(e) => {
-                        tracing::error!(target_name = %name, error = %e, "cannot read pending deliveries; retrying in 1s");
-                        load_retry = Some(tokio::time::Instant::now() + Duration::from_secs(1));
-                    }
-                }
-            }
+            acks.start_if_due();
+            refill.top_up(&mut queue).await;
             // No attempt starts after the stop: not in the iteration that noticed it late
             // (a load or a ready timer raced it), nor in a worker that only got here
             // after waiting for its predecessor (a reload) while the daemon shut down.
             if self.shutdown.is_cancelled() {
                 break;
             }
-            let now_ms = Utc::now().timestamp_millis();
-            while in_flight.len() < self.target.max_in_flight {
-                let Some(ready) = queue.take_due(now_ms) else {
-                    break;
-                };
-                in_flight.spawn(self.clone_parts().attempt(ready));
-            }
-            // Wake for the next due delivery (when there is room to start it) or for a
-            // load to retry, whichever comes first.
-            let next_due = queue
-                .next_due_ms()
-                .filter(|_| in_flight.len() < self.target.max_in_flight)
-                .map(|at| {
-                    let wait = u64::try_from(at - now_ms).unwrap_or(0);
-                    tokio::time::Instant::now() + Duration::from_millis(wait)
-                });
-            let ack_due = acks_since
-                .filter(|_| writing.is_none())
-                .map(|t| t + ACK_DELAY);
-            let deadline = [next_due, load_retry, ack_due].into_iter().flatten().min();
-            if deadline != armed {
-                if let Some(at) = deadline {
-                    timer.as_mut().reset(at);
-                }
-                armed = deadline;
-            }
+            let next_due = self.start_due(&mut queue, &mut in_flight);
+            // Wake for whichever comes first: the next due delivery, a read to retry, the
+            // pending acknowledgements.
+            alarm.set(
+                [next_due, refill.retry_at(), acks.due()]
+                    .into_iter()
+                    .flatten()
+                    .min(),
+            );
             tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => break,
-                _ = self.wake.notified() => refill = true,
+                _ = self.wake.notified() => refill.request(),
                 Some(done) = in_flight.join_next() => {
                     self.finish(&mut queue, &mut acks, done);
                     // Take every other finished attempt too before starting new ones.
                     while let Some(done) = in_flight.try_join_next() {
                         self.finish(&mut queue, &mut acks, done);
                     }
-                    if !acks.is_empty() && acks_since.is_none() {
-                        acks_since = Some(tokio::time::Instant::now());
-                    }
                 }
-                written = wait_opt(&mut writing) => {
-                    writing = None;
-                    if let Err((e, seqs)) = written {
-                        tracing::error!(target_name = %name, error = %e, "cannot record acknowledgements; retrying in 1s");
-                        acks.extend(seqs);
-                        // Due again in a second, not in ACK_DELAY: a failing store is not
-                        // hammered (or the log flooded) fifty times a second.
-                        acks_since = Some(tokio::time::Instant::now() + Duration::from_secs(1));
-                    }
-                }
-                _ = &mut timer, if armed.is_some() => armed = None,
+                () = acks.written() => {}
+                () = alarm.rings() => {}
             }
         }
-        // Clean stop: no new attempts; let those in flight finish within the grace
-        // period. Whatever is cut off stays pending for the next start (invariant 8).
-        let drain = async {
-            while let Some(done) = in_flight.join_next().await {
-                self.finish(&mut queue, &mut acks, done);
-            }
-        };
-        if tokio::time::timeout(self.grace, drain).await.is_err() {
-            tracing::warn!(target_name = %name, cut = in_flight.len(), "grace period over; unfinished deliveries stay pending for the next start");
-            in_flight.abort_all();
-        }
+        self.drain(&mut in_flight, &mut queue, &mut acks).await;
         // What was acknowledged must be recorded before the daemon flushes and exits,
         // or a clean stop would repeat it.
-        if let Some(batch) = writing.take() {
-            if let Err((_, seqs)) = wait_opt(&mut Some(batch)).await {
-                acks.extend(seqs);
-            }
-        }
-        if !acks.is_empty() {
-            let seqs = std::mem::take(&mut acks);
-            if let Err((e, _)) = wait_opt(&mut Some(self.write_acks(seqs))).await {
-                tracing::error!(target_name = %name, error = %e, "cannot record acknowledgements at shutdown; they will be sent again");
-            }
-        }
+        acks.close().await;
     }
 
-    /// Starts writing a batch of acknowledgements.
-    fn write_acks(&self, seqs: Vec<u64>) -> AckBatch {
-        let store = self.store.clone();
-        let target = self.target.name.clone();
-        tokio::task::spawn_blocking(move || match store.ack_many(&target, &seqs) {
-            Ok(()) => Ok(()),
-            Err(e) => Err((e, seqs)),
-        })
+    /// Starts every due delivery there is room for. Returns when to look again: when the
+    /// next one is due, if there is room left to start it then.
+    fn start_due(&self, queue: &mut Queue, in_flight: &mut JoinSet<Finished>) -> Option<Instant> {
+        let now_ms = Utc::now().timestamp_millis();
+        while in_flight.len() < self.target.max_in_flight {
+            let Some(ready) = queue.take_due(now_ms) else {
+                break;
+            };
+            in_flight.spawn(self.clone_parts().attempt(ready));
+        }
+        queue
+            .next_due_ms()
+            .filter(|_| in_flight.len() < self.target.max_in_flight)
+            .map(|at| {
+                let wait = u64::try_from(at - now_ms).unwrap_or(0);
+                Instant::now() + Duration::from_millis(wait)
+            })
     }
 
-    async fn load(&self, queue: &Queue) -> Result<Vec<crate::store::Delivery>, StoreError> {
-        let target = self.target.name.clone();
-        let after = queue.loaded_upto();
-        let limit = WINDOW - queue.len();
-        blocking(&self.store, move |s| s.pending(&target, after, limit)).await
+    /// Clean stop: no new attempts; those in flight may finish within the grace period.
+    /// Whatever is cut off stays pending for the next start (invariant 8).
+    async fn drain(
+        &self,
+        in_flight: &mut JoinSet<Finished>,
+        queue: &mut Queue,
+        acks: &mut AckWriter,
+    ) {
+        let finishing = async {
+            while let Some(done) = in_flight.join_next().await {
+                self.finish(queue, acks, done);
+            }
+        };
+        if tokio::time::timeout(self.grace, finishing).await.is_err() {
+            tracing::warn!(target_name = %self.target.name, cut = in_flight.len(), "grace period over; unfinished deliveries stay pending for the next start");
+            in_flight.abort_all();
+        }
     }
 
     fn finish(
         &self,
         queue: &mut Queue,
-        acks: &mut Vec<u64>,
+        acks: &mut AckWriter,
         done: Result<Finished, tokio::task::JoinError>,
     ) {
         match done {
@@ -286,20 +217,99 @@ impl TargetWorker {
     }
 }
 
-/// A batch of acknowledgements being written; on failure, the error and the batch.
-type AckBatch = tokio::task::JoinHandle<Result<(), (StoreError, Vec<u64>)>>;
+/// When a worker reads more of its outbox: at its start (whatever a previous run left
+/// pending), after a wake, and again while each read fills the window; never while the
+/// queue is half full or more, and not for a second after a failed read.
+struct Refill {
+    store: SharedStore,
+    target: String,
+    /// A read is asked for: a commit may have queued deliveries not loaded yet.
+    requested: bool,
+    /// The last read filled the window, so more wait behind it.
+    more: bool,
+    /// After a failed read, the next is not tried before this.
+    retry_at: Option<Instant>,
+}
 
-/// Waits for the batch being written, if any (never resolves when there is none).
-async fn wait_opt(batch: &mut Option<AckBatch>) -> Result<(), (StoreError, Vec<u64>)> {
-    match batch {
-        Some(handle) => match handle.await {
-            Ok(result) => result,
-            Err(e) => Err((
-                StoreError::Db(format!("acknowledgement task stopped: {e}")),
-                Vec::new(),
-            )),
-        },
-        None => std::future::pending().await,
+impl Refill {
+    fn new(store: SharedStore, target: String) -> Refill {
+        Refill {
+            store,
+            target,
+            requested: true,
+            more: false,
+            retry_at: None,
+        }
+    }
+
+    /// A commit queued deliveries for this target.
+    fn request(&mut self) {
+        self.requested = true;
+    }
+
+    /// When a failed read is to be tried again.
+    fn retry_at(&self) -> Option<Instant> {
+        self.retry_at
+    }
+
+    /// Reads the next pending deliveries into `queue`, up to the window, if it is time to.
+    async fn top_up(&mut self, queue: &mut Queue) {
+        let may_read = self.retry_at.is_none_or(|at| at <= Instant::now());
+        if !(self.requested || self.more) || !may_read || queue.len() >= WINDOW / 2 {
+            return;
+        }
+        let target = self.target.clone();
+        let after = queue.loaded_upto();
+        let limit = WINDOW - queue.len();
+        match blocking(&self.store, move |s| s.pending(&target, after, limit)).await {
+            Ok(batch) => {
+                self.more = batch.len() == limit;
+                for d in batch {
+                    queue.push(d);
+                }
+                self.requested = false;
+                self.retry_at = None;
+            }
+            Err(e) => {
+                tracing::error!(target_name = %self.target, error = %e, "cannot read pending deliveries; retrying in 1s");
+                self.retry_at = Some(Instant::now() + Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// A worker's one timer, moved only when the next deadline changes: creating a timer
+/// per turn of the loop costs more than the bookkeeping it waits for.
+struct Alarm {
+    sleep: Pin<Box<Sleep>>,
+    armed: Option<Instant>,
+}
+
+impl Alarm {
+    fn new() -> Alarm {
+        Alarm {
+            sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            armed: None,
+        }
+    }
+
+    /// Rings at `at`, or never when it is `None`.
+    fn set(&mut self, at: Option<Instant>) {
+        if at != self.armed {
+            if let Some(at) = at {
+                self.sleep.as_mut().reset(at);
+            }
+            self.armed = at;
+        }
+    }
+
+    /// Resolves when the alarm rings (never when it is not set), and disarms it.
+    async fn rings(&mut self) {
+        if self.armed.is_none() {
+            return std::future::pending().await;
+        }
+        self.sleep.as_mut().await;
+        self.armed = None;
     }
 }
 
