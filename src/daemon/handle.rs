@@ -7,13 +7,14 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{Config, Source};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, PollOutcome};
 use crate::poll::{PollReport, Poller, Wakes};
 use crate::store::SharedStore;
 
@@ -42,6 +43,40 @@ pub struct SourceStatus {
     pub consecutive_failures: u64,
     pub polls_ok: u64,
     pub polls_failed: u64,
+}
+
+impl SourceStatus {
+    /// A poll ended at `at` after `took_ms`, with `outcome` (and, for a failed poll,
+    /// `error`).
+    fn record_poll(
+        &mut self,
+        outcome: PollOutcome,
+        error: Option<String>,
+        at: DateTime<Utc>,
+        took_ms: u64,
+    ) {
+        self.last_poll = Some(at);
+        self.last_outcome = Some(outcome.label().into());
+        self.last_duration_ms = Some(took_ms);
+        match outcome {
+            PollOutcome::Error => {
+                self.last_error = error;
+                self.last_error_at = Some(at);
+                self.consecutive_failures += 1;
+                self.polls_failed += 1;
+            }
+            PollOutcome::Ok { items, .. } => {
+                self.items = items as u64;
+                self.succeeded();
+            }
+            PollOutcome::NotModified | PollOutcome::HeldBack { .. } => self.succeeded(),
+        }
+    }
+
+    fn succeeded(&mut self) {
+        self.consecutive_failures = 0;
+        self.polls_ok += 1;
+    }
 }
 
 /// A source as the daemon runs it now: its settings, the poller built for them, and the
@@ -138,6 +173,21 @@ impl Handle {
     /// Every configured source's status, by name.
     pub fn statuses(&self) -> Vec<SourceStatus> {
         lock(&self.status).values().cloned().collect()
+    }
+
+    /// A poll of source `name` ended: counted in the metrics and shown in its status.
+    pub(super) fn record_poll(
+        &self,
+        name: &str,
+        outcome: PollOutcome,
+        error: Option<String>,
+        at: DateTime<Utc>,
+        took: Duration,
+    ) {
+        self.metrics.poll_done(name, took.as_secs_f64(), outcome);
+        self.update_status(name, |st| {
+            st.record_poll(outcome, error, at, took.as_millis() as u64)
+        });
     }
 
     /// Updates one source's status, if it is still configured.
