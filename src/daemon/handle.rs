@@ -46,6 +46,18 @@ pub struct SourceStatus {
 }
 
 impl SourceStatus {
+    /// The status of `source` as configured now, holding `items` (as stored), with the
+    /// polls of this run in `history` (none for a source not yet run).
+    pub fn new(source: &Source, items: u64, history: Option<SourceStatus>) -> SourceStatus {
+        SourceStatus {
+            name: source.name.clone(),
+            url: source.location(),
+            schedule: source.schedule_text(),
+            items,
+            ..history.unwrap_or_default()
+        }
+    }
+
     /// A poll ended at `at` after `took_ms`, with `outcome` (and, for a failed poll,
     /// `error`).
     fn record_poll(
@@ -157,11 +169,9 @@ impl Handle {
     pub(super) fn set_source(&self, running: RunningSource, items: u64) {
         let s = &running.source;
         let mut status = lock(&self.status);
-        let entry = status.entry(s.name.clone()).or_default();
-        entry.name = s.name.clone();
-        entry.url = s.location();
-        entry.schedule = s.schedule_text();
-        entry.items = items;
+        // A restarted source (its settings changed) keeps the polls of this run.
+        let history = status.remove(&s.name);
+        status.insert(s.name.clone(), SourceStatus::new(s, items, history));
         lock(&self.sources).insert(s.name.clone(), running);
     }
 
