@@ -46,7 +46,7 @@ use serde_json::json;
 
 use crate::daemon::Handle;
 use crate::poll::PollReport;
-use crate::store::{blocking, Store, StoreError};
+use crate::store::{blocking, StoreError};
 use ops::{DeliveryQuery, ForgetResponse, OpError, ReplayRequest};
 pub use server::{serve, serve_with, Limits};
 
@@ -198,19 +198,6 @@ impl<S: Send + Sync> FromRequest<S> for RequestBody {
     }
 }
 
-/// Runs an operation on the store off the async workers.
-async fn on_store<T, F>(h: &Handle, f: F) -> Result<T, ApiError>
-where
-    T: Send + 'static,
-    F: FnOnce(&dyn Store) -> Result<T, OpError> + Send + 'static,
-{
-    let store = h.store.clone();
-    tokio::task::spawn_blocking(move || f(&*store))
-        .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(ApiError::from)
-}
-
 async fn readyz(State(a): AdminState) -> Response {
     let h = &a.handle;
     if h.is_ready() {
@@ -263,7 +250,7 @@ pub struct TargetsResponse {
 async fn targets(State(a): AdminState) -> ApiResult<TargetsResponse> {
     let h = &a.handle;
     let configured = ops::configured_targets(&h.config());
-    let targets = on_store(h, move |s| {
+    let targets = blocking(&h.store, move |s| {
         ops::targets(s, &configured, Utc::now().timestamp_millis())
     })
     .await?;
@@ -289,7 +276,7 @@ async fn deliveries(
             ),
         )
     })?;
-    let deliveries = on_store(&a.handle, move |s| ops::deliveries(s, &q)).await?;
+    let deliveries = blocking(&a.handle.store, move |s| ops::deliveries(s, &q)).await?;
     Ok(Json(DeliveriesResponse { deliveries }))
 }
 
@@ -306,7 +293,7 @@ async fn replay(
     })?;
     let configured = ops::configured_targets(&h.config());
     let wakes = h.wakes.clone();
-    let response = on_store(h, move |s| {
+    let response = blocking(&h.store, move |s| -> Result<_, OpError> {
         let r = ops::replay(s, &req, &configured, Utc::now().timestamp_millis())?;
         // Woken on the blocking thread, as soon as the replay is stored: a client that
         // hangs up meanwhile must not leave the deliveries waiting for some later wake.
@@ -418,19 +405,14 @@ async fn poll(
 
 async fn forget(State(a): AdminState, SourceName(name): SourceName) -> ApiResult<ForgetResponse> {
     let configured = a.handle.config().sources.contains_key(&name);
+    let unknown = format!("no source {name} in the running config and no stored state of it: nothing to forget (GET /v1/sources lists the configured sources)");
     let n = name.clone();
-    let forgotten = on_store(&a.handle, move |s| Ok(s.forget_source(&n)?)).await?;
-    if !forgotten && !configured {
-        return Err(ApiError(
-            StatusCode::NOT_FOUND,
-            format!("no source {name} in the running config and no stored state of it: nothing to forget (GET /v1/sources lists the configured sources)"),
-        ));
-    }
-    if forgotten {
+    let response = blocking(&a.handle.store, move |s| {
+        ops::forget(s, &n, configured, unknown)
+    })
+    .await?;
+    if response.forgotten {
         tracing::info!(source = %name, "stored state forgotten; its next poll (if configured) is a first poll");
     }
-    Ok(Json(ForgetResponse {
-        source: name,
-        forgotten,
-    }))
+    Ok(Json(response))
 }

@@ -260,3 +260,23 @@ pub struct ForgetResponse {
     /// Whether the source had stored state.
     pub forgotten: bool,
 }
+
+/// Drops a source's stored state ([`Store::forget_source`]). A name that is neither
+/// `configured` nor stored is a mistake, not a no-op: `NotFound` with `unknown`, which
+/// tells the caller's user where the name was looked for and how to list the sources.
+pub fn forget(
+    store: &dyn Store,
+    name: &str,
+    configured: bool,
+    unknown: String,
+) -> Result<ForgetResponse, OpError> {
+    check_name("source", name)?;
+    let forgotten = store.forget_source(name)?;
+    if !forgotten && !configured {
+        return Err(OpError::NotFound(unknown));
+    }
+    Ok(ForgetResponse {
+        source: name.to_string(),
+        forgotten,
+    })
+}

@@ -1,21 +1,13 @@
-//! How an operator command reaches pollhook's state: through the admin API of the
-//! running daemon (found from the config's `[admin] listen`), or, when no daemon
-//! answers, by opening the store itself (sled allows one process at a time).
+//! The admin API's client, for the operator commands when a daemon runs: finds the
+//! daemon from the config's `[admin] listen` and sends it requests.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::store::{SharedStore, SledStore, StoreError};
-
-/// No daemon answered and there is no database at the config's `state_dir`.
-#[derive(Debug, thiserror::Error)]
-#[error("no pollhook daemon answers and there is no database in {} (state_dir). If the daemon runs under systemd with StateDirectory=, run this command with STATE_DIRECTORY=/var/lib/pollhook, or set state_dir in the config", .0.display())]
-pub struct NoDatabase(pub std::path::PathBuf);
 
 /// The path of an admin API request: `/v1/<segments…>?<query>`, each part
 /// percent-encoded by the URL library (a name or value is never pasted in raw).
@@ -42,93 +34,63 @@ pub struct Refused {
     pub message: String,
 }
 
-/// Where the state is read and changed.
-pub enum Backend {
-    /// A daemon answers at this base URL (`http://127.0.0.1:9187`).
-    Daemon { base: String, http: reqwest::Client },
-    /// No daemon runs: the store, opened by this process.
-    Store(SharedStore),
+/// A running daemon's admin API.
+pub struct AdminClient {
+    /// `http://127.0.0.1:9187`.
+    base: String,
+    http: reqwest::Client,
 }
 
-impl Backend {
-    /// The running daemon if its admin API answers, else the store.
-    pub async fn connect(config: &Config) -> anyhow::Result<Backend> {
-        if let Some(addr) = config.admin_listen {
-            // A daemon listening on every address is reached on loopback.
-            let ip = match addr.ip() {
-                std::net::IpAddr::V4(v4) if v4.is_unspecified() => {
-                    std::net::Ipv4Addr::LOCALHOST.into()
-                }
-                std::net::IpAddr::V6(v6) if v6.is_unspecified() => {
-                    std::net::Ipv6Addr::LOCALHOST.into()
-                }
-                ip => ip,
-            };
-            let base = format!("http://{}", std::net::SocketAddr::new(ip, addr.port()));
-            let http = reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(2))
-                .timeout(Duration::from_secs(600))
-                .user_agent(crate::deliver::user_agent())
-                .build()?;
-            let probe = http
-                .get(format!("{base}/healthz"))
-                .timeout(Duration::from_secs(5))
-                .send()
-                .await;
-            if matches!(&probe, Ok(r) if r.status().is_success()) {
-                return Ok(Backend::Daemon { base, http });
-            }
-        }
-        // Opening creates a database where there is none: an operator command must not
-        // do that (an empty store would answer "nothing pending" for a wrong path).
-        if !config.state_dir.join("db").exists() {
-            return Err(NoDatabase(config.state_dir.clone()).into());
-        }
-        let dir = config.state_dir.clone();
-        let store = tokio::task::spawn_blocking(move || SledStore::open(&dir)).await?;
-        match store {
-            Ok(s) => Ok(Backend::Store(Arc::new(s))),
-            Err(StoreError::Open { path, reason }) => {
-                let admin = match config.admin_listen {
-                    Some(a) => format!("its admin API does not answer at {a}"),
-                    None => "the admin API is off ([admin] listen = \"\")".to_string(),
-                };
-                bail!(
-                    "cannot open the state database in {path}: {reason}\n\
-                     If a pollhook daemon is running on this state_dir, {admin}; \
-                     commands reach a running daemon only through the admin API."
-                )
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Whether a daemon answered.
-    pub fn is_daemon(&self) -> bool {
-        matches!(self, Backend::Daemon { .. })
-    }
-
-    /// `GET path` from the daemon, decoded.
-    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        let Backend::Daemon { base, http } = self else {
-            bail!("no daemon to ask");
+impl AdminClient {
+    /// The daemon at the config's `[admin] listen`, if its admin API answers.
+    pub async fn find(config: &Config) -> anyhow::Result<Option<AdminClient>> {
+        let Some(addr) = config.admin_listen else {
+            return Ok(None);
         };
-        let response = http.get(format!("{base}{path}")).send().await;
+        // A daemon listening on every address is reached on loopback.
+        let ip = match addr.ip() {
+            std::net::IpAddr::V4(v4) if v4.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::IpAddr::V6(v6) if v6.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+            ip => ip,
+        };
+        let base = format!("http://{}", std::net::SocketAddr::new(ip, addr.port()));
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(600))
+            .user_agent(crate::deliver::user_agent())
+            .build()?;
+        let probe = http
+            .get(format!("{base}/healthz"))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await;
+        Ok(
+            matches!(&probe, Ok(r) if r.status().is_success())
+                .then_some(AdminClient { base, http }),
+        )
+    }
+
+    /// The base URL the daemon answers at.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// `GET path`, decoded.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let response = self.http.get(format!("{}{path}", self.base)).send().await;
         decode(response, path).await
     }
 
-    /// `POST path` (or `DELETE` with `delete`) with a JSON body, decoded.
+    /// `method path` with a JSON body, decoded.
     pub async fn send<T: DeserializeOwned>(
         &self,
         method: reqwest::Method,
         path: &str,
         body: &impl Serialize,
     ) -> anyhow::Result<T> {
-        let Backend::Daemon { base, http } = self else {
-            bail!("no daemon to ask");
-        };
-        let response = http
-            .request(method, format!("{base}{path}"))
+        let response = self
+            .http
+            .request(method, format!("{}{path}", self.base))
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(serde_json::to_vec(body)?)
             .send()

@@ -1,9 +1,10 @@
 //! The command line: parses arguments, then runs a command. `main.rs` only sets up
 //! logging and calls [`Cli::run`].
 //!
-//! `client` finds the running daemon (or the store); `operator` holds the commands an
-//! operator runs against it.
+//! `backend` reaches pollhook's state, through the running daemon (`client`, its admin
+//! API's client) or the store; `operator` holds the commands an operator runs against it.
 
+mod backend;
 mod client;
 mod operator;
 

@@ -7,13 +7,14 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{Config, Source};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, PollOutcome};
 use crate::poll::{PollReport, Poller, Wakes};
 use crate::store::SharedStore;
 
@@ -42,6 +43,52 @@ pub struct SourceStatus {
     pub consecutive_failures: u64,
     pub polls_ok: u64,
     pub polls_failed: u64,
+}
+
+impl SourceStatus {
+    /// The status of `source` as configured now, holding `items` (as stored), with the
+    /// polls of this run in `history` (none for a source not yet run).
+    pub fn new(source: &Source, items: u64, history: Option<SourceStatus>) -> SourceStatus {
+        SourceStatus {
+            name: source.name.clone(),
+            url: source.location(),
+            schedule: source.schedule_text(),
+            items,
+            ..history.unwrap_or_default()
+        }
+    }
+
+    /// A poll ended at `at` after `took_ms`, with `outcome` (and, for a failed poll,
+    /// `error`).
+    fn record_poll(
+        &mut self,
+        outcome: PollOutcome,
+        error: Option<String>,
+        at: DateTime<Utc>,
+        took_ms: u64,
+    ) {
+        self.last_poll = Some(at);
+        self.last_outcome = Some(outcome.label().into());
+        self.last_duration_ms = Some(took_ms);
+        match outcome {
+            PollOutcome::Error => {
+                self.last_error = error;
+                self.last_error_at = Some(at);
+                self.consecutive_failures += 1;
+                self.polls_failed += 1;
+            }
+            PollOutcome::Ok { items, .. } => {
+                self.items = items as u64;
+                self.succeeded();
+            }
+            PollOutcome::NotModified | PollOutcome::HeldBack { .. } => self.succeeded(),
+        }
+    }
+
+    fn succeeded(&mut self) {
+        self.consecutive_failures = 0;
+        self.polls_ok += 1;
+    }
 }
 
 /// A source as the daemon runs it now: its settings, the poller built for them, and the
@@ -122,11 +169,9 @@ impl Handle {
     pub(super) fn set_source(&self, running: RunningSource, items: u64) {
         let s = &running.source;
         let mut status = lock(&self.status);
-        let entry = status.entry(s.name.clone()).or_default();
-        entry.name = s.name.clone();
-        entry.url = s.location();
-        entry.schedule = s.schedule_text();
-        entry.items = items;
+        // A restarted source (its settings changed) keeps the polls of this run.
+        let history = status.remove(&s.name);
+        status.insert(s.name.clone(), SourceStatus::new(s, items, history));
         lock(&self.sources).insert(s.name.clone(), running);
     }
 
@@ -138,6 +183,21 @@ impl Handle {
     /// Every configured source's status, by name.
     pub fn statuses(&self) -> Vec<SourceStatus> {
         lock(&self.status).values().cloned().collect()
+    }
+
+    /// A poll of source `name` ended: counted in the metrics and shown in its status.
+    pub(super) fn record_poll(
+        &self,
+        name: &str,
+        outcome: PollOutcome,
+        error: Option<String>,
+        at: DateTime<Utc>,
+        took: Duration,
+    ) {
+        self.metrics.poll_done(name, took.as_secs_f64(), outcome);
+        self.update_status(name, |st| {
+            st.record_poll(outcome, error, at, took.as_millis() as u64)
+        });
     }
 
     /// Updates one source's status, if it is still configured.

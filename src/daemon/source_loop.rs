@@ -92,72 +92,61 @@ impl SourceLoop {
         let started = Instant::now();
         let result = self.poller.poll_conditional(s, conditions).await;
         let took = started.elapsed();
-        let took_ms = took.as_millis() as u64;
-        let now = Utc::now();
-        // Logged per outcome; counted and shown in the status once, below.
-        let outcome = match &result {
-            Ok((r, _)) if r.not_modified => {
-                tracing::debug!(source = %s.name, took_ms, "not modified (304)");
-                PollOutcome::NotModified
-            }
-            Ok((
-                PollReport {
-                    held_back: Some(h), ..
-                },
-                _,
-            )) => {
-                tracing::warn!(
-                    source = %s.name, deletions = h.deletions, held = h.held, seen = h.seen,
-                    needed = h.needed, took_ms,
-                    "the poll would delete more items than deletion_guard allows at once, so nothing was committed; the deletions are committed when {} polls in a row see the same (a one-off bad answer deletes nothing)",
-                    h.needed
-                );
-                PollOutcome::HeldBack {
-                    deletions: h.deletions,
-                }
-            }
-            Ok((r, _)) => {
-                if r.truncated {
-                    tracing::warn!(source = %s.name, pages = r.pages, "the page walk stopped at max_pages; items on later pages were not seen, so nothing was deleted (raise max_pages if the API has more pages)");
-                }
-                tracing::info!(
-                    source = %s.name, items = r.items, created = r.created, updated = r.updated,
-                    deleted = r.deleted, events = r.events, first = r.first, baseline = r.baseline,
-                    pages = r.pages, took_ms, "polled"
-                );
-                PollOutcome::Ok {
-                    items: r.items,
-                    created: r.created,
-                    updated: r.updated,
-                    deleted: r.deleted,
-                }
-            }
-            Err(e) => {
-                tracing::warn!(source = %s.name, error = %e, "poll failed; nothing changed, next poll on schedule");
-                PollOutcome::Error
-            }
-        };
+        let outcome = log_outcome(&s.name, &result, took.as_millis() as u64);
+        let error = result.as_ref().err().map(ToString::to_string);
         self.handle
-            .metrics
-            .poll_done(&s.name, took.as_secs_f64(), outcome);
-        self.handle.update_status(&s.name, |st| {
-            st.last_poll = Some(now);
-            st.last_outcome = Some(outcome.label().into());
-            st.last_duration_ms = Some(took_ms);
-            if let Err(e) = &result {
-                st.last_error = Some(e.to_string());
-                st.last_error_at = Some(now);
-                st.consecutive_failures += 1;
-                st.polls_failed += 1;
-                return;
-            }
-            if let PollOutcome::Ok { items, .. } = outcome {
-                st.items = items as u64;
-            }
-            st.consecutive_failures = 0;
-            st.polls_ok += 1;
-        });
+            .record_poll(&s.name, outcome, error, Utc::now(), took);
         result
+    }
+}
+
+/// Logs how a poll ended, and says it as the outcome that metrics and the status record.
+fn log_outcome(
+    source: &str,
+    result: &Result<(PollReport, Option<Conditions>), PollError>,
+    took_ms: u64,
+) -> PollOutcome {
+    match result {
+        Ok((r, _)) if r.not_modified => {
+            tracing::debug!(source = %source, took_ms, "not modified (304)");
+            PollOutcome::NotModified
+        }
+        Ok((
+            PollReport {
+                held_back: Some(h), ..
+            },
+            _,
+        )) => {
+            tracing::warn!(
+                source = %source, deletions = h.deletions, held = h.held, seen = h.seen,
+                needed = h.needed, took_ms,
+                "the poll would delete more items than deletion_guard allows at once, so nothing was committed; the deletions are committed when {} polls in a row see the same (a one-off bad answer deletes nothing)",
+                h.needed
+            );
+            PollOutcome::HeldBack {
+                deletions: h.deletions,
+            }
+        }
+        Ok((r, _)) => {
+            if r.truncated {
+                tracing::warn!(source = %source, pages = r.pages, "the page walk stopped at max_pages; items on later pages were not seen, so nothing was deleted (raise max_pages if the API has more pages)");
+            }
+            tracing::info!(
+                source = %source, items = r.items, created = r.created, updated = r.updated,
+                deleted = r.deleted, events = r.events, first = r.first, baseline = r.baseline,
+                pages = r.pages, took_ms, "polled"
+            );
+            PollOutcome::Ok {
+                items: r.items,
+                created: r.created,
+                updated: r.updated,
+                deleted: r.deleted,
+            }
+        }
+        Err(e) => {
+            tracing::warn!(source = %source, error = %e, "poll failed; nothing changed, next poll on schedule");
+            PollOutcome::Error
+        }
     }
 }
 

@@ -254,11 +254,15 @@ pub trait Store: Send + Sync + 'static {
 /// The store shared by the daemon's tasks.
 pub type SharedStore = std::sync::Arc<dyn Store>;
 
-/// Runs a blocking store call off the async workers.
-pub async fn blocking<T, F>(store: &SharedStore, f: F) -> Result<T, StoreError>
+/// Runs blocking store calls off the async workers: `f` on a blocking thread. `f` may
+/// fail with any error a store error converts into (the admin API's and the operator
+/// commands' operations fail with their own); a task that panicked or was cancelled is
+/// a store error too.
+pub async fn blocking<T, E, F>(store: &SharedStore, f: F) -> Result<T, E>
 where
     T: Send + 'static,
-    F: FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+    E: From<StoreError> + Send + 'static,
+    F: FnOnce(&dyn Store) -> Result<T, E> + Send + 'static,
 {
     let store = store.clone();
     tokio::task::spawn_blocking(move || f(&*store))
