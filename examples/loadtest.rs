@@ -195,7 +195,7 @@ fn config_text(
     target_extra: &str,
 ) -> String {
     format!(
-        "state_dir = {:?}\n[admin]\nlisten = \"\"\n[targets.t]\nurl = \"http://{rx}/hook\"\nsecret = \"{SECRET}\"\n{target_extra}\n\n[sources.s]\nurl = \"http://{doc}/items\"\ninterval = \"1h\"\nitems = \"/items\"\nmax_body = \"256MiB\"\n{source_extra}\n",
+        "state_dir = {:?}\n[admin]\nlisten = \"\"\n[targets.t]\nurl = \"http://{rx}/hook\"\nsecret = \"{SECRET}\"\n{target_extra}\n\n[sources.s]\nurl = \"http://{doc}/items\"\ninterval = \"1h\"\nitems = \"/items\"\nmax_body = \"256MiB\"\nmax_items = 10000000\n{source_extra}\n",
         state.display().to_string()
     )
 }

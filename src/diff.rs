@@ -158,6 +158,9 @@ pub enum DiffError {
         /// The JSON parse error.
         reason: String,
     },
+    /// More distinct items than the differ may hold (a source's `max_items`).
+    #[error("more than {limit} items")]
+    TooManyItems { limit: usize },
 }
 
 /// Writes `s` as a JSON string, escaped exactly as serde_json does.
@@ -348,6 +351,8 @@ pub struct Differ<'a> {
     keep: Vec<ChangeKind>,
     /// The JSON types of the items pushed.
     kinds: Kinds,
+    /// Distinct items a push may bring the count to.
+    limit: usize,
     out: Diff,
 }
 
@@ -364,8 +369,16 @@ impl<'a> Differ<'a> {
                 ChangeKind::Deleted,
             ],
             kinds: Kinds::default(),
+            limit: usize::MAX,
             out: Diff::default(),
         }
+    }
+
+    /// Fails the push that would make more than `limit` distinct items
+    /// ([`DiffError::TooManyItems`]): what a poll holds grows with them.
+    pub fn limit(mut self, limit: usize) -> Self {
+        self.limit = limit;
+        self
     }
 
     /// Returns only changes of these kinds in `changes`; the others still update the
@@ -396,12 +409,14 @@ impl<'a> Differ<'a> {
                 if !self.created.insert(id.clone()) {
                     return Ok(());
                 }
+                self.check_limit()?;
                 (ChangeKind::Created, None)
             }
             Some((key, seen)) => {
                 if !self.present.insert(key.as_str()) {
                     return Ok(());
                 }
+                self.check_limit()?;
                 if seen.hash == hash {
                     return Ok(());
                 }
@@ -430,6 +445,13 @@ impl<'a> Differ<'a> {
         self.out
             .changes
             .push(Change::upserted(kind, id, value, old, hash));
+        Ok(())
+    }
+
+    fn check_limit(&self) -> Result<(), DiffError> {
+        if self.distinct() > self.limit {
+            return Err(DiffError::TooManyItems { limit: self.limit });
+        }
         Ok(())
     }
 

@@ -52,6 +52,9 @@ pub const DEFAULT_RETRY: [Duration; 7] = [
 ];
 /// Default cap on a response body, per source (`max_body`).
 pub const DEFAULT_MAX_BODY: u64 = 16 * 1024 * 1024;
+/// Default cap on the items of one poll, per source (`max_items`): a poll holds about
+/// 2 KB of memory an item (README, "Memory").
+pub const DEFAULT_MAX_ITEMS: u64 = 250_000;
 const DEFAULT_SOURCE_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_TARGET_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_MAX_IN_FLIGHT: usize = 16;
@@ -158,6 +161,8 @@ pub struct Source {
     pub timeout: Duration,
     /// A body larger than this fails the poll.
     pub max_body: u64,
+    /// A poll that finds more items than this fails (memory is per item).
+    pub max_items: u64,
     /// JSON Pointer to the collection of items.
     pub items: String,
     /// JSON Pointer to the id inside each array item.
@@ -245,6 +250,7 @@ impl fmt::Debug for Source {
             .field("schedule", &self.schedule_text())
             .field("timeout", &self.timeout)
             .field("max_body", &self.max_body)
+            .field("max_items", &self.max_items)
             .field("items", &self.items)
             .field("id", &self.id)
             .field("ignore", &self.ignore)

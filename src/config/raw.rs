@@ -77,6 +77,7 @@ pub struct RawSource {
     pub cron: Option<String>,
     pub timeout: Option<String>,
     pub max_body: Option<RawSize>,
+    pub max_items: Option<i64>,
     pub items: Option<String>,
     pub id: Option<String>,
     #[serde(default)]

@@ -76,6 +76,7 @@ fn a_good_config_loads_with_defaults_filled_in() {
     assert_eq!(things.id, "/id");
     assert!(things.baseline && !things.allow_empty);
     assert_eq!(things.max_body, DEFAULT_MAX_BODY);
+    assert_eq!(things.max_items, DEFAULT_MAX_ITEMS);
     let weekly = &c.sources["weekly"];
     assert_eq!(weekly.targets, vec!["gh".to_string(), "hooks".to_string()]);
     assert!(!weekly.baseline && weekly.allow_empty);
@@ -858,4 +859,23 @@ fn a_config_file_that_cannot_be_read_says_why_once() {
     assert!(shown.contains(&path.display().to_string()), "{shown}");
     assert_eq!(shown.matches("No such file").count(), 1, "{shown}");
     assert!(shown.contains("pass --config FILE"), "{shown}");
+}
+
+#[test]
+fn max_items_must_be_at_least_one() {
+    for bad in ["0", "-3"] {
+        let text = format!(
+            "[targets.t]\nurl = \"http://127.0.0.1:1/h\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n\n[sources.s]\nurl = \"http://127.0.0.1:1/s\"\ninterval = \"1m\"\nmax_items = {bad}\n"
+        );
+        let err = parse(&text).unwrap_err();
+        let p = &err.problems()[0];
+        assert_eq!(
+            (p.key.as_str(), p.line),
+            ("sources.s.max_items", Some(8)),
+            "{p:?}"
+        );
+        assert!(p.message.contains("at least 1"), "{p:?}");
+    }
+    let text = "[targets.t]\nurl = \"http://127.0.0.1:1/h\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n\n[sources.s]\nurl = \"http://127.0.0.1:1/s\"\ninterval = \"1m\"\nmax_items = 1_000_000\n";
+    assert_eq!(parse(text).unwrap().sources["s"].max_items, 1_000_000);
 }

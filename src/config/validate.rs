@@ -14,8 +14,8 @@ use super::raw::{self, RawConfig, RawSource, RawTarget};
 use super::{
     ca, expand_env, parse_duration, parse_size, redact_url, CaBundle, Config, DeletionGuard,
     KeyPath, Locator, LogFormat, Problem, Source, Target, DEFAULT_ADMIN_LISTEN, DEFAULT_GRACE,
-    DEFAULT_MAX_BODY, DEFAULT_MAX_IN_FLIGHT, DEFAULT_RETRY, DEFAULT_SOURCE_TIMEOUT,
-    DEFAULT_TARGET_TIMEOUT,
+    DEFAULT_MAX_BODY, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_ITEMS, DEFAULT_RETRY,
+    DEFAULT_SOURCE_TIMEOUT, DEFAULT_TARGET_TIMEOUT,
 };
 use crate::diff::ChangeKind;
 use crate::schedule::Schedule;
@@ -556,6 +556,14 @@ impl Validator<'_> {
                 DEFAULT_MAX_BODY
             }
         };
+        let max_items = match s.max_items {
+            None => DEFAULT_MAX_ITEMS,
+            Some(n) if n > 0 => n as u64,
+            Some(_) => {
+                self.problem(&key.key("max_items"), "must be at least 1");
+                DEFAULT_MAX_ITEMS
+            }
+        };
         let (ca_file, ca) = self.ca_file(&key.key("ca_file"), s.ca_file.as_deref());
         let deletion_guard = self.deletion_guard(&key.key("deletion_guard"), s.deletion_guard);
         let items = s.items.unwrap_or_default();
@@ -629,6 +637,7 @@ impl Validator<'_> {
             schedule: schedule?,
             timeout,
             max_body,
+            max_items,
             items,
             id,
             ignore: s.ignore,

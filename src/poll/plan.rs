@@ -21,7 +21,7 @@ use chrono::{DateTime, Utc};
 
 use super::{Fetched, PollError, PollReport};
 use crate::config::{Mode, Source};
-use crate::diff::{parse_seen, Change, ChangeKind, Differ, Seen};
+use crate::diff::{parse_seen, Change, ChangeKind, DiffError, Differ, Seen};
 use crate::event::{self, Event};
 use crate::extract::{extract_each, Collection, EachError, Kind, Kinds};
 use crate::store::{PollCommit, SourceState};
@@ -324,8 +324,16 @@ fn plan_with(
         source.events.clone()
     };
     // The differ keeps no change as a parsed value: events are built per commit.
-    let mut differ = Differ::new(&previous, &source.ignore).keep_only(&[]);
-    let collection = push(&mut differ)?;
+    let mut differ = Differ::new(&previous, &source.ignore)
+        .keep_only(&[])
+        .limit(usize::try_from(source.max_items).unwrap_or(usize::MAX));
+    let collection = push(&mut differ).map_err(|e| match e {
+        PollError::Diff(DiffError::TooManyItems { .. }) => PollError::TooManyItems {
+            url: source.location(),
+            limit: source.max_items,
+        },
+        e => e,
+    })?;
     // Items as the snapshot will hold them: a page walk may see an item on two pages.
     let count = differ.distinct();
     if source.mode == Mode::Items {

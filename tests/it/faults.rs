@@ -395,6 +395,34 @@ async fn integers_beyond_64_bits_stay_exact() {
     assert_eq!((r.created, r.updated, r.deleted), (0, 0, 0), "{r:?}");
 }
 
+/// A poll's memory grows with the items it finds, so a source's `max_items` bounds it: a
+/// response with more fails the poll, names the setting, and changes nothing.
+#[tokio::test]
+async fn a_response_with_more_than_max_items_changes_nothing() {
+    let h = Harness::new().await;
+    for i in 0..10 {
+        h.api.set(&i.to_string(), json!({"n": i}));
+    }
+    let config = h.config("baseline = false\nmax_items = 10", "");
+    let source = &config.sources["s"];
+    let (poller, store) = poller(&h, &config);
+    assert_eq!(poller.poll(source).await.unwrap().created, 10);
+    let before = queued(&store);
+    h.api.set("10", json!({"n": 10}));
+    let err = poller.poll(source).await.unwrap_err().to_string();
+    assert!(
+        err.contains("more than max_items = 10 items") && err.contains("raise max_items"),
+        "{err}"
+    );
+    assert_eq!(queued(&store), before);
+    assert_eq!(store.source_state("s").unwrap().items, 10);
+    // Within the limit again: the poll goes on from what it held.
+    h.api.remove("10");
+    h.api.set("3", json!({"n": 33}));
+    let r = poller.poll(source).await.unwrap();
+    assert_eq!((r.created, r.updated, r.deleted), (0, 1, 0), "{r:?}");
+}
+
 /// A poll with more events than one commit holds stages them in chunks before it
 /// commits its snapshot: every event under the poll's generation. A crash before the
 /// snapshot commit queues nothing (so no target hears of a change the store never

@@ -137,6 +137,7 @@ const SOURCE_CASES: &[(&str, &str, &str)] = &[
     ),
     ("timeout", "", "timeout = '5s'"),
     ("max_body", "", "max_body = '1MiB'"),
+    ("max_items", "", "max_items = 10"),
     ("items", "", "items = '/data'"),
     ("id", "", "id = '/key'"),
     ("ignore", "", "ignore = ['/updated_at']"),
