@@ -53,7 +53,7 @@ pub const DEFAULT_RETRY: [Duration; 7] = [
 /// Default cap on a response body, per source (`max_body`).
 pub const DEFAULT_MAX_BODY: u64 = 16 * 1024 * 1024;
 /// Default cap on the items of one poll, per source (`max_items`): a poll holds about
-/// 2 KB of memory an item (README, "Memory").
+/// 3 KB of memory an item (README, "Memory").
 pub const DEFAULT_MAX_ITEMS: u64 = 250_000;
 const DEFAULT_SOURCE_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_TARGET_TIMEOUT: Duration = Duration::from_secs(10);
