@@ -5,17 +5,16 @@
 //! (invariant 3): the error is returned, the stored snapshot stays as it was, and the next
 //! poll compares against it again.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 
-use reqwest::Url;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::config::{Format, Mode, Origin, PageStyle, Pagination, Source};
+use crate::config::{Format, Mode, Origin, Source};
 use crate::diff::DiffError;
 
 use crate::extract::{Collection, ExtractError, Item};
@@ -23,6 +22,9 @@ use crate::source::{FetchError, Fetcher, Page, Validators};
 use crate::store::{blocking, SharedStore, StoreError};
 
 mod plan;
+mod walk;
+
+use walk::{read_page, PageRead};
 
 pub use plan::{plan_fetched, plan_response, Plan, CHUNK};
 
@@ -222,26 +224,28 @@ impl Poller {
         self.poll_conditional(source, None).await.map(|(r, _)| r)
     }
 
-    /// [`Poller::poll`] with the conditions of the source's last good response. They are
-    /// sent only if the source's stored state is still the one they were saved with (a
-    /// `forget` in between must get a full response, or a 304 would hide the items).
-    /// Returns this response's conditions once its poll is committed, so a failed
-    /// commit never hides a change behind a later 304.
+    /// [`Poller::poll`] with the conditions of the source's last good response. A 304
+    /// counts only if the source's stored state is still the one they were saved with: a
+    /// `forget` in between must get a full response, or the 304 would hide the items, so
+    /// the request is then made again without them. A poll reads the stored state once:
+    /// here after a 304, or when it plans. Returns this response's conditions once its
+    /// poll is committed, so a failed commit never hides a change behind a later 304.
     pub async fn poll_conditional(
         &self,
         source: &Arc<Source>,
         conditions: Option<&Conditions>,
     ) -> Result<(PollReport, Option<Conditions>), PollError> {
-        let conditions = match conditions {
-            Some(c) => {
-                let name = source.name.clone();
-                let state = blocking(&self.store, move |s| s.source_state(&name)).await?;
-                (state.generation == c.generation).then_some(c)
-            }
-            None => None,
-        };
+        let mut conditions = conditions;
         let validators = conditions.map(|c| &c.validators);
-        let (fetched, found) = self.fetch(source, validators).await?;
+        let (mut fetched, mut found) = self.fetch(source, validators).await?;
+        if let (Fetched::NotModified, Some(c)) = (&fetched, conditions) {
+            let name = source.name.clone();
+            let state = blocking(&self.store, move |s| s.source_state(&name)).await?;
+            if state.generation != c.generation {
+                conditions = None;
+                (fetched, found) = self.fetch(source, None).await?;
+            }
+        }
         if matches!(fetched, Fetched::NotModified) {
             return Ok((
                 PollReport {
@@ -425,110 +429,6 @@ impl Poller {
             collection,
         })
     }
-
-    /// Fetches page after page until the API says there are no more, gathering items.
-    async fn walk(
-        &self,
-        source: &Arc<Source>,
-        req: &crate::config::HttpRequest,
-        p: &Pagination,
-    ) -> Result<Fetched, PollError> {
-        let mut url = req.url.clone();
-        let mut number = 0;
-        if let PageStyle::Page { param, start, size } = &p.style {
-            number = *start;
-            set_param(&mut url, param, &number.to_string());
-            if let Some((name, value)) = size {
-                set_param(&mut url, name, &value.to_string());
-            }
-        }
-        let mut fetched_urls = HashSet::new();
-        let mut items = Vec::new();
-        let mut collection = None;
-        let mut pages = 0;
-        let mut walked: u64 = 0;
-        loop {
-            pages += 1;
-            if !fetched_urls.insert(url.clone()) {
-                return Err(PollError::PageLoop {
-                    url: source.location(),
-                    page: pages,
-                });
-            }
-            let Page::Body { body, next, .. } = self.fetcher.fetch(source, req, &url, None).await?
-            else {
-                // Only a conditional request gets a 304, and pages are never conditional.
-                return Err(PollError::PageLoop {
-                    url: source.location(),
-                    page: pages,
-                });
-            };
-            // max_body caps the whole walk: its items are all held until the diff.
-            walked += body.len() as u64;
-            if walked > source.max_body {
-                return Err(PollError::WalkTooLarge {
-                    url: source.location(),
-                    page: pages,
-                    limit: source.max_body,
-                });
-            }
-            let s = source.clone();
-            let style = p.style.clone();
-            let page = cpu(source, move || read_page(&s, &body, Some(&style))).await?;
-            let (page_items, token) = (page.items, page.token);
-            collection = collection.or(page.collection);
-            let empty = page_items.is_empty();
-            items.extend(page_items);
-            let next = match &p.style {
-                PageStyle::Link => next,
-                PageStyle::NextUrl(_) => match token {
-                    None => None,
-                    Some(t) => Some(url.join(&t).map_err(|e| PollError::NextUrl {
-                        url: source.location(),
-                        page: pages,
-                        error: e.to_string(),
-                    })?),
-                },
-                PageStyle::Cursor { param, .. } => token.map(|c| {
-                    let mut u = url.clone();
-                    set_param(&mut u, param, &c);
-                    u
-                }),
-                PageStyle::Page { param, .. } => (!empty).then(|| {
-                    number += 1;
-                    let mut u = url.clone();
-                    set_param(&mut u, param, &number.to_string());
-                    u
-                }),
-            };
-            match next {
-                None => {
-                    return Ok(Fetched::Items {
-                        items,
-                        pages,
-                        complete: true,
-                        collection,
-                    })
-                }
-                Some(_) if pages >= p.max_pages => {
-                    return Ok(Fetched::Items {
-                        items,
-                        pages,
-                        complete: false,
-                        collection,
-                    })
-                }
-                Some(u) if u.origin() != req.url.origin() => {
-                    return Err(PollError::ForeignPage {
-                        url: source.location(),
-                        page: pages,
-                        next: u.origin().ascii_serialization(),
-                    })
-                }
-                Some(u) => url = u,
-            }
-        }
-    }
 }
 
 /// How long the CPU work of a poll (parsing, transform, extraction, diff) may take:
@@ -564,93 +464,6 @@ fn streams(source: &Source) -> bool {
         && source.transform.is_none()
         && source.mode == Mode::Items
         && source.pagination.is_none()
-}
-
-/// Sets query parameter `name` of `url` to `value`, replacing any it had.
-fn set_param(url: &mut Url, name: &str, value: &str) {
-    let kept: Vec<(String, String)> = url
-        .query_pairs()
-        .filter(|(k, _)| k != name)
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
-    url.query_pairs_mut()
-        .clear()
-        .extend_pairs(kept)
-        .append_pair(name, value);
-}
-
-/// What one parsed document (a page, a feed, a command's output) holds.
-struct PageRead {
-    items: Vec<Item>,
-    /// What the items came in (None for a document source).
-    collection: Option<Collection>,
-    /// For pagination by body: the next page's URL or cursor.
-    token: Option<String>,
-}
-
-/// Reads one parsed document's items. Blocking: CPU work.
-fn read_page(
-    source: &Source,
-    body: &[u8],
-    style: Option<&PageStyle>,
-) -> Result<PageRead, PollError> {
-    let url = source.location();
-    let doc: Value = match source.format {
-        Format::Feed => crate::feed::entries_of(source, body).map_err(|e| PollError::Feed {
-            url: url.clone(),
-            error: e.to_string(),
-        })?,
-        Format::Json => serde_json::from_slice(body).map_err(|e| PollError::Json {
-            url: url.clone(),
-            error: e.to_string(),
-        })?,
-    };
-    // The next page is found in the document as the API sent it, before any transform.
-    let token = match style {
-        Some(PageStyle::NextUrl(p)) | Some(PageStyle::Cursor { pointer: p, .. }) => {
-            match doc.pointer(p) {
-                Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
-                Some(Value::Number(n)) => Some(n.to_string()),
-                _ => None,
-            }
-        }
-        _ => None,
-    };
-    let doc = match &source.transform {
-        Some(t) => t.apply(doc).map_err(|e| PollError::Transform {
-            url: url.clone(),
-            error: e.to_string(),
-        })?,
-        None => doc,
-    };
-    let mut collection = None;
-    let items = match source.mode {
-        Mode::Items => {
-            collection = doc.pointer(&source.items).and_then(Collection::of);
-            crate::extract::extract(&doc, &source.items, &source.id)
-                .map_err(|error| PollError::Extract { url, error })?
-        }
-        Mode::Document => {
-            let Some(value) = doc.pointer(&source.items) else {
-                return Err(PollError::Extract {
-                    url,
-                    error: ExtractError::ItemsNotFound {
-                        pointer: source.items.clone(),
-                        detail: "nothing is there".into(),
-                    },
-                });
-            };
-            vec![Item {
-                id: DOCUMENT_ID.to_string(),
-                value: value.clone(),
-            }]
-        }
-    };
-    Ok(PageRead {
-        items,
-        collection,
-        token,
-    })
 }
 
 /// The item id of a `mode = "document"` source's one item.
