@@ -44,8 +44,8 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::daemon::Handle;
 use crate::poll::PollReport;
+use crate::running::Handle;
 use crate::store::{blocking, StoreError};
 use ops::{DeliveryQuery, ForgetResponse, OpError, ReplayRequest};
 pub use server::{serve, serve_with, Limits};
@@ -231,7 +231,7 @@ async fn metrics(State(a): AdminState) -> Result<Response, ApiError> {
 /// `GET /v1/sources`.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct SourcesResponse {
-    pub sources: Vec<crate::daemon::SourceStatus>,
+    pub sources: Vec<crate::running::SourceStatus>,
 }
 
 async fn sources(State(a): AdminState) -> ApiResult<SourcesResponse> {

@@ -23,7 +23,6 @@
 //! the outbox throughout. A removed source's stored state is kept until
 //! `pollhook forget`.
 
-mod handle;
 mod source_loop;
 mod watch;
 
@@ -41,12 +40,11 @@ use crate::deliver::TargetWorker;
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::poll::Poller;
+use crate::running::{Failure, Handle, Health, RunningSource};
 use crate::source::Fetcher;
 use crate::store::{blocking, SharedStore, SledStore, StoreError};
-pub use handle::{Handle, PollNow, RunningSource, SourceStatus};
 use source_loop::SourceLoop;
-pub use watch::Failure;
-use watch::{Health, Watched};
+use watch::Watched;
 
 /// How long after the grace period the target workers may take to write their last
 /// acknowledgements (a healthy store takes milliseconds) before shutdown stops waiting.

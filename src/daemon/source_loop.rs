@@ -17,11 +17,12 @@ use chrono::Utc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::handle::{Handle, PollNow};
 use crate::config::Source;
+use crate::jitter::random_unit;
 use crate::metrics::PollOutcome;
 use crate::poll::{Conditions, PollError, PollReport, Poller};
-use crate::schedule::{random_unit, Schedule};
+use crate::running::{Handle, PollNow};
+use crate::schedule::Schedule;
 
 pub(super) struct SourceLoop {
     pub source: Arc<Source>,

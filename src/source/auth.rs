@@ -15,7 +15,7 @@ use reqwest::Url;
 
 use super::FetchError;
 use crate::config::{redact_url, Auth, HttpRequest, OAuth2, Source};
-use crate::deliver::{describe_send_error, user_agent, Peer};
+use crate::http::{describe_send_error, user_agent, Peer};
 
 /// A token is refreshed this long before the end its endpoint gave it (or a tenth of
 /// its life, if shorter), so a request never leaves with one about to expire.

@@ -36,17 +36,13 @@ use reqwest::header::{
 use reqwest::{StatusCode, Url};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::config::{redact_url, Format, HttpRequest, Source};
-use crate::deliver::retry::parse_retry_after;
-use crate::deliver::{describe_send_error, user_agent, Peer};
+use crate::config::{redact_url, Format, HttpRequest, Source, DEFAULT_MAX_PER_HOST};
+use crate::http::{describe_send_error, parse_retry_after, user_agent, Peer};
 use crate::redact::Redactor;
 use auth::Tokens;
 
 /// Redirects followed in one request at most.
 const MAX_REDIRECTS: usize = 5;
-
-/// Requests in flight to one host at once unless `max_per_host` says otherwise.
-pub const DEFAULT_MAX_PER_HOST: usize = 4;
 
 /// Why a fetch failed. URLs in messages have credentials and query removed.
 #[derive(Debug, thiserror::Error)]

@@ -4,6 +4,8 @@
 //! Locks here are std mutexes held only to copy or update a few fields, never across an
 //! `.await`.
 
+mod health;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -17,6 +19,8 @@ use crate::config::{Config, Source};
 use crate::metrics::{Metrics, PollOutcome};
 use crate::poll::{PollReport, Poller, Wakes};
 use crate::store::SharedStore;
+pub use health::Failure;
+pub(crate) use health::Health;
 
 /// A request to poll a source now, answered with the poll's report or its error.
 pub type PollNow = oneshot::Sender<Result<PollReport, String>>;
@@ -109,7 +113,7 @@ pub struct Handle {
     pub fetch_shared: crate::source::Shared,
     ready: AtomicBool,
     /// Set by the daemon: a failed store makes the daemon not ready.
-    health: Option<Arc<super::watch::Health>>,
+    health: Option<Arc<Health>>,
     config: Mutex<Arc<Config>>,
     sources: Mutex<BTreeMap<String, RunningSource>>,
     status: Mutex<BTreeMap<String, SourceStatus>>,
@@ -137,7 +141,7 @@ impl Handle {
     }
 
     /// Whose failures make this handle not ready.
-    pub(super) fn with_health(mut self, health: Arc<super::watch::Health>) -> Handle {
+    pub(crate) fn with_health(mut self, health: Arc<Health>) -> Handle {
         self.health = Some(health);
         self
     }
@@ -148,7 +152,7 @@ impl Handle {
             && self.health.as_ref().is_none_or(|h| h.failure().is_none())
     }
 
-    pub(super) fn set_ready(&self, ready: bool) {
+    pub(crate) fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
     }
 
@@ -157,7 +161,7 @@ impl Handle {
         lock(&self.config).clone()
     }
 
-    pub(super) fn set_config(&self, config: Arc<Config>) {
+    pub(crate) fn set_config(&self, config: Arc<Config>) {
         *lock(&self.config) = config;
     }
 
@@ -166,7 +170,7 @@ impl Handle {
         lock(&self.sources).get(name).cloned()
     }
 
-    pub(super) fn set_source(&self, running: RunningSource, items: u64) {
+    pub(crate) fn set_source(&self, running: RunningSource, items: u64) {
         let s = &running.source;
         let mut status = lock(&self.status);
         // A restarted source (its settings changed) keeps the polls of this run.
@@ -175,7 +179,7 @@ impl Handle {
         lock(&self.sources).insert(s.name.clone(), running);
     }
 
-    pub(super) fn remove_source(&self, name: &str) {
+    pub(crate) fn remove_source(&self, name: &str) {
         lock(&self.sources).remove(name);
         lock(&self.status).remove(name);
     }
@@ -186,7 +190,7 @@ impl Handle {
     }
 
     /// A poll of source `name` ended: counted in the metrics and shown in its status.
-    pub(super) fn record_poll(
+    pub(crate) fn record_poll(
         &self,
         name: &str,
         outcome: PollOutcome,
@@ -201,7 +205,7 @@ impl Handle {
     }
 
     /// Updates one source's status, if it is still configured.
-    pub(super) fn update_status(&self, name: &str, f: impl FnOnce(&mut SourceStatus)) {
+    pub(crate) fn update_status(&self, name: &str, f: impl FnOnce(&mut SourceStatus)) {
         if let Some(s) = lock(&self.status).get_mut(name) {
             f(s);
         }
