@@ -30,7 +30,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -465,22 +465,15 @@ impl Running {
             }
             let items = stored.get(&name).map_or(0, |s| s.items);
             handle.metrics.set_items(&name, items);
-            let (tx, rx) = mpsc::channel(8);
-            handle.set_source(
-                RunningSource {
-                    source: source.clone(),
-                    poller: poller.clone(),
-                    poll_now: tx,
-                },
-                items,
-            );
+            let (running, requests) = RunningSource::new(source.clone(), poller.clone());
+            handle.set_source(running, items);
             let stop = self.shutdown.child_token();
             self.tracker.spawn(
                 SourceLoop {
                     source,
                     poller: poller.clone(),
                     handle: handle.clone(),
-                    requests: rx,
+                    requests,
                     stop: stop.clone(),
                 }
                 .run(),

@@ -1,10 +1,15 @@
-//! What the rest of the process (the admin API) sees of the running daemon: the store,
-//! the metrics, each source's latest status, and a way to ask a source loop to poll now.
+//! The running daemon as the rest of the process sees it: the daemon starts it and keeps
+//! it up to date, the admin API reads it, and neither imports the other. A [`Handle`]
+//! holds the store, the metrics, the config running now, each source's latest
+//! [`SourceStatus`] (which the CLI builds too when no daemon runs), and each source as it
+//! runs: a [`RunningSource`] (`source.rs`), whose `poll_now` asks its loop to poll.
+//! `health.rs` keeps the first fatal store error, which makes the daemon not ready.
 //!
 //! Locks here are std mutexes held only to copy or update a few fields, never across an
 //! `.await`.
 
 mod health;
+mod source;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,17 +18,14 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{Config, Source};
 use crate::metrics::{Metrics, PollOutcome};
-use crate::poll::{PollReport, Poller, Wakes};
+use crate::poll::Wakes;
 use crate::store::SharedStore;
 pub use health::Failure;
 pub(crate) use health::Health;
-
-/// A request to poll a source now, answered with the poll's report or its error.
-pub type PollNow = oneshot::Sender<Result<PollReport, String>>;
+pub use source::{PollNow, PollNowError, PollRequests, RunningSource};
 
 /// What `/v1/sources` shows of one source.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -93,15 +95,6 @@ impl SourceStatus {
         self.consecutive_failures = 0;
         self.polls_ok += 1;
     }
-}
-
-/// A source as the daemon runs it now: its settings, the poller built for them, and the
-/// way to reach its loop.
-#[derive(Clone)]
-pub struct RunningSource {
-    pub source: Arc<Source>,
-    pub poller: Poller,
-    pub poll_now: mpsc::Sender<PollNow>,
 }
 
 /// The running daemon, shared with the admin API.
