@@ -1,11 +1,12 @@
 //! The HTTP words the poll path and the delivery path share: the `User-Agent` of every
 //! request, a transport error in words (with advice for a certificate that is not
-//! trusted), and the `Retry-After` header.
+//! trusted), and the `Retry-After` header, read and classified in one place.
 
 use std::path::Path;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use reqwest::header::{HeaderMap, RETRY_AFTER};
 
 /// The `User-Agent` of every request pollhook makes.
 pub fn user_agent() -> &'static str {
@@ -100,8 +101,23 @@ fn certificate_advice(why: &str, peer: Peer<'_>) -> String {
     format!("TLS certificate not trusted (self-signed or unknown CA): {fix} ({REJECTED_CERTIFICATE}{why})")
 }
 
+/// A response's `Retry-After` header as written, if it has one that is text.
+pub fn retry_after_value(headers: &HeaderMap) -> Option<&str> {
+    headers.get(RETRY_AFTER)?.to_str().ok()
+}
+
+/// How long a response with `status` and a `Retry-After` of `value` asks to be left
+/// alone: only a 429 or 503 asks; a value that is neither seconds nor a date to come
+/// asks nothing. Sources and targets both read it here.
+pub fn retry_after(status: u16, value: Option<&str>, now: DateTime<Utc>) -> Option<Duration> {
+    match status {
+        429 | 503 => value.and_then(|v| parse_retry_after(v, now)),
+        _ => None,
+    }
+}
+
 /// `Retry-After: 120` or `Retry-After: Wed, 21 Oct 2026 07:28:00 GMT`.
-pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
+fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
     let v = value.trim();
     if let Ok(secs) = v.parse::<u64>() {
         return Some(Duration::from_secs(secs));

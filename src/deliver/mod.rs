@@ -18,14 +18,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::Utc;
-use reqwest::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
+use reqwest::header::{HeaderValue, CONTENT_TYPE, USER_AGENT};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Target;
-use crate::http::{describe_send_error, user_agent, Peer};
+use crate::http::{describe_send_error, retry_after_value, user_agent, Peer};
 use crate::jitter::random_unit;
 use crate::metrics::Metrics;
 use crate::sign::Scheme;
@@ -393,15 +393,11 @@ impl Attempt {
             req = req.header("webhook-id", event_id);
         }
         match req.body(body).send().await {
-            Ok(resp) => {
-                let status = resp.status().as_u16();
-                let retry_after = resp
-                    .headers()
-                    .get(RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string);
-                Outcome::from_status(status, retry_after.as_deref(), Utc::now())
-            }
+            Ok(resp) => Outcome::from_status(
+                resp.status().as_u16(),
+                retry_after_value(resp.headers()),
+                Utc::now(),
+            ),
             Err(e) => Outcome::Failed {
                 error: describe_send_error(
                     &e,

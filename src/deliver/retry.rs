@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::http::parse_retry_after;
+use crate::http::retry_after;
 
 /// The longest wait a `Retry-After` can impose, unless the schedule has longer delays.
 pub const RETRY_AFTER_CAP: Duration = Duration::from_secs(3600);
@@ -32,8 +32,8 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// Classifies an HTTP response. `retry_after` is the raw header, if any.
-    pub fn from_status(status: u16, retry_after: Option<&str>, now: DateTime<Utc>) -> Outcome {
+    /// Classifies an HTTP response. `value` is its raw `Retry-After` header, if any.
+    pub fn from_status(status: u16, value: Option<&str>, now: DateTime<Utc>) -> Outcome {
         match status {
             200..=299 => Outcome::Delivered,
             410 => Outcome::Gone {
@@ -44,10 +44,7 @@ impl Outcome {
                     300..=399 => format!("HTTP {status}: redirects are not followed; point the target url at the final address"),
                     _ => format!("HTTP {status}"),
                 },
-                retry_after: match status {
-                    429 | 503 => retry_after.and_then(|v| parse_retry_after(v, now)),
-                    _ => None,
-                },
+                retry_after: retry_after(status, value, now),
             },
         }
     }

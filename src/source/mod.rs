@@ -31,13 +31,13 @@ use std::time::Duration;
 use chrono::Utc;
 use reqwest::header::{
     HeaderMap, HeaderValue, CONTENT_TYPE, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED,
-    LINK, RETRY_AFTER, USER_AGENT,
+    LINK, USER_AGENT,
 };
 use reqwest::{StatusCode, Url};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{redact_url, Format, HttpRequest, Source, DEFAULT_MAX_PER_HOST};
-use crate::http::{describe_send_error, parse_retry_after, user_agent, Peer};
+use crate::http::{describe_send_error, retry_after, retry_after_value, user_agent, Peer};
 use crate::redact::Redactor;
 use auth::Tokens;
 
@@ -281,16 +281,11 @@ impl Fetcher {
             return Ok(Page::NotModified);
         }
         if !status.is_success() {
-            let retry_after = matches!(status.as_u16(), 429 | 503)
-                .then(|| {
-                    resp.headers()
-                        .get(RETRY_AFTER)?
-                        .to_str()
-                        .ok()
-                        .map(String::from)
-                })
-                .flatten()
-                .and_then(|v| parse_retry_after(&v, Utc::now()));
+            let retry_after = retry_after(
+                status.as_u16(),
+                retry_after_value(resp.headers()),
+                Utc::now(),
+            );
             return Err(FetchError::Status {
                 method,
                 url: shown,
