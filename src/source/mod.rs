@@ -349,15 +349,21 @@ impl Fetcher {
         builder.send().await.map_err(|e| FetchError::Request {
             method: req.method.to_string(),
             url: shown_url(req, url),
-            detail: describe_send_error(
-                &e,
-                source.timeout,
-                Peer::Source {
-                    ca_file: source.ca_file.as_deref(),
-                },
-            ),
+            detail: send_error(&e, source),
         })
     }
+}
+
+/// A transport error of a request of `source` in words ([`describe_send_error`]), with
+/// the advice for a source.
+fn send_error(e: &reqwest::Error, source: &Source) -> String {
+    describe_send_error(
+        e,
+        source.timeout,
+        Peer::Source {
+            ca_file: source.ca_file.as_deref(),
+        },
+    )
 }
 
 /// How `url` is shown: the config's template for the request's own URL, else (a
@@ -435,13 +441,7 @@ async fn read_capped(
         let chunk = resp.chunk().await.map_err(|e| FetchError::Request {
             method: method.to_string(),
             url: url.to_string(),
-            detail: describe_send_error(
-                &e,
-                source.timeout,
-                Peer::Source {
-                    ca_file: source.ca_file.as_deref(),
-                },
-            ),
+            detail: send_error(&e, source),
         })?;
         let Some(chunk) = chunk else {
             return Ok(body);
