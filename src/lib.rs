@@ -19,8 +19,16 @@
 //!        ─► deliver (worker per target: sign, POST, retry policy) ─► target
 //! ```
 //!
-//! - [`config`]: the TOML file, validated completely at load.
+//! The poll path (`source`, `poll`) and the delivery path (`deliver`) stand side by side
+//! over what they share, `http` and `jitter`, and neither imports the other; `admin`
+//! reaches the running daemon through `running`, which the daemon fills in. No two
+//! top-level modules import each other, directly or round a circle.
+//!
+//! - [`config`]: the TOML file, validated completely at load, and every key's default.
 //! - [`schedule`]: intervals with jitter, cron with crontab(5) semantics in a time zone.
+//! - [`jitter`]: the random number jitter is drawn from, for schedules and retries.
+//! - [`http`]: what sources and targets share of HTTP: the `User-Agent`, transport
+//!   errors in words (with certificate advice), `Retry-After` read and classified.
 //! - [`source`]: getting a document: HTTP pages (query, body, auth incl. OAuth2,
 //!   conditional requests, per-host turns, timeouts, a body cap) or a command's output.
 //! - [`transform`]: the `transform` option, a jq program run on the response before
@@ -35,6 +43,9 @@
 //! - [`deliver`]: target workers, per-item order, retry policy.
 //! - [`sign`]: Standard Webhooks, GitHub and Stripe signatures, and `verify`.
 //! - [`daemon`]: wiring, signals, reloads, clean shutdown.
+//! - [`running`]: the running daemon's handle (store, metrics, config, each source's
+//!   status, poll now), started by the daemon and read by the admin API; the source
+//!   status the CLI shows.
 //! - [`admin`]: the admin HTTP API (health, status, replay, poll now) and the store
 //!   operations it shares with the CLI.
 //! - [`metrics`]: the Prometheus metrics `/metrics` serves.
@@ -53,11 +64,14 @@ pub mod diff;
 pub mod event;
 pub mod extract;
 pub mod feed;
+pub mod http;
+pub mod jitter;
 pub mod limits;
 pub mod metrics;
 pub mod notify;
 pub mod poll;
 pub mod redact;
+pub mod running;
 pub mod schedule;
 pub mod sign;
 pub mod source;

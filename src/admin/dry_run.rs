@@ -17,9 +17,9 @@ use bytes::Bytes;
 use http_body::Frame;
 
 use super::ApiError;
-use crate::daemon::RunningSource;
 use crate::event::Event;
 use crate::poll::{PollError, PollReport};
+use crate::running::RunningSource;
 
 /// The sources with a dry run in progress.
 #[derive(Default)]

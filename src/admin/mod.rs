@@ -44,8 +44,8 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::daemon::Handle;
 use crate::poll::PollReport;
+use crate::running::{Handle, PollNowError};
 use crate::store::{blocking, StoreError};
 use ops::{DeliveryQuery, ForgetResponse, OpError, ReplayRequest};
 pub use server::{serve, serve_with, Limits};
@@ -107,6 +107,19 @@ impl From<OpError> for ApiError {
             OpError::BadRequest(_) => StatusCode::BAD_REQUEST,
             OpError::NotFound(_) => StatusCode::NOT_FOUND,
             OpError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+impl From<PollNowError> for ApiError {
+    fn from(e: PollNowError) -> ApiError {
+        let status = match e {
+            PollNowError::Stopping(_)
+            | PollNowError::Busy(_)
+            | PollNowError::StoppedBeforePolling(_) => StatusCode::SERVICE_UNAVAILABLE,
+            PollNowError::Failed(_) => StatusCode::BAD_GATEWAY,
+            PollNowError::NoAnswer { .. } => StatusCode::GATEWAY_TIMEOUT,
         };
         ApiError(status, e.to_string())
     }
@@ -231,7 +244,7 @@ async fn metrics(State(a): AdminState) -> Result<Response, ApiError> {
 /// `GET /v1/sources`.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct SourcesResponse {
-    pub sources: Vec<crate::daemon::SourceStatus>,
+    pub sources: Vec<crate::running::SourceStatus>,
 }
 
 async fn sources(State(a): AdminState) -> ApiResult<SourcesResponse> {
@@ -350,9 +363,6 @@ async fn poll(
             format!("no source {name:?} in the running config"),
         ));
     };
-    // A poll may take its whole timeout, and a real one may wait for the poll in progress.
-    let wait = running.source.timeout * 2 + Duration::from_secs(30);
-    let failed = |e: String| ApiError(StatusCode::BAD_GATEWAY, e);
     if req.dry_run {
         let Some(slot) = a.dry_runs.start(&name) else {
             return Err(ApiError(
@@ -362,38 +372,7 @@ async fn poll(
         };
         return dry_run::respond(&running, slot).await;
     }
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    match tokio::time::timeout(wait, running.poll_now.send(tx)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(_)) => {
-            return Err(ApiError(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("source {name} is stopping (reload or shutdown); try again"),
-            ))
-        }
-        Err(_) => {
-            return Err(ApiError(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("source {name} has too many poll requests waiting; try again later"),
-            ))
-        }
-    }
-    let report = match tokio::time::timeout(wait, rx).await {
-        Ok(Ok(Ok(report))) => report,
-        Ok(Ok(Err(e))) => return Err(failed(e)),
-        Ok(Err(_)) => {
-            return Err(ApiError(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("source {name} stopped before polling (reload or shutdown)"),
-            ))
-        }
-        Err(_) => {
-            return Err(ApiError(
-                StatusCode::GATEWAY_TIMEOUT,
-                format!("no answer from source {name}'s poll within {wait:?}"),
-            ))
-        }
-    };
+    let report = running.poll_now().await?;
     Ok(Json(PollResponse {
         source: name,
         dry_run: false,

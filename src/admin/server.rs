@@ -30,7 +30,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::guard::LocalAddr;
-use crate::daemon::Handle;
+use crate::running::Handle;
 
 /// The largest request head (request line and headers) read.
 pub const MAX_HEAD: usize = 64 * 1024;

@@ -18,8 +18,8 @@ use crate::admin::{
     DeliveriesResponse, PollRequest, PollResponse, SourcesResponse, TargetsResponse,
 };
 use crate::config::{Config, Source};
-use crate::daemon::SourceStatus;
 use crate::poll::Poller;
+use crate::running::SourceStatus;
 use crate::source::Fetcher;
 use crate::store::{blocking, SharedStore, SledStore, StoreError};
 

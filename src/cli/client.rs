@@ -57,7 +57,7 @@ impl AdminClient {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(600))
-            .user_agent(crate::deliver::user_agent())
+            .user_agent(crate::http::user_agent())
             .build()?;
         let probe = http
             .get(format!("{base}/healthz"))

@@ -6,6 +6,7 @@
 //! a config at 3 a.m. should not have to run `pollhook check` once per typo.
 
 mod ca;
+mod describe;
 mod locate;
 mod raw;
 mod request;
@@ -27,6 +28,7 @@ use crate::schedule::Schedule;
 use crate::sign::Signer;
 
 pub use ca::CaBundle;
+pub use describe::describe;
 pub use locate::{KeyPath, Locator};
 use raw::RawConfig;
 pub use request::{
@@ -58,6 +60,8 @@ pub const DEFAULT_MAX_ITEMS: u64 = 250_000;
 const DEFAULT_SOURCE_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_TARGET_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_MAX_IN_FLIGHT: usize = 16;
+/// Requests in flight to one host at once unless `max_per_host` says otherwise.
+pub const DEFAULT_MAX_PER_HOST: usize = 4;
 const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 
 /// A validated configuration.

@@ -490,7 +490,7 @@ fn cron_time_zones() {
     assert_eq!(weekly.schedule_text(), "cron \"0 9 * * 1\" (Europe/Berlin)");
     // `check` shows the zone's wall clock and UTC: Monday 09:00 in Berlin is 08:00Z in
     // winter, 07:00Z in summer (which one depends on today's date).
-    let shown = crate::cli::describe(&c);
+    let shown = describe(&c);
     assert!(
         shown.contains("T09:00:00+01:00 (") && shown.contains("T08:00:00Z)")
             || shown.contains("T09:00:00+02:00 (") && shown.contains("T07:00:00Z)"),
@@ -752,7 +752,7 @@ interval = "1m"
         ),
         "<redacted> <redacted> <redacted>"
     );
-    let described = crate::cli::describe(&c);
+    let described = describe(&c);
     assert!(
         described.contains("bot${API_TOKEN}/getUpdates"),
         "{described}"

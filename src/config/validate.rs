@@ -14,8 +14,8 @@ use super::raw::{self, RawConfig, RawSource, RawTarget};
 use super::{
     ca, expand_env, parse_duration, parse_size, redact_url, CaBundle, Config, DeletionGuard,
     KeyPath, Locator, LogFormat, Problem, Source, Target, DEFAULT_ADMIN_LISTEN, DEFAULT_GRACE,
-    DEFAULT_MAX_BODY, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_ITEMS, DEFAULT_RETRY,
-    DEFAULT_SOURCE_TIMEOUT, DEFAULT_TARGET_TIMEOUT,
+    DEFAULT_MAX_BODY, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_ITEMS, DEFAULT_MAX_PER_HOST,
+    DEFAULT_RETRY, DEFAULT_SOURCE_TIMEOUT, DEFAULT_TARGET_TIMEOUT,
 };
 use crate::diff::ChangeKind;
 use crate::schedule::Schedule;
@@ -81,11 +81,11 @@ impl Validator<'_> {
         let admin_listen = self.admin_listen(raw.admin.as_ref());
         let admin_allowed_hosts = self.admin_allowed_hosts(raw.admin.as_ref());
         let max_per_host = match raw.max_per_host {
-            None => crate::source::DEFAULT_MAX_PER_HOST,
+            None => DEFAULT_MAX_PER_HOST,
             Some(n) if (1..=1024).contains(&n) => n as usize,
             Some(_) => {
                 self.problem(&root.key("max_per_host"), "must be between 1 and 1024");
-                crate::source::DEFAULT_MAX_PER_HOST
+                DEFAULT_MAX_PER_HOST
             }
         };
         if raw.targets.is_empty() {

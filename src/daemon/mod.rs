@@ -23,7 +23,6 @@
 //! the outbox throughout. A removed source's stored state is kept until
 //! `pollhook forget`.
 
-mod handle;
 mod source_loop;
 mod watch;
 
@@ -31,7 +30,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -41,12 +40,11 @@ use crate::deliver::TargetWorker;
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::poll::Poller;
+use crate::running::{Failure, Handle, Health, RunningSource};
 use crate::source::Fetcher;
 use crate::store::{blocking, SharedStore, SledStore, StoreError};
-pub use handle::{Handle, PollNow, RunningSource, SourceStatus};
 use source_loop::SourceLoop;
-pub use watch::Failure;
-use watch::{Health, Watched};
+use watch::Watched;
 
 /// How long after the grace period the target workers may take to write their last
 /// acknowledgements (a healthy store takes milliseconds) before shutdown stops waiting.
@@ -356,11 +354,19 @@ impl Running {
 
     /// Makes the running tasks match `config`: starts what is new, restarts what
     /// changed, stops what is gone, leaves the rest alone.
+    /// The first error is a target's if one failed to start, else the sources'.
     async fn apply(&mut self, config: &Arc<Config>) -> Result<(), DaemonError> {
-        let handle = &self.handle;
-        handle.set_config(config.clone());
-        let mut first_error = None;
+        self.handle.set_config(config.clone());
+        let targets = self.apply_targets(config);
+        let sources = self.apply_sources(config).await;
+        targets.and(sources)
+    }
 
+    /// The target workers' part of [`Running::apply`]; a target whose worker cannot
+    /// start is skipped (the first such error is returned), the others go on.
+    fn apply_targets(&mut self, config: &Config) -> Result<(), DaemonError> {
+        let handle = &self.handle;
+        let mut first_error = None;
         for name in gone(&self.targets, &config.targets) {
             if let Some(old) = self.targets.remove(&name) {
                 tracing::info!(target_name = %name, "target removed: its worker stops after in-flight deliveries; pending ones wait until it is configured again");
@@ -415,7 +421,12 @@ impl Running {
                 },
             );
         }
+        first_error.map_or(Ok(()), Err)
+    }
 
+    /// The source loops' part of [`Running::apply`].
+    async fn apply_sources(&mut self, config: &Config) -> Result<(), DaemonError> {
+        let handle = &self.handle;
         for name in gone(&self.sources, &config.sources) {
             if let Some(old) = self.sources.remove(&name) {
                 tracing::info!(source = %name, "source removed: it is no longer polled; its stored state is kept until `pollhook forget {name}`");
@@ -432,7 +443,7 @@ impl Running {
             .cloned()
             .collect();
         if changed.is_empty() {
-            return first_error.map_or(Ok(()), Err);
+            return Ok(());
         }
         // One fetcher (and so one connection pool) for the sources started together;
         // OAuth2 tokens carry over from the sources running before.
@@ -440,7 +451,7 @@ impl Running {
             Ok(f) => f
                 .with_max_per_host(config.max_per_host)
                 .with_shared(handle.fetch_shared.clone()),
-            Err(e) => return Err(first_error.unwrap_or(DaemonError::Http(e))),
+            Err(e) => return Err(DaemonError::Http(e)),
         };
         let poller = Poller::new(handle.store.clone(), fetcher, handle.wakes.clone());
         // Items held, for status and metrics: one read for all sources, not one each
@@ -467,29 +478,22 @@ impl Running {
             }
             let items = stored.get(&name).map_or(0, |s| s.items);
             handle.metrics.set_items(&name, items);
-            let (tx, rx) = mpsc::channel(8);
-            handle.set_source(
-                RunningSource {
-                    source: source.clone(),
-                    poller: poller.clone(),
-                    poll_now: tx,
-                },
-                items,
-            );
+            let (running, requests) = RunningSource::new(source.clone(), poller.clone());
+            handle.set_source(running, items);
             let stop = self.shutdown.child_token();
             self.tracker.spawn(
                 SourceLoop {
                     source,
                     poller: poller.clone(),
                     handle: handle.clone(),
-                    requests: rx,
+                    requests,
                     stop: stop.clone(),
                 }
                 .run(),
             );
             self.sources.insert(name, RunningLoop { stop });
         }
-        first_error.map_or(Ok(()), Err)
+        Ok(())
     }
 }
 

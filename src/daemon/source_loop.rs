@@ -14,20 +14,20 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::Utc;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::handle::{Handle, PollNow};
 use crate::config::Source;
+use crate::jitter::random_unit;
 use crate::metrics::PollOutcome;
 use crate::poll::{Conditions, PollError, PollReport, Poller};
-use crate::schedule::{random_unit, Schedule};
+use crate::running::{Handle, PollNow, PollRequests};
+use crate::schedule::Schedule;
 
 pub(super) struct SourceLoop {
     pub source: Arc<Source>,
     pub poller: Poller,
     pub handle: Arc<Handle>,
-    pub requests: mpsc::Receiver<PollNow>,
+    pub requests: PollRequests,
     pub stop: CancellationToken,
 }
 

@@ -8,53 +8,12 @@
 //! the code that owns the calls (poller, admin) does not need to know about shutdown.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::OnceLock;
-
-use tokio_util::sync::CancellationToken;
 
 use crate::diff::Seen;
+use crate::running::Health;
 use crate::store::{
     Delivery, DeliveryStatus, PollCommit, SharedStore, SourceState, Store, StoreError, TargetStats,
 };
-
-/// The first fatal store error: what was being done, and sled's error.
-#[derive(Debug, Clone)]
-pub struct Failure {
-    pub operation: String,
-    pub error: String,
-}
-
-/// Whether the store has failed for good; cancels `stop` when it does.
-pub(super) struct Health {
-    failure: OnceLock<Failure>,
-    stop: CancellationToken,
-}
-
-impl Health {
-    pub(super) fn new(stop: CancellationToken) -> Health {
-        Health {
-            failure: OnceLock::new(),
-            stop,
-        }
-    }
-
-    /// The first fatal error, if one happened.
-    pub(super) fn failure(&self) -> Option<&Failure> {
-        self.failure.get()
-    }
-
-    fn report(&self, operation: impl FnOnce() -> String, error: &sled::Error) {
-        let failure = Failure {
-            operation: operation(),
-            // sled's own words; "the state database failed" is said by the caller.
-            error: error.to_string(),
-        };
-        if self.failure.set(failure).is_ok() {
-            tracing::error!(error = %error, "the state database failed; pollhook stops so that the service manager restarts it");
-            self.stop.cancel();
-        }
-    }
-}
 
 /// A store whose fatal errors stop the daemon.
 pub(super) struct Watched {

@@ -12,22 +12,22 @@ mod acks;
 mod queue;
 pub mod retry;
 
-use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::Utc;
-use reqwest::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
+use reqwest::header::{HeaderValue, CONTENT_TYPE, USER_AGENT};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Target;
+use crate::http::{describe_send_error, retry_after_value, user_agent, Peer};
+use crate::jitter::random_unit;
 use crate::metrics::Metrics;
-use crate::schedule::random_unit;
 use crate::sign::Scheme;
 use crate::store::{blocking, SharedStore};
 use acks::AckWriter;
@@ -38,11 +38,6 @@ pub use retry::{Decision, Outcome, RetryPolicy};
 /// deliveries waiting for a retry are dropped from memory and read again when due, so
 /// this bounds memory while letting thousands of failing items retry side by side.
 const WINDOW: usize = 16_384;
-
-/// The `User-Agent` of every request pollhook makes.
-pub fn user_agent() -> &'static str {
-    concat!("pollhook/", env!("CARGO_PKG_VERSION"))
-}
 
 /// Sends one target's webhooks until shutdown.
 pub struct TargetWorker {
@@ -398,15 +393,11 @@ impl Attempt {
             req = req.header("webhook-id", event_id);
         }
         match req.body(body).send().await {
-            Ok(resp) => {
-                let status = resp.status().as_u16();
-                let retry_after = resp
-                    .headers()
-                    .get(RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string);
-                Outcome::from_status(status, retry_after.as_deref(), Utc::now())
-            }
+            Ok(resp) => Outcome::from_status(
+                resp.status().as_u16(),
+                retry_after_value(resp.headers()),
+                Utc::now(),
+            ),
             Err(e) => Outcome::Failed {
                 error: describe_send_error(
                     &e,
@@ -479,92 +470,4 @@ impl Attempt {
             }
         }
     }
-}
-
-/// Which end of pollhook a request went to, for the advice in its error message.
-#[derive(Debug, Clone, Copy)]
-pub enum Peer<'a> {
-    Source {
-        ca_file: Option<&'a Path>,
-    },
-    /// A target, with its secrets to take out of the message.
-    Target {
-        ca_file: Option<&'a Path>,
-        secrets: &'a crate::redact::Redactor,
-    },
-}
-
-/// How rustls words a server certificate it rejected: `invalid peer certificate: <why>`.
-///
-/// This is matched as text because the typed way is closed to us: rustls is not a direct
-/// dependency (reqwest does not re-export it), and a downcast to `rustls::Error` would
-/// need one pinned to exactly the rustls reqwest uses. The wording has been the same since
-/// rustls 0.20; tests/it/tls.rs fails if a reqwest or rustls upgrade changes it.
-const REJECTED_CERTIFICATE: &str = "invalid peer certificate: ";
-
-/// A transport error in words, without the URL (it may carry a token) and, for a
-/// target, without its secrets (a source's errors are redacted whole where they are
-/// made). A server certificate that is not trusted says so first and names the fix.
-pub fn describe_send_error(e: &reqwest::Error, timeout: Duration, peer: Peer<'_>) -> String {
-    let text = describe_unredacted(e, timeout, peer);
-    match peer {
-        Peer::Target { secrets, .. } => secrets.redact(&text),
-        Peer::Source { .. } => text,
-    }
-}
-
-fn describe_unredacted(e: &reqwest::Error, timeout: Duration, peer: Peer<'_>) -> String {
-    if e.is_timeout() {
-        return format!(
-            "no response within {} (timeout)",
-            humantime::format_duration(timeout)
-        );
-    }
-    let kind = if e.is_connect() {
-        "connection failed"
-    } else if e.is_body() || e.is_decode() {
-        "response body failed"
-    } else {
-        "request failed"
-    };
-    let mut chain = Vec::new();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        chain.push(s.to_string());
-        source = s.source();
-    }
-    if let Some(why) = chain
-        .iter()
-        .find_map(|s| s.strip_prefix(REJECTED_CERTIFICATE))
-    {
-        return format!("{kind}: {}", certificate_advice(why, peer));
-    }
-    let mut msg = kind.to_string();
-    for s in chain {
-        msg.push_str(": ");
-        msg.push_str(&s);
-    }
-    msg
-}
-
-/// What a rejected server certificate means and what to do, for an operator who has
-/// just been paged. `why` is rustls's reason.
-fn certificate_advice(why: &str, peer: Peer<'_>) -> String {
-    let (what, ca_file) = match peer {
-        Peer::Source { ca_file } => ("source", ca_file),
-        Peer::Target { ca_file, .. } => ("target", ca_file),
-    };
-    // UnknownIssuer: no chain to a trusted root. Other reasons (expired, wrong name,
-    // revoked) are not fixed by trusting another CA, so they get no ca_file advice.
-    if !why.starts_with("UnknownIssuer") {
-        return format!("TLS certificate rejected: {why}");
-    }
-    let fix = match ca_file {
-        None => format!("set ca_file for this {what} to the PEM file of the CA that signed the server's certificate"),
-        Some(path) => format!(
-            "ca_file {} is set but does not hold the CA that signed the server's certificate",
-            path.display()
-        ),
-    };
-    format!("TLS certificate not trusted (self-signed or unknown CA): {fix} ({REJECTED_CERTIFICATE}{why})")
 }

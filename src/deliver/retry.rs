@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use crate::http::retry_after;
+
 /// The longest wait a `Retry-After` can impose, unless the schedule has longer delays.
 pub const RETRY_AFTER_CAP: Duration = Duration::from_secs(3600);
 
@@ -30,8 +32,8 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// Classifies an HTTP response. `retry_after` is the raw header, if any.
-    pub fn from_status(status: u16, retry_after: Option<&str>, now: DateTime<Utc>) -> Outcome {
+    /// Classifies an HTTP response. `value` is its raw `Retry-After` header, if any.
+    pub fn from_status(status: u16, value: Option<&str>, now: DateTime<Utc>) -> Outcome {
         match status {
             200..=299 => Outcome::Delivered,
             410 => Outcome::Gone {
@@ -42,10 +44,7 @@ impl Outcome {
                     300..=399 => format!("HTTP {status}: redirects are not followed; point the target url at the final address"),
                     _ => format!("HTTP {status}"),
                 },
-                retry_after: match status {
-                    429 | 503 => retry_after.and_then(|v| parse_retry_after(v, now)),
-                    _ => None,
-                },
+                retry_after: retry_after(status, value, now),
             },
         }
     }
@@ -54,16 +53,6 @@ impl Outcome {
     pub fn is_retryable(&self) -> bool {
         matches!(self, Outcome::Failed { .. })
     }
-}
-
-/// `Retry-After: 120` or `Retry-After: Wed, 21 Oct 2026 07:28:00 GMT`.
-pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
-    let v = value.trim();
-    if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = DateTime::parse_from_rfc2822(v).ok()?.with_timezone(&Utc);
-    (at - now).to_std().ok()
 }
 
 /// What the worker does next with a delivery.
@@ -158,24 +147,6 @@ mod tests {
                 retry_after: None
             }
         );
-    }
-
-    #[test]
-    fn parses_retry_after_forms() {
-        assert_eq!(
-            parse_retry_after("120", now()),
-            Some(Duration::from_secs(120))
-        );
-        assert_eq!(
-            parse_retry_after("Thu, 26 Nov 2026 18:01:00 GMT", now()),
-            Some(Duration::from_secs(60))
-        );
-        // A date in the past or garbage means "no advice".
-        assert_eq!(
-            parse_retry_after("Thu, 26 Nov 2026 17:00:00 GMT", now()),
-            None
-        );
-        assert_eq!(parse_retry_after("soon", now()), None);
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! expressions with crontab(5) semantics, read as wall-clock times in UTC or in
 //! a named IANA time zone.
 //!
-//! Pure: no clock reads and no randomness except [`random_unit`]; callers pass
-//! `now` and a random number in [0, 1).
+//! Pure: no clock reads and no randomness; callers pass `now` and a random number in
+//! [0, 1) ([`crate::jitter::random_unit`]).
 //!
 //! Cron expressions are crontab(5) — `minute hour day-of-month month
 //! day-of-week`, optionally preceded by a seconds field — or one of the macros
@@ -225,22 +225,12 @@ impl Schedule {
     }
 }
 
-/// a number in [0,1) from std's RandomState hasher (no rand crate); good enough for jitter.
-pub fn random_unit() -> f64 {
-    use std::hash::{BuildHasher, Hasher};
-    // Every RandomState gets fresh keys (random per thread, bumped per call),
-    // so even an empty hash differs from call to call.
-    let bits = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
-    (bits >> 11) as f64 / (1u64 << 53) as f64
-}
-
 #[cfg(test)]
 mod tests {
     //! `at`, `check_in` and `MIN` are shared with the tests in `crontab` and `zone`.
 
     use super::*;
+    use crate::jitter::random_unit;
     use chrono::Timelike;
 
     pub(super) fn at(s: &str) -> DateTime<Utc> {

@@ -13,9 +13,9 @@ use base64::Engine;
 use reqwest::header::{HeaderValue, ACCEPT, CONTENT_TYPE, USER_AGENT};
 use reqwest::Url;
 
-use super::FetchError;
+use super::{send_error, FetchError};
 use crate::config::{redact_url, Auth, HttpRequest, OAuth2, Source};
-use crate::deliver::{describe_send_error, user_agent, Peer};
+use crate::http::user_agent;
 
 /// A token is refreshed this long before the end its endpoint gave it (or a tenth of
 /// its life, if shorter), so a request never leaves with one about to expire.
@@ -144,26 +144,12 @@ async fn request_token(
         .body(form_encode(&form))
         .send()
         .await
-        .map_err(|e| {
-            fail(describe_send_error(
-                &e,
-                source.timeout,
-                Peer::Source {
-                    ca_file: source.ca_file.as_deref(),
-                },
-            ))
-        })?;
+        .map_err(|e| fail(send_error(&e, source)))?;
     let status = resp.status();
     let mut body = Vec::new();
     let read_failed = |e: reqwest::Error| {
         // Not e.to_string(): reqwest's Display includes the URL, query and all.
-        fail(describe_send_error(
-            &e,
-            source.timeout,
-            Peer::Source {
-                ca_file: source.ca_file.as_deref(),
-            },
-        ))
+        fail(send_error(&e, source))
     };
     while let Some(chunk) = resp.chunk().await.map_err(read_failed)? {
         body.extend_from_slice(&chunk);

@@ -31,22 +31,18 @@ use std::time::Duration;
 use chrono::Utc;
 use reqwest::header::{
     HeaderMap, HeaderValue, CONTENT_TYPE, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED,
-    LINK, RETRY_AFTER, USER_AGENT,
+    LINK, USER_AGENT,
 };
 use reqwest::{StatusCode, Url};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::config::{redact_url, Format, HttpRequest, Source};
-use crate::deliver::retry::parse_retry_after;
-use crate::deliver::{describe_send_error, user_agent, Peer};
+use crate::config::{redact_url, Format, HttpRequest, Source, DEFAULT_MAX_PER_HOST};
+use crate::http::{describe_send_error, retry_after, retry_after_value, user_agent, Peer};
 use crate::redact::Redactor;
 use auth::Tokens;
 
 /// Redirects followed in one request at most.
 const MAX_REDIRECTS: usize = 5;
-
-/// Requests in flight to one host at once unless `max_per_host` says otherwise.
-pub const DEFAULT_MAX_PER_HOST: usize = 4;
 
 /// Why a fetch failed. URLs in messages have credentials and query removed.
 #[derive(Debug, thiserror::Error)]
@@ -285,16 +281,11 @@ impl Fetcher {
             return Ok(Page::NotModified);
         }
         if !status.is_success() {
-            let retry_after = matches!(status.as_u16(), 429 | 503)
-                .then(|| {
-                    resp.headers()
-                        .get(RETRY_AFTER)?
-                        .to_str()
-                        .ok()
-                        .map(String::from)
-                })
-                .flatten()
-                .and_then(|v| parse_retry_after(&v, Utc::now()));
+            let retry_after = retry_after(
+                status.as_u16(),
+                retry_after_value(resp.headers()),
+                Utc::now(),
+            );
             return Err(FetchError::Status {
                 method,
                 url: shown,
@@ -358,15 +349,21 @@ impl Fetcher {
         builder.send().await.map_err(|e| FetchError::Request {
             method: req.method.to_string(),
             url: shown_url(req, url),
-            detail: describe_send_error(
-                &e,
-                source.timeout,
-                Peer::Source {
-                    ca_file: source.ca_file.as_deref(),
-                },
-            ),
+            detail: send_error(&e, source),
         })
     }
+}
+
+/// A transport error of a request of `source` in words ([`describe_send_error`]), with
+/// the advice for a source.
+fn send_error(e: &reqwest::Error, source: &Source) -> String {
+    describe_send_error(
+        e,
+        source.timeout,
+        Peer::Source {
+            ca_file: source.ca_file.as_deref(),
+        },
+    )
 }
 
 /// How `url` is shown: the config's template for the request's own URL, else (a
@@ -444,13 +441,7 @@ async fn read_capped(
         let chunk = resp.chunk().await.map_err(|e| FetchError::Request {
             method: method.to_string(),
             url: url.to_string(),
-            detail: describe_send_error(
-                &e,
-                source.timeout,
-                Peer::Source {
-                    ca_file: source.ca_file.as_deref(),
-                },
-            ),
+            detail: send_error(&e, source),
         })?;
         let Some(chunk) = chunk else {
             return Ok(body);

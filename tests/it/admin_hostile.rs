@@ -342,7 +342,7 @@ async fn admin_with(
 ) -> (String, tokio_util::sync::CancellationToken) {
     let config = Arc::new(h.config("", ""));
     let store: pollhook::store::SharedStore = Arc::new(h.store());
-    let handle = Arc::new(pollhook::daemon::Handle::new(
+    let handle = Arc::new(pollhook::running::Handle::new(
         store,
         Arc::new(pollhook::metrics::Metrics::new()),
         config,

@@ -1,8 +1,15 @@
-//! What the rest of the process (the admin API) sees of the running daemon: the store,
-//! the metrics, each source's latest status, and a way to ask a source loop to poll now.
+//! The running daemon as the rest of the process sees it: the daemon starts it and keeps
+//! it up to date, the admin API reads it, and neither imports the other. A [`Handle`]
+//! holds the store, the metrics, the config running now, each source's latest
+//! [`SourceStatus`] (which the CLI builds too when no daemon runs), and each source as it
+//! runs: a [`RunningSource`] (`source.rs`), whose `poll_now` asks its loop to poll.
+//! `health.rs` keeps the first fatal store error, which makes the daemon not ready.
 //!
 //! Locks here are std mutexes held only to copy or update a few fields, never across an
 //! `.await`.
+
+mod health;
+mod source;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,15 +18,14 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{Config, Source};
 use crate::metrics::{Metrics, PollOutcome};
-use crate::poll::{PollReport, Poller, Wakes};
+use crate::poll::Wakes;
 use crate::store::SharedStore;
-
-/// A request to poll a source now, answered with the poll's report or its error.
-pub type PollNow = oneshot::Sender<Result<PollReport, String>>;
+pub use health::Failure;
+pub(crate) use health::Health;
+pub use source::{PollNow, PollNowError, PollRequests, RunningSource};
 
 /// What `/v1/sources` shows of one source.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -91,15 +97,6 @@ impl SourceStatus {
     }
 }
 
-/// A source as the daemon runs it now: its settings, the poller built for them, and the
-/// way to reach its loop.
-#[derive(Clone)]
-pub struct RunningSource {
-    pub source: Arc<Source>,
-    pub poller: Poller,
-    pub poll_now: mpsc::Sender<PollNow>,
-}
-
 /// The running daemon, shared with the admin API.
 pub struct Handle {
     pub store: SharedStore,
@@ -109,7 +106,7 @@ pub struct Handle {
     pub fetch_shared: crate::source::Shared,
     ready: AtomicBool,
     /// Set by the daemon: a failed store makes the daemon not ready.
-    health: Option<Arc<super::watch::Health>>,
+    health: Option<Arc<Health>>,
     config: Mutex<Arc<Config>>,
     sources: Mutex<BTreeMap<String, RunningSource>>,
     status: Mutex<BTreeMap<String, SourceStatus>>,
@@ -137,7 +134,7 @@ impl Handle {
     }
 
     /// Whose failures make this handle not ready.
-    pub(super) fn with_health(mut self, health: Arc<super::watch::Health>) -> Handle {
+    pub(crate) fn with_health(mut self, health: Arc<Health>) -> Handle {
         self.health = Some(health);
         self
     }
@@ -148,7 +145,7 @@ impl Handle {
             && self.health.as_ref().is_none_or(|h| h.failure().is_none())
     }
 
-    pub(super) fn set_ready(&self, ready: bool) {
+    pub(crate) fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
     }
 
@@ -157,7 +154,7 @@ impl Handle {
         lock(&self.config).clone()
     }
 
-    pub(super) fn set_config(&self, config: Arc<Config>) {
+    pub(crate) fn set_config(&self, config: Arc<Config>) {
         *lock(&self.config) = config;
     }
 
@@ -166,7 +163,7 @@ impl Handle {
         lock(&self.sources).get(name).cloned()
     }
 
-    pub(super) fn set_source(&self, running: RunningSource, items: u64) {
+    pub(crate) fn set_source(&self, running: RunningSource, items: u64) {
         let s = &running.source;
         let mut status = lock(&self.status);
         // A restarted source (its settings changed) keeps the polls of this run.
@@ -175,7 +172,7 @@ impl Handle {
         lock(&self.sources).insert(s.name.clone(), running);
     }
 
-    pub(super) fn remove_source(&self, name: &str) {
+    pub(crate) fn remove_source(&self, name: &str) {
         lock(&self.sources).remove(name);
         lock(&self.status).remove(name);
     }
@@ -186,7 +183,7 @@ impl Handle {
     }
 
     /// A poll of source `name` ended: counted in the metrics and shown in its status.
-    pub(super) fn record_poll(
+    pub(crate) fn record_poll(
         &self,
         name: &str,
         outcome: PollOutcome,
@@ -201,7 +198,7 @@ impl Handle {
     }
 
     /// Updates one source's status, if it is still configured.
-    pub(super) fn update_status(&self, name: &str, f: impl FnOnce(&mut SourceStatus)) {
+    pub(crate) fn update_status(&self, name: &str, f: impl FnOnce(&mut SourceStatus)) {
         if let Some(s) = lock(&self.status).get_mut(name) {
             f(s);
         }

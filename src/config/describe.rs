@@ -1,0 +1,56 @@
+//! What `pollhook check` shows of a loaded config.
+
+use chrono::Utc;
+
+use super::Config;
+
+/// What `pollhook check` prints for a valid config. Never includes secrets: URLs are
+/// redacted, secrets and header values are not shown.
+pub fn describe(config: &Config) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(out, "{}: ok", config.file.display());
+    let _ = writeln!(out, "state_dir: {}", config.state_dir.display());
+    let _ = writeln!(out, "\nsources ({}):", config.sources.len());
+    let now = Utc::now();
+    for s in config.sources.values() {
+        let _ = writeln!(
+            out,
+            "  {}: {}, {}, items at {:?}, id at {:?} -> {}",
+            s.name,
+            match s.http() {
+                Some(r) => format!("{} {}", r.method, r.display_url),
+                None => s.location(),
+            },
+            s.schedule_text(),
+            s.items,
+            s.id,
+            s.targets.join(", ")
+        );
+        let next: Vec<String> = s
+            .schedule
+            .upcoming(now, 3)
+            .iter()
+            .map(|t| s.schedule.format_time(*t))
+            .collect();
+        let _ = writeln!(out, "    next polls: {}", next.join(", "));
+    }
+    let _ = writeln!(out, "\ntargets ({}):", config.targets.len());
+    for t in config.targets.values() {
+        let retry: Vec<String> = t
+            .retry
+            .iter()
+            .map(|d| humantime::format_duration(*d).to_string())
+            .collect();
+        let _ = writeln!(
+            out,
+            "  {}: POST {}, signature {}, timeout {}, retry [{}]",
+            t.name,
+            t.display_url,
+            t.signer.scheme(),
+            humantime::format_duration(t.timeout),
+            retry.join(", ")
+        );
+    }
+    out
+}
