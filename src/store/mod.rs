@@ -13,6 +13,7 @@
 
 mod records;
 mod sled_forget;
+mod sled_snapshot;
 mod sled_stage;
 mod sled_store;
 mod state_dir;

@@ -8,16 +8,13 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
 use super::records::{
-    bucket_key, bucket_of, buckets_for, decode_bucket, decode_delivery, decode_record,
-    delivery_key, encode_bucket, encode_delivery, encode_new_delivery, encode_staged, prefix,
-    split_delivery_key_ref, stage_key, to_seen, Entry, MAX_PER_BUCKET,
+    decode_delivery, decode_record, delivery_key, encode_delivery, encode_new_delivery,
+    encode_staged, prefix, split_delivery_key_ref, stage_key,
 };
+use super::sled_snapshot::SnapshotWrite;
 use super::state_dir;
 use super::{Delivery, DeliveryStatus, PollCommit, SourceState, Store, StoreError, TargetStats};
 use crate::diff::Seen;
-
-/// What one commit changes in one bucket: items written, ids removed.
-type BucketChange<'a> = (Vec<(&'a str, Entry<'a>)>, Vec<&'a str>);
 
 /// Dead deliveries moved back to the outbox per transaction by `replay_dead`. Each batch
 /// is atomic; sled holds a transaction's writes in memory until it commits, so a replay of
@@ -185,37 +182,45 @@ impl SledStore {
         self.db.size_on_disk().map_err(db_err)
     }
 
-    /// A failed read of `source`'s snapshot records, the scan having read up to `last`.
-    /// sled 0.34 keeps a page larger than a quarter of a log segment (128 KiB) in a
-    /// file of its own under `db/blobs`; if that file is gone, reading the page fails
-    /// with a bare "No such file or directory", which is named here for what it is.
-    pub(super) fn snap_read_err(
-        &self,
-        source: &str,
-        last: Option<&[u8]>,
-        e: sled::Error,
-    ) -> StoreError {
-        let missing =
-            matches!(&e, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::NotFound);
-        if !missing {
-            return db_err(e);
-        }
-        let bucket = match last.and_then(|k| k.get(k.len().checked_sub(4)?..)) {
-            Some(b) => format!("after {}", u32::from_be_bytes([b[0], b[1], b[2], b[3]])),
-            None => "0 or the first one stored".into(),
-        };
-        StoreError::MissingBlob {
-            source_name: source.to_string(),
-            bucket,
-            db: self.path.display().to_string(),
-            error: Box::new(e),
-        }
-    }
-
     /// The snapshot tree, shared.
     pub(super) fn snap(&self) -> std::sync::RwLockReadGuard<'_, sled::Tree> {
         // A poisoned lock guards a tree handle that is never left half-changed.
         self.snap.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What a commit writes to the stage: the removal of chunks a poll that never
+    /// committed left (at a poll's first commit), and this commit's events if it stages.
+    fn stage_batch(&self, c: &PollCommit, staging: bool) -> Result<sled::Batch, StoreError> {
+        let mut stage = sled::Batch::default();
+        if c.chunk == 0 {
+            for key in self.stage.scan_prefix(prefix(&c.source)).keys() {
+                stage.remove(key.map_err(db_err)?);
+            }
+        }
+        if staging && !c.events.is_empty() {
+            stage.insert(
+                stage_key(&c.source, c.chunk),
+                encode_staged(&c.events, c.now_ms),
+            );
+        }
+        Ok(stage)
+    }
+
+    /// The deliveries a commit that does not stage queues: one per event and target,
+    /// under sequence numbers drawn now. The caller holds `enqueue` until they commit.
+    fn outbox_batch(&self, c: &PollCommit, staging: bool) -> Result<sled::Batch, StoreError> {
+        let mut outbox = sled::Batch::default();
+        for (event, targets) in c.events.iter().filter(|_| !staging) {
+            // Ids from generate_id increase across restarts, so outbox keys keep detection
+            // order; gaps after a crash are harmless.
+            let seq = self.db.generate_id().map_err(db_err)?;
+            // Encoded once; every target's key shares the bytes.
+            let record = sled::IVec::from(encode_new_delivery(event, c.now_ms));
+            for target in targets.iter() {
+                outbox.insert(delivery_key(target, seq), record.clone());
+            }
+        }
+        Ok(outbox)
     }
 
     fn rewrite(&self, target: &str, seq: u64, f: impl Fn(&mut Delivery)) -> Result<(), StoreError> {
@@ -260,21 +265,7 @@ impl Store for SledStore {
     }
 
     fn snapshot(&self, source: &str) -> Result<HashMap<String, Seen>, StoreError> {
-        let snap = self.snap();
-        let mut out = HashMap::new();
-        let mut last = None;
-        for kv in snap.scan_prefix(prefix(source)) {
-            let (k, v) = kv.map_err(|e| self.snap_read_err(source, last.as_deref(), e))?;
-            last = Some(k.clone());
-            let mut entries: Vec<(&str, Entry<'_>)> = Vec::new();
-            decode_bucket(&k, &v, &mut entries)?;
-            out.extend(
-                entries
-                    .into_iter()
-                    .map(|(id, e)| (id.to_string(), to_seen(e))),
-            );
-        }
-        Ok(out)
+        self.read_snapshot(source)
     }
 
     fn commit_poll(&self, c: PollCommit) -> Result<u64, StoreError> {
@@ -294,64 +285,13 @@ impl Store for SledStore {
             // An unchanged poll writes nothing.
             return Ok(before.generation);
         }
-        // The bucket count is set by the first commit and raised when a source has grown
-        // to more than MAX_PER_BUCKET items a bucket (all its buckets are then rewritten
-        // once). The generation check below makes sure `before` is still the state this
-        // commit builds on.
-        let old_buckets = before.buckets.max(1);
-        let buckets = if !before.initialized {
-            buckets_for(c.item_count)
-        } else if c.item_count > u64::from(old_buckets) * MAX_PER_BUCKET {
-            buckets_for(c.item_count).max(old_buckets)
-        } else {
-            old_buckets
-        };
-        let rebucket = before.initialized && buckets != old_buckets;
-        // What changes in each touched bucket: upserts (borrowed from the commit) and
-        // removals. The buckets themselves are read inside the transaction.
-        let mut touched: BTreeMap<u32, BucketChange<'_>> = BTreeMap::new();
-        for (id, seen) in &c.upserts {
-            touched
-                .entry(bucket_of(id, buckets))
-                .or_default()
-                .0
-                .push((id, (&seen.hash, &seen.raw)));
-        }
-        for id in &c.removals {
-            touched
-                .entry(bucket_of(id, buckets))
-                .or_default()
-                .1
-                .push(id);
-        }
-        // The first commit of a poll drops chunks a poll that never committed left staged.
-        let mut stage = sled::Batch::default();
-        if c.chunk == 0 {
-            for key in self.stage.scan_prefix(prefix(&c.source)).keys() {
-                stage.remove(key.map_err(db_err)?);
-            }
-        }
-        if staging && !c.events.is_empty() {
-            stage.insert(
-                stage_key(&c.source, c.chunk),
-                encode_staged(&c.events, c.now_ms),
-            );
-        }
+        let write = SnapshotWrite::new(&before, &c);
+        let stage = self.stage_batch(&c, staging)?;
         // Held until the transaction has committed (see `enqueue`), not through the
         // flush, so concurrent commits still share flushes. A poisoned lock guards
         // nothing but ordering, so it is taken over.
         let enqueue = self.enqueue.lock().unwrap_or_else(|e| e.into_inner());
-        let mut outbox = sled::Batch::default();
-        for (event, targets) in c.events.iter().filter(|_| !staging) {
-            // Ids from generate_id increase across restarts, so outbox keys keep detection
-            // order; gaps after a crash are harmless.
-            let seq = self.db.generate_id().map_err(db_err)?;
-            // Encoded once; every target's key shares the bytes.
-            let record = sled::IVec::from(encode_new_delivery(event, c.now_ms));
-            for target in targets.iter() {
-                outbox.insert(delivery_key(target, seq), record.clone());
-            }
-        }
+        let outbox = self.outbox_batch(&c, staging)?;
         let expected = c.expected_generation;
         let source = c.source.as_str();
         let snap = self.snap();
@@ -371,59 +311,13 @@ impl Store for SledStore {
                 // Events staged ahead of the poll's snapshot commit: the state stays.
                 return Ok(expected);
             }
-            if rebucket {
-                let mut olds = Vec::new();
-                for b in 0..old_buckets {
-                    let key = bucket_key(source, b);
-                    if let Some(v) = snap.get(&key)? {
-                        olds.push((key, v));
-                    }
-                }
-                let mut items: BTreeMap<&str, Entry<'_>> = BTreeMap::new();
-                for (key, v) in &olds {
-                    decode_bucket(key, v, &mut items).map_err(abort)?;
-                    snap.remove(key.as_slice())?;
-                }
-                for (upserts, removals) in touched.values() {
-                    items.extend(upserts.iter().copied());
-                    for id in removals {
-                        items.remove(id);
-                    }
-                }
-                let mut regrouped: BTreeMap<u32, Vec<(&str, Entry<'_>)>> = BTreeMap::new();
-                for (id, e) in items {
-                    regrouped
-                        .entry(bucket_of(id, buckets))
-                        .or_default()
-                        .push((id, e));
-                }
-                for (b, entries) in regrouped {
-                    snap.insert(bucket_key(source, b), encode_bucket(entries.into_iter()))?;
-                }
-            }
-            for (bucket, (upserts, removals)) in touched.iter().filter(|_| !rebucket) {
-                let key = bucket_key(source, *bucket);
-                let old = snap.get(&key)?;
-                let mut items: BTreeMap<&str, Entry<'_>> = BTreeMap::new();
-                if let Some(old) = &old {
-                    decode_bucket(&key, old, &mut items).map_err(abort)?;
-                }
-                items.extend(upserts.iter().copied());
-                for id in removals {
-                    items.remove(id);
-                }
-                if items.is_empty() {
-                    snap.remove(key)?;
-                } else {
-                    snap.insert(key, encode_bucket(items.into_iter()))?;
-                }
-            }
+            write.apply(snap)?;
             outbox_tx.apply_batch(&outbox)?;
             let next = SourceState {
                 generation: if changed { expected + 1 } else { expected },
                 initialized: true,
                 items: c.item_count,
-                buckets,
+                buckets: write.buckets,
                 collection: c.collection.or(current.collection),
                 staged: if staging { c.chunk + 1 } else { 0 },
             };
