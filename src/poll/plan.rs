@@ -307,16 +307,7 @@ fn plan_with(
     complete: bool,
     push: impl FnOnce(&mut Differ<'_>) -> Result<Option<Collection>, PollError>,
 ) -> Result<Plan, PollError> {
-    let state = store.source_state(&source.name)?;
-    let previous = store.snapshot(&source.name)?;
-    if (previous.len() as u64) < state.items {
-        return Err(PollError::SnapshotDamaged {
-            source_name: source.name.clone(),
-            found: previous.len(),
-            stored: state.items,
-            state: store.describe(),
-        });
-    }
+    let (state, previous) = stored(store, source)?;
     let baseline = !state.initialized && source.baseline;
     let emit: Vec<ChangeKind> = if baseline {
         Vec::new()
@@ -350,15 +341,7 @@ fn plan_with(
     } else {
         differ.finish_without_deletions()
     };
-    let events = [
-        (ChangeKind::Created, d.created),
-        (ChangeKind::Updated, d.updated),
-        (ChangeKind::Deleted, d.deleted),
-    ]
-    .iter()
-    .filter(|(kind, _)| emit.contains(kind))
-    .map(|(_, n)| n)
-    .sum();
+    let events = emitted(&d, &emit);
     let report = PollReport {
         items: count,
         first: !state.initialized,
@@ -400,6 +383,38 @@ fn plan_with(
         chunks: 0,
         baseline_record: !state.initialized,
     })
+}
+
+/// The source's stored state and snapshot, refused when the snapshot holds fewer items
+/// than the state counts (records lost: each would be reported as created).
+fn stored(
+    store: &dyn crate::store::Store,
+    source: &Source,
+) -> Result<(crate::store::SourceState, HashMap<String, Seen>), PollError> {
+    let state = store.source_state(&source.name)?;
+    let previous = store.snapshot(&source.name)?;
+    if (previous.len() as u64) < state.items {
+        return Err(PollError::SnapshotDamaged {
+            source_name: source.name.clone(),
+            found: previous.len(),
+            stored: state.items,
+            state: store.describe(),
+        });
+    }
+    Ok((state, previous))
+}
+
+/// How many of the diff's changes become events (those of the kinds in `emit`).
+fn emitted(d: &crate::diff::Diff, emit: &[ChangeKind]) -> usize {
+    [
+        (ChangeKind::Created, d.created),
+        (ChangeKind::Updated, d.updated),
+        (ChangeKind::Deleted, d.deleted),
+    ]
+    .iter()
+    .filter(|(kind, _)| emit.contains(kind))
+    .map(|(_, n)| n)
+    .sum()
 }
 
 /// Refuses a poll whose items came in another collection than the one the source
