@@ -35,6 +35,13 @@ pub fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
+/// A source's `timeout`, `max_body` and `max_items`, checked and defaulted.
+struct SourceLimits {
+    timeout: Duration,
+    max_body: u64,
+    max_items: u64,
+}
+
 /// Collects problems while building a [`Config`]; values with problems get placeholders
 /// so validation can go on and find the rest.
 pub(super) struct Validator<'a> {
@@ -471,6 +478,8 @@ impl Validator<'_> {
         })
     }
 
+    /// `[sources.<name>]`: its request and response shape, schedule, limits, extraction
+    /// and where its changes go, checked in that order (the order problems are reported).
     fn source(
         &mut self,
         key: &KeyPath,
@@ -479,11 +488,45 @@ impl Validator<'_> {
         target_names: &[String],
     ) -> Option<Source> {
         let shape = self.shape(key, name, &s);
+        let schedule = self.schedule(key, &s);
+        let limits = self.source_limits(key, &s);
+        let (ca_file, ca) = self.ca_file(&key.key("ca_file"), s.ca_file.as_deref());
+        let deletion_guard = self.deletion_guard(&key.key("deletion_guard"), s.deletion_guard);
+        let (items, id) = self.extraction(key, s.items, s.id, &s.ignore);
+        let events = self.events(&key.key("events"), s.events);
+        let targets = self.source_targets(&key.key("targets"), s.targets, target_names);
+        Some(Source {
+            name: name.to_string(),
+            origin: shape.origin?,
+            pagination: shape.pagination,
+            format: shape.format,
+            transform: shape.transform,
+            mode: shape.mode,
+            event_type: shape.event_type,
+            max_backoff: shape.max_backoff,
+            schedule: schedule?,
+            timeout: limits.timeout,
+            max_body: limits.max_body,
+            max_items: limits.max_items,
+            items,
+            id,
+            ignore: s.ignore,
+            events,
+            targets,
+            baseline: s.baseline.unwrap_or(true),
+            allow_empty: s.allow_empty.unwrap_or(false),
+            deletion_guard,
+            ca_file,
+            ca,
+        })
+    }
+
+    /// `interval` or `cron` (with `timezone`): exactly one must be set. Each is checked
+    /// even when both are set, so one run reports every problem with them.
+    fn schedule(&mut self, key: &KeyPath, s: &RawSource) -> Option<Schedule> {
         if s.interval.is_some() && s.cron.is_some() {
             self.problem(&key.key("cron"), "set either interval or cron, not both");
         }
-        // Each of interval and cron is checked even when both are set, so one run
-        // reports every problem with them.
         let interval = s.interval.as_deref().and_then(|i| match parse_duration(i) {
             Ok(d) if d >= Duration::from_millis(100) => Some(Schedule::Interval(d)),
             Ok(_) => {
@@ -495,25 +538,10 @@ impl Validator<'_> {
                 None
             }
         });
-        let cron = s.cron.as_deref().and_then(|c| {
-            let zone = match s.timezone.as_deref() {
-                None => Some(chrono_tz::Tz::UTC),
-                Some(name) => match crate::schedule::parse_timezone(name) {
-                    Ok(tz) => Some(tz),
-                    Err(e) => {
-                        self.problem(&key.key("timezone"), e.to_string());
-                        None
-                    }
-                },
-            };
-            match Schedule::cron_in(c, zone.unwrap_or(chrono_tz::Tz::UTC)) {
-                Ok(s) => zone.map(|_| s),
-                Err(e) => {
-                    self.problem(&key.key("cron"), e.to_string());
-                    None
-                }
-            }
-        });
+        let cron = s
+            .cron
+            .as_deref()
+            .and_then(|c| self.cron(key, c, s.timezone.as_deref()));
         let schedule = match (&s.interval, &s.cron) {
             (Some(_), Some(_)) => None,
             (None, None) => {
@@ -532,6 +560,33 @@ impl Validator<'_> {
                 "applies to cron schedules only; an interval is the same in every zone",
             );
         }
+        schedule
+    }
+
+    /// `cron` in `timezone` (UTC when absent). A bad zone is reported before the
+    /// expression, which is still checked (in UTC) so both problems show at once.
+    fn cron(&mut self, key: &KeyPath, cron: &str, timezone: Option<&str>) -> Option<Schedule> {
+        let zone = match timezone {
+            None => Some(chrono_tz::Tz::UTC),
+            Some(name) => match crate::schedule::parse_timezone(name) {
+                Ok(tz) => Some(tz),
+                Err(e) => {
+                    self.problem(&key.key("timezone"), e.to_string());
+                    None
+                }
+            },
+        };
+        match Schedule::cron_in(cron, zone.unwrap_or(chrono_tz::Tz::UTC)) {
+            Ok(s) => zone.map(|_| s),
+            Err(e) => {
+                self.problem(&key.key("cron"), e.to_string());
+                None
+            }
+        }
+    }
+
+    /// `timeout`, `max_body` and `max_items`, each its default when absent or wrong.
+    fn source_limits(&mut self, key: &KeyPath, s: &RawSource) -> SourceLimits {
         let timeout = self.duration(
             &key.key("timeout"),
             s.timeout.as_deref(),
@@ -564,91 +619,90 @@ impl Validator<'_> {
                 DEFAULT_MAX_ITEMS
             }
         };
-        let (ca_file, ca) = self.ca_file(&key.key("ca_file"), s.ca_file.as_deref());
-        let deletion_guard = self.deletion_guard(&key.key("deletion_guard"), s.deletion_guard);
-        let items = s.items.unwrap_or_default();
-        let id = s.id.unwrap_or_else(|| "/id".to_string());
-        self.pointer(&key.key("items"), &items);
-        self.pointer(&key.key("id"), &id);
-        for (i, p) in s.ignore.iter().enumerate() {
-            self.pointer(&key.key("ignore").index(i), p);
-        }
-        let events = match s.events {
-            None => vec![
-                ChangeKind::Created,
-                ChangeKind::Updated,
-                ChangeKind::Deleted,
-            ],
-            Some(list) => {
-                if list.is_empty() {
-                    self.problem(&key.key("events"), "lists no events; remove the key for all three, or name some of created, updated, deleted");
-                }
-                let mut kinds = Vec::new();
-                for (i, e) in list.iter().enumerate() {
-                    match e.parse::<ChangeKind>() {
-                        Ok(k) if !kinds.contains(&k) => kinds.push(k),
-                        Ok(_) => {}
-                        Err(_) => self.problem(
-                            &key.key("events").index(i),
-                            format!("{e:?} is not an event kind; use created, updated or deleted"),
-                        ),
-                    }
-                }
-                kinds
-            }
-        };
-        let targets = match s.targets {
-            None => target_names.to_vec(),
-            Some(list) => {
-                if list.is_empty() {
-                    self.problem(&key.key("targets"), "lists no targets, so nothing would be sent; remove the key to send to every target");
-                }
-                for (i, t) in list.iter().enumerate() {
-                    if !target_names.contains(t) {
-                        let known = if target_names.is_empty() {
-                            "none are configured".to_string()
-                        } else {
-                            format!("known targets: {}", target_names.join(", "))
-                        };
-                        self.problem(
-                            &key.key("targets").index(i),
-                            format!("unknown target {t:?} ({known})"),
-                        );
-                    }
-                }
-                let mut uniq: Vec<String> = Vec::new();
-                for t in list {
-                    if !uniq.contains(&t) {
-                        uniq.push(t);
-                    }
-                }
-                uniq
-            }
-        };
-        Some(Source {
-            name: name.to_string(),
-            origin: shape.origin?,
-            pagination: shape.pagination,
-            format: shape.format,
-            transform: shape.transform,
-            mode: shape.mode,
-            event_type: shape.event_type,
-            max_backoff: shape.max_backoff,
-            schedule: schedule?,
+        SourceLimits {
             timeout,
             max_body,
             max_items,
-            items,
-            id,
-            ignore: s.ignore,
-            events,
-            targets,
-            baseline: s.baseline.unwrap_or(true),
-            allow_empty: s.allow_empty.unwrap_or(false),
-            deletion_guard,
-            ca_file,
-            ca,
-        })
+        }
+    }
+
+    /// `items`, `id` and `ignore`: the JSON Pointers that find the items in a response and
+    /// each item's id. Returns `items` and `id` with their defaults (the whole document,
+    /// `/id`) filled in.
+    fn extraction(
+        &mut self,
+        key: &KeyPath,
+        items: Option<String>,
+        id: Option<String>,
+        ignore: &[String],
+    ) -> (String, String) {
+        let items = items.unwrap_or_default();
+        let id = id.unwrap_or_else(|| "/id".to_string());
+        self.pointer(&key.key("items"), &items);
+        self.pointer(&key.key("id"), &id);
+        for (i, p) in ignore.iter().enumerate() {
+            self.pointer(&key.key("ignore").index(i), p);
+        }
+        (items, id)
+    }
+
+    /// `events` at `key`: the kinds of change sent, all three when absent; repeats count once.
+    fn events(&mut self, key: &KeyPath, list: Option<Vec<String>>) -> Vec<ChangeKind> {
+        let Some(list) = list else {
+            return vec![
+                ChangeKind::Created,
+                ChangeKind::Updated,
+                ChangeKind::Deleted,
+            ];
+        };
+        if list.is_empty() {
+            self.problem(key, "lists no events; remove the key for all three, or name some of created, updated, deleted");
+        }
+        let mut kinds = Vec::new();
+        for (i, e) in list.iter().enumerate() {
+            match e.parse::<ChangeKind>() {
+                Ok(k) if !kinds.contains(&k) => kinds.push(k),
+                Ok(_) => {}
+                Err(_) => self.problem(
+                    &key.index(i),
+                    format!("{e:?} is not an event kind; use created, updated or deleted"),
+                ),
+            }
+        }
+        kinds
+    }
+
+    /// A source's `targets` at `key`: names from `target_names`, every target when absent;
+    /// repeats count once.
+    fn source_targets(
+        &mut self,
+        key: &KeyPath,
+        list: Option<Vec<String>>,
+        target_names: &[String],
+    ) -> Vec<String> {
+        let Some(list) = list else {
+            return target_names.to_vec();
+        };
+        if list.is_empty() {
+            self.problem(key, "lists no targets, so nothing would be sent; remove the key to send to every target");
+        }
+        for (i, t) in list.iter().enumerate() {
+            if !target_names.contains(t) {
+                let known = if target_names.is_empty() {
+                    "none are configured".to_string()
+                } else {
+                    format!("known targets: {}", target_names.join(", "))
+                };
+                self.problem(&key.index(i), format!("unknown target {t:?} ({known})"));
+            }
+        }
+        let mut uniq: Vec<String> = Vec::new();
+        for t in list {
+            if !uniq.contains(&t) {
+                uniq.push(t);
+            }
+        }
+        uniq
     }
 
     fn deletion_guard(
