@@ -1,5 +1,7 @@
 //! Turning the config as written into a [`Config`]: every value checked, every problem
 //! collected with its key and line, defaults filled in, secrets and CA files read.
+//! The top level, targets and the checks both share are here; a source's steps are in
+//! [`source`], its request and response shape in `request`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -10,16 +12,15 @@ use std::time::Duration;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::Url;
 
-use super::raw::{self, RawConfig, RawSource, RawTarget};
+use super::raw::{self, RawConfig, RawTarget};
 use super::{
-    ca, expand_env, parse_duration, parse_size, redact_url, CaBundle, Config, DeletionGuard,
-    KeyPath, Locator, LogFormat, Problem, Source, Target, DEFAULT_ADMIN_LISTEN, DEFAULT_GRACE,
-    DEFAULT_MAX_BODY, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_ITEMS, DEFAULT_MAX_PER_HOST,
-    DEFAULT_RETRY, DEFAULT_SOURCE_TIMEOUT, DEFAULT_TARGET_TIMEOUT,
+    ca, expand_env, parse_duration, redact_url, CaBundle, Config, KeyPath, Locator, LogFormat,
+    Problem, Target, DEFAULT_ADMIN_LISTEN, DEFAULT_GRACE, DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_MAX_PER_HOST, DEFAULT_RETRY, DEFAULT_TARGET_TIMEOUT,
 };
-use crate::diff::ChangeKind;
-use crate::schedule::Schedule;
 use crate::sign::{Scheme, Signer};
+
+mod source;
 
 /// The rule source and target names follow, as an operator reads it.
 pub const NAME_RULE: &str = "names must be 1-64 characters of letters, digits, '_', '-' or '.', starting with a letter or digit";
@@ -469,231 +470,6 @@ impl Validator<'_> {
             ca_file,
             ca,
         })
-    }
-
-    fn source(
-        &mut self,
-        key: &KeyPath,
-        name: &str,
-        s: RawSource,
-        target_names: &[String],
-    ) -> Option<Source> {
-        let shape = self.shape(key, name, &s);
-        if s.interval.is_some() && s.cron.is_some() {
-            self.problem(&key.key("cron"), "set either interval or cron, not both");
-        }
-        // Each of interval and cron is checked even when both are set, so one run
-        // reports every problem with them.
-        let interval = s.interval.as_deref().and_then(|i| match parse_duration(i) {
-            Ok(d) if d >= Duration::from_millis(100) => Some(Schedule::Interval(d)),
-            Ok(_) => {
-                self.problem(&key.key("interval"), "must be at least 100ms");
-                None
-            }
-            Err(e) => {
-                self.problem(&key.key("interval"), e);
-                None
-            }
-        });
-        let cron = s.cron.as_deref().and_then(|c| {
-            let zone = match s.timezone.as_deref() {
-                None => Some(chrono_tz::Tz::UTC),
-                Some(name) => match crate::schedule::parse_timezone(name) {
-                    Ok(tz) => Some(tz),
-                    Err(e) => {
-                        self.problem(&key.key("timezone"), e.to_string());
-                        None
-                    }
-                },
-            };
-            match Schedule::cron_in(c, zone.unwrap_or(chrono_tz::Tz::UTC)) {
-                Ok(s) => zone.map(|_| s),
-                Err(e) => {
-                    self.problem(&key.key("cron"), e.to_string());
-                    None
-                }
-            }
-        });
-        let schedule = match (&s.interval, &s.cron) {
-            (Some(_), Some(_)) => None,
-            (None, None) => {
-                self.problem(
-                    key,
-                    "missing schedule: set interval = \"1m\" or cron = \"*/5 * * * *\"",
-                );
-                None
-            }
-            (Some(_), None) => interval,
-            (None, Some(_)) => cron,
-        };
-        if s.timezone.is_some() && s.cron.is_none() {
-            self.problem(
-                &key.key("timezone"),
-                "applies to cron schedules only; an interval is the same in every zone",
-            );
-        }
-        let timeout = self.duration(
-            &key.key("timeout"),
-            s.timeout.as_deref(),
-            DEFAULT_SOURCE_TIMEOUT,
-        );
-        let max_body = match &s.max_body {
-            None => DEFAULT_MAX_BODY,
-            Some(raw::RawSize::Bytes(n)) if *n > 0 => *n,
-            Some(raw::RawSize::Text(t)) => match parse_size(t) {
-                Ok(n) if n > 0 => n,
-                Ok(_) => {
-                    self.problem(&key.key("max_body"), "must be more than 0 bytes");
-                    DEFAULT_MAX_BODY
-                }
-                Err(e) => {
-                    self.problem(&key.key("max_body"), e);
-                    DEFAULT_MAX_BODY
-                }
-            },
-            Some(_) => {
-                self.problem(&key.key("max_body"), "must be more than 0 bytes");
-                DEFAULT_MAX_BODY
-            }
-        };
-        let max_items = match s.max_items {
-            None => DEFAULT_MAX_ITEMS,
-            Some(n) if n > 0 => n as u64,
-            Some(_) => {
-                self.problem(&key.key("max_items"), "must be at least 1");
-                DEFAULT_MAX_ITEMS
-            }
-        };
-        let (ca_file, ca) = self.ca_file(&key.key("ca_file"), s.ca_file.as_deref());
-        let deletion_guard = self.deletion_guard(&key.key("deletion_guard"), s.deletion_guard);
-        let items = s.items.unwrap_or_default();
-        let id = s.id.unwrap_or_else(|| "/id".to_string());
-        self.pointer(&key.key("items"), &items);
-        self.pointer(&key.key("id"), &id);
-        for (i, p) in s.ignore.iter().enumerate() {
-            self.pointer(&key.key("ignore").index(i), p);
-        }
-        let events = match s.events {
-            None => vec![
-                ChangeKind::Created,
-                ChangeKind::Updated,
-                ChangeKind::Deleted,
-            ],
-            Some(list) => {
-                if list.is_empty() {
-                    self.problem(&key.key("events"), "lists no events; remove the key for all three, or name some of created, updated, deleted");
-                }
-                let mut kinds = Vec::new();
-                for (i, e) in list.iter().enumerate() {
-                    match e.parse::<ChangeKind>() {
-                        Ok(k) if !kinds.contains(&k) => kinds.push(k),
-                        Ok(_) => {}
-                        Err(_) => self.problem(
-                            &key.key("events").index(i),
-                            format!("{e:?} is not an event kind; use created, updated or deleted"),
-                        ),
-                    }
-                }
-                kinds
-            }
-        };
-        let targets = match s.targets {
-            None => target_names.to_vec(),
-            Some(list) => {
-                if list.is_empty() {
-                    self.problem(&key.key("targets"), "lists no targets, so nothing would be sent; remove the key to send to every target");
-                }
-                for (i, t) in list.iter().enumerate() {
-                    if !target_names.contains(t) {
-                        let known = if target_names.is_empty() {
-                            "none are configured".to_string()
-                        } else {
-                            format!("known targets: {}", target_names.join(", "))
-                        };
-                        self.problem(
-                            &key.key("targets").index(i),
-                            format!("unknown target {t:?} ({known})"),
-                        );
-                    }
-                }
-                let mut uniq: Vec<String> = Vec::new();
-                for t in list {
-                    if !uniq.contains(&t) {
-                        uniq.push(t);
-                    }
-                }
-                uniq
-            }
-        };
-        Some(Source {
-            name: name.to_string(),
-            origin: shape.origin?,
-            pagination: shape.pagination,
-            format: shape.format,
-            transform: shape.transform,
-            mode: shape.mode,
-            event_type: shape.event_type,
-            max_backoff: shape.max_backoff,
-            schedule: schedule?,
-            timeout,
-            max_body,
-            max_items,
-            items,
-            id,
-            ignore: s.ignore,
-            events,
-            targets,
-            baseline: s.baseline.unwrap_or(true),
-            allow_empty: s.allow_empty.unwrap_or(false),
-            deletion_guard,
-            ca_file,
-            ca,
-        })
-    }
-
-    fn deletion_guard(
-        &mut self,
-        key: &KeyPath,
-        raw: Option<raw::RawDeletionGuard>,
-    ) -> DeletionGuard {
-        let mut guard = DeletionGuard::default();
-        let Some(raw) = raw else {
-            return guard;
-        };
-        if let Some(text) = raw.share {
-            let share = match text.trim() {
-                "off" => Ok(None),
-                t => t
-                    .strip_suffix('%')
-                    .and_then(|n| n.trim().parse::<f64>().ok())
-                    .filter(|p| (0.0..=100.0).contains(p))
-                    .map(|p| Some(p / 100.0))
-                    .ok_or(()),
-            };
-            match share {
-                Ok(s) => guard.share = s,
-                Err(()) => self.problem(
-                    &key.key("share"),
-                    format!("{text:?} is not a share of the held items such as \"50%\" (0% to 100%), or \"off\" to commit every deletion at once"),
-                ),
-            }
-        }
-        if let Some(n) = raw.min_items {
-            match usize::try_from(n) {
-                Ok(n) => guard.min_items = n,
-                Err(_) => self.problem(&key.key("min_items"), "must be 0 or more items"),
-            }
-        }
-        if let Some(n) = raw.confirm {
-            match u32::try_from(n) {
-                Ok(n) if n <= 100 => guard.confirm = n,
-                _ => self.problem(
-                    &key.key("confirm"),
-                    "must be 0 to 100 further polls (0 commits every deletion at once, as share = \"off\" does)",
-                ),
-            }
-        }
-        guard
     }
 
     pub(super) fn pointer(&mut self, key: &KeyPath, p: &str) {
