@@ -23,6 +23,7 @@
 //! the outbox throughout. A removed source's stored state is kept until
 //! `pollhook forget`.
 
+mod signals;
 mod source_loop;
 mod watch;
 
@@ -32,7 +33,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, Target};
@@ -43,6 +44,7 @@ use crate::poll::Poller;
 use crate::running::{Failure, Handle, Health, RunningSource};
 use crate::source::Fetcher;
 use crate::store::{blocking, SharedStore, SledStore, StoreError};
+pub use signals::{install_signals, Signalled, Signals};
 use source_loop::SourceLoop;
 use watch::Watched;
 
@@ -90,26 +92,6 @@ pub struct Options {
     pub force: Option<Signalled>,
 }
 
-/// A token cancelled by a signal, with the signal's name once it came.
-#[derive(Clone, Default)]
-pub struct Signalled {
-    token: CancellationToken,
-    signal: Arc<std::sync::OnceLock<&'static str>>,
-}
-
-impl Signalled {
-    /// Records `signal` and cancels.
-    pub fn fire(&self, signal: &'static str) {
-        let _ = self.signal.set(signal);
-        self.token.cancel();
-    }
-
-    async fn fired(&self) -> &'static str {
-        self.token.cancelled().await;
-        self.signal.get().copied().unwrap_or("signal")
-    }
-}
-
 /// Runs the daemon until `shutdown` is cancelled, then stops cleanly.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), DaemonError> {
     run_with(config, None, shutdown, Options::default()).await
@@ -149,130 +131,196 @@ async fn run_daemon(
     shutdown: CancellationToken,
     options: Options,
 ) -> Result<(), DaemonError> {
-    // What can fail cheaply comes before the store is opened (and, the first time,
-    // created): a clash on the admin port must not leave an empty database behind.
-    let admin = match config.admin_listen {
-        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|error| {
-            DaemonError::AdminListen {
-                addr,
-                file: config.file.display().to_string(),
-                error,
-            }
-        })?),
-        None => None,
-    };
-    let store = match store {
-        Some(s) => s,
-        None => open_store(&config).await?,
-    };
-    // Cancelled by the caller, or by the store failing.
-    let stop = shutdown.child_token();
-    let health = Arc::new(Health::new(stop.clone()));
-    let store: SharedStore = Arc::new(Watched::new(store, health.clone()));
-    report_backlog(&config, &store).await;
-    let config = Arc::new(config);
-    let handle = Arc::new(
-        Handle::new(store.clone(), Arc::new(Metrics::new()), config.clone())
-            .with_health(health.clone()),
-    );
-    let tracker = TaskTracker::new();
-    // The admin API answers until the end of the shutdown (`/readyz` then says 503), so
-    // it has its own token, cancelled last, or when this future is dropped (a forced
-    // stop).
-    let admin_stop = CancellationToken::new();
-    let _admin_guard = admin_stop.clone().drop_guard();
-    let admin_task = admin.map(|listener| {
-        let addr = listener.local_addr().ok();
-        tracing::info!(listen = ?addr, "admin API listening (no authentication: keep it on loopback or behind a proxy)");
-        tokio::spawn(crate::admin::serve(
-            listener,
-            handle.clone(),
-            admin_stop.clone(),
-        ))
-    });
-    // Stops with `stop`: a failed store ends the pings at once, so a service manager
-    // restarts pollhook even if its shutdown hangs.
-    tracker.spawn(options.notifier.clone().run_watchdog(stop.child_token()));
-    let mut running = Running {
-        handle: handle.clone(),
-        tracker: tracker.clone(),
-        shutdown: stop.clone(),
-        targets: BTreeMap::new(),
-        sources: BTreeMap::new(),
-    };
-    running.apply(&config).await?;
-    handle.set_ready(true);
-    let summary = format!(
-        "running: {} sources, {} targets",
-        config.sources.len(),
-        config.targets.len()
-    );
-    tracing::info!(
-        sources = config.sources.len(),
-        targets = config.targets.len(),
-        state_dir = %config.state_dir.display(),
-        "pollhook running"
-    );
-    options.notifier.ready(&summary);
-    let reload = options.reload.clone().unwrap_or_default();
-    loop {
-        tokio::select! {
-            biased;
-            _ = stop.cancelled() => break,
-            _ = reload.notified() => {
-                options.notifier.reloading();
-                let status = running.reload().await;
-                if health.failure().is_none() {
-                    options.notifier.ready(&status);
+    let notifier = &options.notifier;
+    let mut daemon = Daemon::start(config, store, shutdown, notifier).await?;
+    daemon
+        .serve(options.reload.clone().unwrap_or_default(), notifier)
+        .await;
+    daemon.stop(notifier).await
+}
+
+/// The daemon from start-up to shutdown: the tasks started from the config, the store
+/// they share, its health, and the admin API.
+struct Daemon {
+    /// The config it started with: the state directory, which a reload cannot change.
+    config: Arc<Config>,
+    store: SharedStore,
+    health: Arc<Health>,
+    /// Its `shutdown` token is cancelled by the caller, or by the store failing.
+    running: Running,
+    admin: AdminApi,
+}
+
+impl Daemon {
+    /// Binds the admin API, opens the store, starts every task of `config` and tells the
+    /// service manager pollhook is ready.
+    async fn start(
+        config: Config,
+        store: Option<SharedStore>,
+        shutdown: CancellationToken,
+        notifier: &Notifier,
+    ) -> Result<Daemon, DaemonError> {
+        // What can fail cheaply comes before the store is opened (and, the first time,
+        // created): a clash on the admin port must not leave an empty database behind.
+        let listener = match config.admin_listen {
+            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|error| {
+                DaemonError::AdminListen {
+                    addr,
+                    file: config.file.display().to_string(),
+                    error,
+                }
+            })?),
+            None => None,
+        };
+        let store = match store {
+            Some(s) => s,
+            None => open_store(&config).await?,
+        };
+        // Cancelled by the caller, or by the store failing.
+        let stop = shutdown.child_token();
+        let health = Arc::new(Health::new(stop.clone()));
+        let store: SharedStore = Arc::new(Watched::new(store, health.clone()));
+        report_backlog(&config, &store).await;
+        let config = Arc::new(config);
+        let handle = Arc::new(
+            Handle::new(store.clone(), Arc::new(Metrics::new()), config.clone())
+                .with_health(health.clone()),
+        );
+        let tracker = TaskTracker::new();
+        let admin = AdminApi::start(listener, &handle);
+        // Stops with `stop`: a failed store ends the pings at once, so a service manager
+        // restarts pollhook even if its shutdown hangs.
+        tracker.spawn(notifier.clone().run_watchdog(stop.child_token()));
+        let mut running = Running {
+            handle: handle.clone(),
+            tracker,
+            shutdown: stop,
+            targets: BTreeMap::new(),
+            sources: BTreeMap::new(),
+        };
+        running.apply(&config).await?;
+        handle.set_ready(true);
+        let summary = format!(
+            "running: {} sources, {} targets",
+            config.sources.len(),
+            config.targets.len()
+        );
+        tracing::info!(
+            sources = config.sources.len(),
+            targets = config.targets.len(),
+            state_dir = %config.state_dir.display(),
+            "pollhook running"
+        );
+        notifier.ready(&summary);
+        Ok(Daemon {
+            config,
+            store,
+            health,
+            running,
+            admin,
+        })
+    }
+
+    /// Runs until the shutdown token is cancelled, applying the config file again each
+    /// time `reload` is signalled.
+    async fn serve(&mut self, reload: Arc<Notify>, notifier: &Notifier) {
+        let stop = self.running.shutdown.clone();
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => break,
+                _ = reload.notified() => {
+                    notifier.reloading();
+                    let status = self.running.reload().await;
+                    if self.health.failure().is_none() {
+                        notifier.ready(&status);
+                    }
                 }
             }
         }
     }
-    handle.set_ready(false);
-    let state_dir = config.state_dir.display().to_string();
-    if let Some(f) = health.failure() {
-        options.notifier.status(&format!(
-            "failed: the state database in {state_dir} failed while {}; stopping",
-            f.operation
-        ));
+
+    /// Stops in order: lets the tasks finish within the grace period, flushes the store,
+    /// then stops the admin API. Fails if the store failed.
+    async fn stop(self, notifier: &Notifier) -> Result<(), DaemonError> {
+        let handle = &self.running.handle;
+        let tracker = &self.running.tracker;
+        handle.set_ready(false);
+        let state_dir = self.config.state_dir.display().to_string();
+        if let Some(f) = self.health.failure() {
+            notifier.status(&format!(
+                "failed: the state database in {state_dir} failed while {}; stopping",
+                f.operation
+            ));
+        }
+        notifier.stopping();
+        let grace = handle.config().shutdown_grace;
+        // One deadline for the tasks: workers replaced by reloads and still finishing count
+        // against it too. The final flush below has a bound of its own.
+        let deadline = tokio::time::Instant::now() + grace;
+        tracing::info!(grace = %humantime::format_duration(grace), "stopping: polls stopped, finishing in-flight deliveries");
+        tracker.close();
+        if tokio::time::timeout_at(deadline + FINAL_WRITES, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("tasks still busy after shutdown_grace (the state database may be stuck); not waiting for them: deliveries not acknowledged stay in the outbox");
+        }
+        // sled flushes on a blocking thread, which a failed write can leave stuck: wait for
+        // it at most the grace, then exit anyway (sled is crash-safe; at worst the last
+        // acknowledgements are repeated after the restart).
+        match tokio::time::timeout(grace, blocking(&self.store, |s| s.flush())).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) if e.is_fatal() => {}
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => {
+                tracing::error!(state_dir = %state_dir, grace = %humantime::format_duration(grace), "the final flush of the state database did not finish within shutdown_grace; exiting without it (acknowledgements of the last moments may be sent again after the restart)");
+            }
+        }
+        self.admin.stop().await;
+        if let Some(failure) = self.health.failure() {
+            return Err(DaemonError::StoreFailed {
+                state_dir,
+                failure: failure.clone(),
+            });
+        }
+        tracing::info!("stopped");
+        Ok(())
     }
-    options.notifier.stopping();
-    let grace = handle.config().shutdown_grace;
-    // One deadline for the tasks: workers replaced by reloads and still finishing count
-    // against it too. The final flush below has a bound of its own.
-    let deadline = tokio::time::Instant::now() + grace;
-    tracing::info!(grace = %humantime::format_duration(grace), "stopping: polls stopped, finishing in-flight deliveries");
-    tracker.close();
-    if tokio::time::timeout_at(deadline + FINAL_WRITES, tracker.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("tasks still busy after shutdown_grace (the state database may be stuck); not waiting for them: deliveries not acknowledged stay in the outbox");
-    }
-    // sled flushes on a blocking thread, which a failed write can leave stuck: wait for
-    // it at most the grace, then exit anyway (sled is crash-safe; at worst the last
-    // acknowledgements are repeated after the restart).
-    match tokio::time::timeout(grace, blocking(&store, |s| s.flush())).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) if e.is_fatal() => {}
-        Ok(Err(e)) => return Err(e.into()),
-        Err(_) => {
-            tracing::error!(state_dir = %state_dir, grace = %humantime::format_duration(grace), "the final flush of the state database did not finish within shutdown_grace; exiting without it (acknowledgements of the last moments may be sent again after the restart)");
+}
+
+/// The admin API's task, if `[admin] listen` is set. It answers until the end of the
+/// shutdown (`/readyz` then says 503), so it has its own token, cancelled last, or when
+/// this is dropped (a failed start-up, or a forced stop dropping the daemon's future).
+struct AdminApi {
+    stop: CancellationToken,
+    _stop_on_drop: DropGuard,
+    task: Option<JoinHandle<()>>,
+}
+
+impl AdminApi {
+    fn start(listener: Option<tokio::net::TcpListener>, handle: &Arc<Handle>) -> AdminApi {
+        let stop = CancellationToken::new();
+        let _stop_on_drop = stop.clone().drop_guard();
+        let task = listener.map(|listener| {
+            let addr = listener.local_addr().ok();
+            tracing::info!(listen = ?addr, "admin API listening (no authentication: keep it on loopback or behind a proxy)");
+            tokio::spawn(crate::admin::serve(listener, handle.clone(), stop.clone()))
+        });
+        AdminApi {
+            stop,
+            _stop_on_drop,
+            task,
         }
     }
-    admin_stop.cancel();
-    if let Some(task) = admin_task {
-        // Graceful: requests being answered finish, briefly.
-        let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+
+    /// Stops accepting; requests being answered finish, briefly.
+    async fn stop(self) {
+        self.stop.cancel();
+        if let Some(task) = self.task {
+            let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+        }
     }
-    if let Some(failure) = health.failure() {
-        return Err(DaemonError::StoreFailed {
-            state_dir,
-            failure: failure.clone(),
-        });
-    }
-    tracing::info!("stopped");
-    Ok(())
 }
 
 /// A target's worker as it runs now.
@@ -521,69 +569,4 @@ async fn report_backlog(config: &Config, store: &SharedStore) {
         }
         Err(e) => tracing::error!(error = %e, "cannot count pending deliveries"),
     }
-}
-
-/// What [`install_signals`] returns: the reload signal, and the second-signal token
-/// for [`Options::force`].
-pub struct Signals {
-    pub reload: Arc<Notify>,
-    pub force: Signalled,
-}
-
-/// Cancels `token` on SIGTERM or SIGINT, and signals `reload` on each SIGHUP. A second
-/// SIGTERM or SIGINT fires `force`: an operator who asks twice does not wait for the grace
-/// period (or for a stuck store). The handlers are installed before this returns (not in
-/// the spawned task), so a signal right after start-up is not lost, and a SIGHUP before
-/// the daemon is ready does not kill it (the default action would). Must be called
-/// inside the tokio runtime.
-pub fn install_signals(token: CancellationToken) -> Signals {
-    let signals = Signals {
-        reload: Arc::new(Notify::new()),
-        force: Signalled::default(),
-    };
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::hangup()),
-        ) else {
-            tracing::error!("cannot install signal handlers; stop pollhook with SIGKILL");
-            return signals;
-        };
-        let notify = signals.reload.clone();
-        let force = signals.force.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = term.recv() => { tracing::info!("SIGTERM received; a second SIGTERM stops at once"); break }
-                    _ = int.recv() => { tracing::info!("SIGINT received; a second SIGINT stops at once"); break }
-                    _ = hup.recv() => notify.notify_one(),
-                }
-            }
-            token.cancel();
-            let second = loop {
-                tokio::select! {
-                    _ = term.recv() => break "SIGTERM",
-                    _ = int.recv() => break "SIGINT",
-                    // A reload while stopping is pointless: ignored.
-                    _ = hup.recv() => {}
-                }
-            };
-            tracing::error!(signal = second, "second signal: exiting at once; deliveries in flight are cut off and stay pending in the outbox, with every other unacknowledged delivery, until the next start");
-            force.fire(second);
-        });
-    }
-    #[cfg(not(unix))]
-    {
-        let force = signals.force.clone();
-        tokio::spawn(async move {
-            let _ = tokio::signal::ctrl_c().await;
-            token.cancel();
-            let _ = tokio::signal::ctrl_c().await;
-            force.fire("Ctrl-C");
-        });
-    }
-    signals
 }
