@@ -38,6 +38,7 @@
 //!   stable ids, for `format = "feed"` sources. Pure.
 //! - [`event`]: the envelope and its stable id. Pure.
 //! - [`redact`]: known secret values (and their encodings) out of error text. Pure.
+//! - [`error`]: an error and its causes on one line, as every log line and status shows it.
 //! - [`store`]: the `Store` trait and its sled implementation.
 //! - [`poll`]: one poll, fetch (page walks) to commit.
 //! - [`deliver`]: target workers, per-item order, retry policy.
@@ -61,6 +62,7 @@ pub mod daemon;
 pub mod deliver;
 pub mod demo;
 pub mod diff;
+pub mod error;
 pub mod event;
 pub mod extract;
 pub mod feed;

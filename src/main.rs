@@ -31,7 +31,7 @@ fn main() -> ExitCode {
         }
         Ok(_) => {}
         Err(e) => {
-            tracing::warn!(error = %e, "cannot raise the open-files limit (RLIMIT_NOFILE); with many connections, polls may fail with \"Too many open files\"")
+            tracing::warn!(error = %pollhook::error::chain(&e), "cannot raise the open-files limit (RLIMIT_NOFILE); with many connections, polls may fail with \"Too many open files\"")
         }
     }
     let runtime = match tokio::runtime::Runtime::new() {

@@ -94,7 +94,7 @@ impl Notifier {
             return;
         };
         if let Err(e) = send_datagram(path, message.as_bytes()) {
-            tracing::debug!(socket = %path.display(), error = %e, "cannot notify the service manager");
+            tracing::debug!(socket = %path.display(), error = %crate::error::chain(&e), "cannot notify the service manager");
         }
     }
 }

@@ -66,7 +66,7 @@ pub(super) async fn respond(running: &RunningSource, slot: Slot) -> Result<Respo
         .poller
         .dry_plan(&running.source)
         .await
-        .map_err(|e| ApiError(StatusCode::BAD_GATEWAY, e.to_string()))?;
+        .map_err(|e| ApiError(StatusCode::BAD_GATEWAY, crate::error::chain(&e).to_string()))?;
     let report = plan.report.clone();
     let body = Events::new(
         &running.source.name,
@@ -74,7 +74,12 @@ pub(super) async fn respond(running: &RunningSource, slot: Slot) -> Result<Respo
         Box::new(plan.into_events()),
         slot,
     )
-    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    .map_err(|e| {
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            crate::error::chain(&e).to_string(),
+        )
+    })?;
     Ok((
         [(header::CONTENT_TYPE, "application/json")],
         axum::body::Body::new(body),
@@ -152,7 +157,8 @@ impl Events {
             }
             Some(Err(e)) => {
                 self.ended = true;
-                let error = serde_json::to_string(&e.to_string()).unwrap_or_default();
+                let error =
+                    serde_json::to_string(&crate::error::chain(&e).to_string()).unwrap_or_default();
                 Some(Bytes::from(format!(r#"],"error":{error}}}"#)))
             }
             None if !self.ended => {

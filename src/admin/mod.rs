@@ -108,7 +108,7 @@ impl From<OpError> for ApiError {
             OpError::NotFound(_) => StatusCode::NOT_FOUND,
             OpError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        ApiError(status, e.to_string())
+        ApiError(status, crate::error::chain(&e).to_string())
     }
 }
 
@@ -121,13 +121,16 @@ impl From<PollNowError> for ApiError {
             PollNowError::Failed(_) => StatusCode::BAD_GATEWAY,
             PollNowError::NoAnswer { .. } => StatusCode::GATEWAY_TIMEOUT,
         };
-        ApiError(status, e.to_string())
+        ApiError(status, crate::error::chain(&e).to_string())
     }
 }
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
-        ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            crate::error::chain(&e).to_string(),
+        )
     }
 }
 

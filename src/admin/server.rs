@@ -84,7 +84,7 @@ pub async fn serve_with(
                 Err(e) => {
                     // Out of descriptors, most likely: wait for some to be freed rather
                     // than spin. The listener stays.
-                    tracing::warn!(error = %e, "the admin API cannot accept a connection; retrying in 100 ms");
+                    tracing::warn!(error = %crate::error::chain(&e), "the admin API cannot accept a connection; retrying in 100 ms");
                     tokio::select! {
                         _ = stop.cancelled() => break,
                         _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
@@ -171,7 +171,7 @@ async fn connection(
     tokio::select! {
         result = served.as_mut() => {
             if let Err(e) = result {
-                tracing::debug!(error = %e, "admin connection ended");
+                tracing::debug!(error = %crate::error::chain(&e), "admin connection ended");
             }
             return;
         }

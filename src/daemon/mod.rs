@@ -77,7 +77,10 @@ pub async fn open_store(config: &Config) -> Result<SharedStore, StoreError> {
     let dir = config.state_dir.clone();
     let store = tokio::task::spawn_blocking(move || SledStore::open(&dir))
         .await
-        .map_err(|e| StoreError::Db(format!("open task stopped: {e}")))??;
+        .map_err(|error| StoreError::Stopped {
+            task: "open task",
+            error,
+        })??;
     Ok(Arc::new(store))
 }
 
@@ -355,11 +358,11 @@ impl Running {
         let config = match loaded {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => {
-                tracing::error!(error = %e, "reload refused: the new config is not valid; still running the previous one");
+                tracing::error!(error = %crate::error::chain(&e), "reload refused: the new config is not valid; still running the previous one");
                 return "running; last reload refused: invalid config (see the log)".into();
             }
             Err(e) => {
-                tracing::error!(error = %e, "reload failed; still running the previous one");
+                tracing::error!(error = %crate::error::chain(&e), "reload failed; still running the previous one");
                 return "running; last reload failed (see the log)".into();
             }
         };
@@ -394,7 +397,7 @@ impl Running {
                 )
             }
             Err(e) => {
-                tracing::error!(error = %e, "reload partly applied: some targets could not start; fix the config and reload again");
+                tracing::error!(error = %crate::error::chain(&e), "reload partly applied: some targets could not start; fix the config and reload again");
                 "running; last reload partly failed (see the log)".into()
             }
         }
@@ -438,7 +441,7 @@ impl Running {
             ) {
                 Ok(w) => w.with_metrics(handle.metrics.clone()),
                 Err(e) => {
-                    tracing::error!(target_name = %name, error = %e, "cannot start the target's worker");
+                    tracing::error!(target_name = %name, error = %crate::error::chain(&e), "cannot start the target's worker");
                     first_error.get_or_insert(DaemonError::Http(e));
                     continue;
                 }
@@ -512,7 +515,7 @@ impl Running {
         {
             Ok(list) => list.into_iter().collect(),
             Err(e) => {
-                tracing::error!(error = %e, "cannot read the stored sources; item counts show 0 until each source polls");
+                tracing::error!(error = %crate::error::chain(&e), "cannot read the stored sources; item counts show 0 until each source polls");
                 Default::default()
             }
         };
@@ -567,6 +570,8 @@ async fn report_backlog(config: &Config, store: &SharedStore) {
                 }
             }
         }
-        Err(e) => tracing::error!(error = %e, "cannot count pending deliveries"),
+        Err(e) => {
+            tracing::error!(error = %crate::error::chain(&e), "cannot count pending deliveries")
+        }
     }
 }

@@ -68,7 +68,11 @@ impl SourceLoop {
             };
             if let Some(reply) = asked {
                 // The asker may have given up waiting; that is fine.
-                let _ = reply.send(result.map(|(r, _)| r).map_err(|e| e.to_string()));
+                let _ = reply.send(
+                    result
+                        .map(|(r, _)| r)
+                        .map_err(|e| crate::error::chain(&e).to_string()),
+                );
             } else {
                 scheduled = s.schedule.next(scheduled, now, random_unit());
             }
@@ -93,7 +97,10 @@ impl SourceLoop {
         let result = self.poller.poll_conditional(s, conditions).await;
         let took = started.elapsed();
         let outcome = log_outcome(&s.name, &result, took.as_millis() as u64);
-        let error = result.as_ref().err().map(ToString::to_string);
+        let error = result
+            .as_ref()
+            .err()
+            .map(|e| crate::error::chain(e).to_string());
         self.handle
             .record_poll(&s.name, outcome, error, Utc::now(), took);
         result
@@ -144,7 +151,7 @@ fn log_outcome(
             }
         }
         Err(e) => {
-            tracing::warn!(source = %source, error = %e, "poll failed; nothing changed, next poll on schedule");
+            tracing::warn!(source = %source, error = %crate::error::chain(e), "poll failed; nothing changed, next poll on schedule");
             PollOutcome::Error
         }
     }

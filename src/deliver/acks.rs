@@ -81,7 +81,7 @@ impl AckWriter {
         let result = joined(batch.await);
         self.writing = None;
         if let Err((e, seqs)) = result {
-            tracing::error!(target_name = %self.target, error = %e, "cannot record acknowledgements; retrying in 1s");
+            tracing::error!(target_name = %self.target, error = %crate::error::chain(&e), "cannot record acknowledgements; retrying in 1s");
             self.pending.extend(seqs);
             // Due again in a second, not in ACK_DELAY: a failing store is not hammered (or
             // the log flooded) fifty times a second.
@@ -99,7 +99,7 @@ impl AckWriter {
         if !self.pending.is_empty() {
             let seqs = std::mem::take(&mut self.pending);
             if let Err((e, _)) = joined(self.write(seqs).await) {
-                tracing::error!(target_name = %self.target, error = %e, "cannot record acknowledgements at shutdown; they will be sent again");
+                tracing::error!(target_name = %self.target, error = %crate::error::chain(&e), "cannot record acknowledgements at shutdown; they will be sent again");
             }
         }
     }
@@ -117,10 +117,11 @@ impl AckWriter {
 
 /// How a batch's write ended; a write task that stopped (it panicked) is an error too.
 fn joined(ended: Result<AckResult, JoinError>) -> AckResult {
-    ended.unwrap_or_else(|e| {
-        Err((
-            StoreError::Db(format!("acknowledgement task stopped: {e}")),
-            Vec::new(),
-        ))
+    ended.unwrap_or_else(|error| {
+        let stopped = StoreError::Stopped {
+            task: "acknowledgement task",
+            error,
+        };
+        Err((stopped, Vec::new()))
     })
 }

@@ -197,7 +197,7 @@ impl TargetWorker {
             // An attempt task only ends this way if it panicked; its delivery is still in
             // the outbox and will be retried after a restart.
             Err(e) => {
-                tracing::error!(target_name = %self.target.name, error = %e, "delivery task failed")
+                tracing::error!(target_name = %self.target.name, error = %crate::error::chain(&e), "delivery task failed")
             }
         }
     }
@@ -266,7 +266,7 @@ impl Refill {
                 self.retry_at = None;
             }
             Err(e) => {
-                tracing::error!(target_name = %self.target, error = %e, "cannot read pending deliveries; retrying in 1s");
+                tracing::error!(target_name = %self.target, error = %crate::error::chain(&e), "cannot read pending deliveries; retrying in 1s");
                 self.retry_at = Some(Instant::now() + Duration::from_secs(1));
             }
         }
@@ -369,7 +369,7 @@ impl Attempt {
             match blocking(&self.store, move |s| s.delivery(&t, seq)).await {
                 Ok(d) => return d.map(|d| Bytes::from(d.body)),
                 Err(e) => {
-                    tracing::error!(target_name = %target, seq, error = %e, "cannot read delivery; retrying in 1s");
+                    tracing::error!(target_name = %target, seq, error = %crate::error::chain(&e), "cannot read delivery; retrying in 1s");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
@@ -464,7 +464,7 @@ impl Attempt {
             match result {
                 Ok(()) => return,
                 Err(e) => {
-                    tracing::error!(target_name = %target, seq, error = %e, "cannot record delivery outcome; retrying in 1s");
+                    tracing::error!(target_name = %target, seq, error = %crate::error::chain(&e), "cannot record delivery outcome; retrying in 1s");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }

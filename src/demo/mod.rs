@@ -31,7 +31,7 @@ pub async fn serve_loopback(
     tokio::spawn(async move {
         let serve = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned());
         if let Err(e) = serve.await {
-            tracing::error!(error = %e, "{what} stopped");
+            tracing::error!(error = %crate::error::chain(&e), "{what} stopped");
         }
     });
     Ok(addr)

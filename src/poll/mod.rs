@@ -33,21 +33,34 @@ pub use plan::{plan_fetched, plan_response, Plan, CHUNK};
 pub enum PollError {
     #[error(transparent)]
     Fetch(#[from] FetchError),
-    #[error("{url}: response is not valid JSON: {error}")]
-    Json { url: String, error: String },
-    #[error("{url}: response is not a feed: {error}")]
-    Feed { url: String, error: String },
-    #[error("{url}: transform failed: {error}")]
-    Transform { url: String, error: String },
+    #[error("{url}: response is not valid JSON")]
+    Json {
+        url: String,
+        #[source]
+        error: serde_json::Error,
+    },
+    #[error("{url}: response is not a feed")]
+    Feed {
+        url: String,
+        #[source]
+        error: crate::feed::FeedError,
+    },
+    #[error("{url}: transform failed")]
+    Transform {
+        url: String,
+        #[source]
+        error: crate::transform::TransformError,
+    },
     #[error("{url}: {error}")]
     Extract { url: String, error: ExtractError },
     #[error("{url}: page {page} leads back to a page already fetched in this poll; the pagination settings may not match the API")]
     PageLoop { url: String, page: u32 },
-    #[error("{url}: page {page} names a next page that is not a URL: {error}")]
+    #[error("{url}: page {page} names a next page that is not a URL")]
     NextUrl {
         url: String,
         page: u32,
-        error: String,
+        #[source]
+        error: url::ParseError,
     },
     #[error("{url}: page {page} names a next page on another origin ({next}); pollhook sends a source's credentials only to the scheme, host and port of its url, so the walk stops here")]
     ForeignPage {
@@ -62,8 +75,16 @@ pub enum PollError {
         url: String,
         limit: std::time::Duration,
     },
-    #[error("{url}: processing the response failed: {detail}")]
-    Processing { url: String, detail: String },
+    /// The blocking task that processed the response or committed the poll panicked
+    /// (a bug) or was cancelled at shutdown.
+    #[error("{url}: {task} failed")]
+    Task {
+        url: String,
+        /// "processing the response" or "committing the poll".
+        task: &'static str,
+        #[source]
+        error: tokio::task::JoinError,
+    },
     #[error("{url}: the response has no items but {previous} were held; refusing to treat them all as deleted (set allow_empty = true on this source if an empty list is real)")]
     SuddenlyEmpty { url: String, previous: usize },
     /// The collection has another shape than the one the source holds: most likely an
@@ -295,9 +316,10 @@ impl Poller {
             })
         })
         .await
-        .map_err(|e| PollError::Processing {
+        .map_err(|error| PollError::Task {
             url: source.location(),
-            detail: format!("commit task stopped: {e}"),
+            task: "committing the poll",
+            error,
         })?
     }
 
@@ -447,9 +469,10 @@ where
     let limit = processing_limit(source);
     match tokio::time::timeout(limit, tokio::task::spawn_blocking(f)).await {
         Ok(Ok(result)) => result,
-        Ok(Err(e)) => Err(PollError::Processing {
+        Ok(Err(error)) => Err(PollError::Task {
             url: source.location(),
-            detail: e.to_string(),
+            task: "processing the response",
+            error,
         }),
         Err(_) => Err(PollError::ProcessingTimeout {
             url: source.location(),

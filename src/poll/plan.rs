@@ -283,9 +283,9 @@ pub fn plan_response(
         })
         .map(|found| Some(found.collection))
         .map_err(|e| match e {
-            EachError::Json(e) => PollError::Json {
+            EachError::Json(error) => PollError::Json {
                 url: url.clone(),
-                error: e.to_string(),
+                error,
             },
             EachError::Extract(error) => PollError::Extract {
                 url: url.clone(),

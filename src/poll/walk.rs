@@ -122,7 +122,7 @@ impl Position {
         link: Option<Url>,
         token: Option<String>,
         empty: bool,
-    ) -> Result<Option<Url>, String> {
+    ) -> Result<Option<Url>, url::ParseError> {
         Ok(match style {
             PageStyle::Link => link,
             PageStyle::NextUrl(_) => next_url(&self.url, token)?,
@@ -133,10 +133,8 @@ impl Position {
 }
 
 /// `next_url`: the URL the body names, relative to the page it came in.
-fn next_url(current: &Url, token: Option<String>) -> Result<Option<Url>, String> {
-    token
-        .map(|t| current.join(&t).map_err(|e| e.to_string()))
-        .transpose()
+fn next_url(current: &Url, token: Option<String>) -> Result<Option<Url>, url::ParseError> {
+    token.map(|t| current.join(&t)).transpose()
 }
 
 /// `cursor`: this page's URL with the cursor the body names as query parameter `param`.
@@ -188,13 +186,13 @@ pub(super) fn read_page(
 ) -> Result<PageRead, PollError> {
     let url = source.location();
     let doc: Value = match source.format {
-        Format::Feed => crate::feed::entries_of(source, body).map_err(|e| PollError::Feed {
+        Format::Feed => crate::feed::entries_of(source, body).map_err(|error| PollError::Feed {
             url: url.clone(),
-            error: e.to_string(),
+            error,
         })?,
-        Format::Json => serde_json::from_slice(body).map_err(|e| PollError::Json {
+        Format::Json => serde_json::from_slice(body).map_err(|error| PollError::Json {
             url: url.clone(),
-            error: e.to_string(),
+            error,
         })?,
     };
     // The next page is found in the document as the API sent it, before any transform.
@@ -209,9 +207,9 @@ pub(super) fn read_page(
         _ => None,
     };
     let doc = match &source.transform {
-        Some(t) => t.apply(doc).map_err(|e| PollError::Transform {
+        Some(t) => t.apply(doc).map_err(|error| PollError::Transform {
             url: url.clone(),
-            error: e.to_string(),
+            error,
         })?,
         None => doc,
     };

@@ -38,7 +38,7 @@ impl Health {
             error: error.to_string(),
         };
         if self.failure.set(failure).is_ok() {
-            tracing::error!(error = %error, "the state database failed; pollhook stops so that the service manager restarts it");
+            tracing::error!(error = %crate::error::chain(error), "the state database failed; pollhook stops so that the service manager restarts it");
             self.stop.cancel();
         }
     }

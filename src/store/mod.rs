@@ -74,15 +74,23 @@ pub enum StoreError {
         #[source]
         error: Box<sled::Error>,
     },
-    #[error("state database error: {0}")]
-    Db(String),
+    /// sled refused an operation without being broken (a missing tree, an unsupported
+    /// operation): a bug in pollhook rather than damage.
+    #[error("state database error")]
+    Db(#[source] sled::Error),
+    /// The blocking task running a store operation panicked (a bug) or was cancelled.
+    #[error("the {task} stopped")]
+    Stopped {
+        /// "store task", "open task", "acknowledgement task".
+        task: &'static str,
+        #[source]
+        error: tokio::task::JoinError,
+    },
     /// sled itself failed: an I/O error (a full disk, a file it may not write), corruption
     /// or a bug it reports. sled 0.34 keeps such an error and fails every later call, so
     /// the store is unusable until the process restarts (see [`StoreError::is_fatal`]).
-    /// The error is kept as sled gave it (its Display is shown once, it is not also the
-    /// `source`, so `{:#}` does not repeat it).
-    #[error("the state database failed: {0}")]
-    Failed(sled::Error),
+    #[error("the state database failed")]
+    Failed(#[source] sled::Error),
     #[error("stored record {key} is corrupt: {reason}")]
     Corrupt { key: String, reason: String },
     #[error("source {source_name} changed while this poll ran (expected generation {expected}, found {found}); the poll is dropped and the next one starts from the new state")]
@@ -268,7 +276,10 @@ where
     let store = store.clone();
     tokio::task::spawn_blocking(move || f(&*store))
         .await
-        .map_err(|e| StoreError::Db(format!("store task stopped: {e}")))?
+        .map_err(|error| StoreError::Stopped {
+            task: "store task",
+            error,
+        })?
 }
 
 #[cfg(test)]

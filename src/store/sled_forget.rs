@@ -142,7 +142,8 @@ impl SledStore {
                 String::new()
             } else {
                 format!("; the records of {} were in the lost page too: their next polls refuse until each is forgotten", lost.join(", "))
-            }
+            },
+            cause = crate::error::chain(&cause),
         );
         Ok(true)
     }

@@ -60,9 +60,7 @@ pub(super) fn db_err(e: sled::Error) -> StoreError {
         sled::Error::Io(_) | sled::Error::Corruption { .. } | sled::Error::ReportableBug(_) => {
             StoreError::Failed(e)
         }
-        sled::Error::CollectionNotFound(_) | sled::Error::Unsupported(_) => {
-            StoreError::Db(e.to_string())
-        }
+        sled::Error::CollectionNotFound(_) | sled::Error::Unsupported(_) => StoreError::Db(e),
     }
 }
 

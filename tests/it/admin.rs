@@ -136,6 +136,21 @@ async fn health_status_and_metrics_follow_polls_and_deliveries() {
     let (_, metrics) = get(format!("{base}/metrics")).await;
     assert!(metrics.contains("pollhook_polls_total{source=\"s\",outcome=\"error\"}"));
 
+    // The error shows its cause, not only pollhook's words for it: the JSON parser's
+    // "at line 1 column …" comes after "response is not valid JSON".
+    h.api.set_fault(Fault::InvalidJson);
+    let sources = wait_json(format!("{base}/v1/sources"), |v| {
+        v["sources"][0]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not valid JSON"))
+    })
+    .await;
+    let e = sources["sources"][0]["last_error"].as_str().unwrap();
+    assert!(
+        e.contains("not valid JSON: ") && e.contains(" at line 1 column "),
+        "{e}"
+    );
+
     let targets = get_json(format!("{base}/v1/targets")).await;
     assert_eq!(targets["targets"][0]["name"], "t");
     assert_eq!(targets["targets"][0]["pending"], 0);
