@@ -11,6 +11,7 @@
 //!
 //! Every call blocks: async code calls it through `spawn_blocking`.
 
+mod pg;
 mod records;
 mod sled_forget;
 mod sled_snapshot;
@@ -24,6 +25,7 @@ use std::sync::Arc;
 use crate::diff::Seen;
 use crate::event::Event;
 
+pub use pg::{throwaway, PgStore};
 pub use records::{Delivery, DeliveryStatus, SourceState, TargetStats};
 pub use sled_store::SledStore;
 pub use state_dir::{new_database_warning, MARKER_FILE};
@@ -91,6 +93,29 @@ pub enum StoreError {
     /// the store is unusable until the process restarts (see [`StoreError::is_fatal`]).
     #[error("the state database failed")]
     Failed(#[source] sled::Error),
+    /// PostgreSQL refused or failed an operation, or could not be reached. Not fatal:
+    /// the operation is retried, on a new connection.
+    #[error("the PostgreSQL store at {db} failed while {doing}; pollhook retries it (is the database up and reachable from here?)")]
+    Postgres {
+        db: String,
+        doing: String,
+        #[source]
+        error: tokio_postgres::Error,
+    },
+    /// PostgreSQL did not answer in time. Not fatal: retried, on a new connection.
+    #[error("the PostgreSQL store at {db} did not answer within {} while {doing}; pollhook retries it (is the database overloaded or cut off?)", humantime::format_duration(*.limit))]
+    PostgresTimeout {
+        db: String,
+        doing: String,
+        limit: std::time::Duration,
+    },
+    /// The database's tables are of a newer release.
+    #[error("the PostgreSQL store at {db} has schema version {found}, newer than this pollhook knows ({known}): a newer release has upgraded it. Run that release (or newer) on every instance")]
+    PostgresNewer {
+        db: String,
+        found: usize,
+        known: usize,
+    },
     #[error("stored record {key} is corrupt: {reason}")]
     Corrupt { key: String, reason: String },
     #[error("source {source_name} changed while this poll ran (expected generation {expected}, found {found}); the poll is dropped and the next one starts from the new state")]
@@ -286,5 +311,7 @@ where
 mod tests;
 #[cfg(test)]
 mod tests_damage;
+#[cfg(test)]
+mod tests_pg;
 #[cfg(test)]
 mod tests_staged;

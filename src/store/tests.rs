@@ -83,7 +83,7 @@ pub(super) fn events_commit(
     }
 }
 
-pub(super) fn all_pending(store: &SledStore, target: &str) -> Vec<Delivery> {
+pub(super) fn all_pending(store: &dyn Store, target: &str) -> Vec<Delivery> {
     store.pending(target, None, usize::MAX).unwrap()
 }
 
@@ -1255,7 +1255,7 @@ fn concurrent_commits_never_land_behind_a_reader() {
     }
     done.store(true, std::sync::atomic::Ordering::SeqCst);
     let seen = reader.join().unwrap();
-    assert_eq!(all_pending(&store, "t").len(), SOURCES * COMMITS as usize);
+    assert_eq!(all_pending(&*store, "t").len(), SOURCES * COMMITS as usize);
     assert_eq!(
         seen,
         SOURCES * COMMITS as usize,

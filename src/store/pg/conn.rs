@@ -1,0 +1,178 @@
+//! Connections to PostgreSQL, and the runtime that drives them.
+//!
+//! The [`super::Store`] trait blocks, and is called from blocking threads (and, in
+//! tests, from anywhere). A [`Runner`] owns a small tokio runtime of its own: each call
+//! runs as a task there, under a time limit, while the caller waits on a channel, so a
+//! store call never starts a runtime inside another and never outlives its limit.
+//!
+//! Connections are kept in a small pool. One goes back to the pool only when the
+//! operation that used it succeeded: after an error or a timeout it may sit in a broken
+//! transaction or wait on an answer that never comes, so it is closed and the next
+//! operation connects afresh (with the same limit), which is how a lost connection or
+//! a restarted database is retried.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_postgres::{Client, NoTls};
+
+use super::Fail;
+use crate::store::StoreError;
+
+/// Idle connections kept at most.
+const IDLE: usize = 8;
+
+/// Where to connect, and the pool.
+pub(super) struct Pool {
+    config: tokio_postgres::Config,
+    /// The database as shown in messages: host, port and name, never the password.
+    pub(super) shown: String,
+    idle: Mutex<Vec<Client>>,
+}
+
+/// A connection taken from the pool; [`Conn::done`] returns it, and dropping it
+/// instead closes it.
+pub(super) struct Conn {
+    client: Client,
+    pool: Arc<Pool>,
+}
+
+impl Pool {
+    pub(super) fn new(config: tokio_postgres::Config, shown: String) -> Pool {
+        Pool {
+            config,
+            shown,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// An idle connection, or a new one.
+    pub(super) async fn conn(self: &Arc<Pool>) -> Result<Conn, Fail> {
+        let idle = {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            std::iter::from_fn(|| idle.pop()).find(|c| !c.is_closed())
+        };
+        let client = match idle {
+            Some(c) => c,
+            None => {
+                let (client, connection) = self.config.connect(NoTls).await?;
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!(error = %crate::error::chain(&e), "a PostgreSQL connection ended");
+                    }
+                });
+                client
+            }
+        };
+        Ok(Conn {
+            client,
+            pool: self.clone(),
+        })
+    }
+}
+
+impl Conn {
+    /// The operation succeeded: the connection may serve another.
+    pub(super) fn done(self) {
+        let Conn { client, pool } = self;
+        let mut idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < IDLE && !client.is_closed() {
+            idle.push(client);
+        }
+    }
+}
+
+impl std::ops::Deref for Conn {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl std::ops::DerefMut for Conn {
+    fn deref_mut(&mut self) -> &mut Client {
+        &mut self.client
+    }
+}
+
+/// Runs store operations on the store's own runtime, each under a time limit.
+pub(super) struct Runner {
+    /// Taken only by `drop`.
+    runtime: Option<tokio::runtime::Runtime>,
+    handle: tokio::runtime::Handle,
+    pub(super) pool: Arc<Pool>,
+    limit: Duration,
+}
+
+impl Runner {
+    pub(super) fn new(pool: Pool, limit: Duration) -> Result<Runner, std::io::Error> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("pollhook-pg")
+            .enable_all()
+            .build()?;
+        Ok(Runner {
+            handle: runtime.handle().clone(),
+            runtime: Some(runtime),
+            pool: Arc::new(pool),
+            limit,
+        })
+    }
+
+    /// Runs `op` (built from the pool) and waits for it, at most the time limit.
+    /// `doing` says what it was, for the error: "committing a poll of source s".
+    pub(super) fn run<T, F, Fut>(
+        &self,
+        doing: impl FnOnce() -> String,
+        op: F,
+    ) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<Pool>) -> Fut,
+        Fut: Future<Output = Result<T, Fail>> + Send + 'static,
+    {
+        let fut = op(self.pool.clone());
+        let limit = self.limit;
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.handle.spawn(async move {
+            let _ = tx.send(tokio::time::timeout(limit, fut).await);
+        });
+        let db = || self.pool.shown.clone();
+        match rx.recv() {
+            Ok(Ok(Ok(v))) => Ok(v),
+            Ok(Ok(Err(Fail::Pg(error)))) => Err(StoreError::Postgres {
+                db: db(),
+                doing: doing(),
+                error,
+            }),
+            Ok(Ok(Err(Fail::Store(e)))) => Err(e),
+            Ok(Ok(Err(Fail::Newer { found, known }))) => Err(StoreError::PostgresNewer {
+                db: db(),
+                found,
+                known,
+            }),
+            Ok(Err(_)) => Err(StoreError::PostgresTimeout {
+                db: db(),
+                doing: doing(),
+                limit,
+            }),
+            // The task was dropped without an answer: the runtime is shutting down.
+            Err(_) => Err(StoreError::PostgresTimeout {
+                db: db(),
+                doing: doing(),
+                limit: Duration::ZERO,
+            }),
+        }
+    }
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        // Not `drop`: dropping a runtime blocks, which panics inside async code, and the
+        // last handle of a store may go from anywhere.
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}

@@ -1,0 +1,792 @@
+//! The PostgreSQL store: the [`Store`] trait over tables (`schema.rs`), for several
+//! instances sharing one database.
+//!
+//! Each operation is one transaction, run on the store's own runtime under a time
+//! limit (`conn.rs`). A poll's commit writes its items, its state and its deliveries in
+//! one transaction (DESIGN invariant 1), checking the generation it read with the
+//! source's row locked, and draws the deliveries' sequence numbers last, from one row
+//! whose lock it holds until it commits: so sequence order is commit order, and a
+//! target worker that loads "everything above the last sequence I have" never misses a
+//! delivery that commits later under a lower number. A poll of several commits stages
+//! its events in `pollhook_stage` and its last commit moves them to the outbox in the
+//! same transaction as the snapshot, so nothing of a poll that never committed is
+//! delivered and no recovery step is needed after a crash.
+
+mod conn;
+mod schema;
+pub mod throwaway;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_postgres::{GenericClient, Row};
+
+use super::sled_store::REPLAY_BATCH;
+use super::{Delivery, DeliveryStatus, PollCommit, SourceState, Store, StoreError, TargetStats};
+use crate::diff::Seen;
+use crate::extract::Collection;
+use conn::{Pool, Runner};
+
+/// How long one store operation may take, connecting included, before it fails (and
+/// is retried by its caller). A commit of 100,000 events takes a few seconds.
+const OPERATION_LIMIT: Duration = Duration::from_secs(60);
+
+/// Why an operation failed, before the store names the database and the operation.
+pub(super) enum Fail {
+    Pg(tokio_postgres::Error),
+    Store(StoreError),
+    Newer { found: usize, known: usize },
+}
+
+impl From<tokio_postgres::Error> for Fail {
+    fn from(e: tokio_postgres::Error) -> Fail {
+        Fail::Pg(e)
+    }
+}
+
+impl From<StoreError> for Fail {
+    fn from(e: StoreError) -> Fail {
+        Fail::Store(e)
+    }
+}
+
+/// State in a PostgreSQL database.
+pub struct PgStore {
+    runner: Runner,
+}
+
+const DELIVERY_COLUMNS: &str =
+    "target, seq, event_id, event_type, source, item_id, attempts, next_at_ms, created_ms, last_error, body";
+
+impl PgStore {
+    /// Connects to the database at `url` (a `postgres://` URL) and brings its tables to
+    /// this release's schema. `shown` names the database in messages (no password).
+    pub fn open(url: &str, shown: &str) -> Result<PgStore, StoreError> {
+        let config: tokio_postgres::Config = url.parse().map_err(|error| StoreError::Postgres {
+            db: shown.to_string(),
+            doing: "reading its URL".into(),
+            error,
+        })?;
+        Self::with_config(config, shown)
+    }
+
+    fn with_config(mut config: tokio_postgres::Config, shown: &str) -> Result<PgStore, StoreError> {
+        config
+            .application_name("pollhook")
+            .connect_timeout(Duration::from_secs(10))
+            .keepalives_idle(Duration::from_secs(30));
+        let pool = Pool::new(config, shown.to_string());
+        let runner = Runner::new(pool, OPERATION_LIMIT).map_err(|error| StoreError::OpenIo {
+            action: "start the runtime for",
+            path: shown.to_string(),
+            error,
+        })?;
+        let store = PgStore { runner };
+        store.runner.run(
+            || "creating or upgrading its tables".into(),
+            |pool| async move {
+                let mut c = pool.conn().await?;
+                schema::migrate(&mut c).await?;
+                c.done();
+                Ok(())
+            },
+        )?;
+        Ok(store)
+    }
+
+    fn run<T, Fut>(
+        &self,
+        doing: impl FnOnce() -> String,
+        op: impl FnOnce(Arc<Pool>) -> Fut,
+    ) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        Fut: std::future::Future<Output = Result<T, Fail>> + Send + 'static,
+    {
+        self.runner.run(doing, op)
+    }
+}
+
+fn delivery(row: &Row) -> Delivery {
+    Delivery {
+        target: row.get(0),
+        seq: row.get::<_, i64>(1) as u64,
+        event_id: row.get(2),
+        event_type: row.get(3),
+        source: row.get(4),
+        item_id: row.get(5),
+        attempts: row.get::<_, i32>(6) as u32,
+        next_at_ms: row.get(7),
+        created_ms: row.get(8),
+        last_error: row.get(9),
+        body: row.get(10),
+    }
+}
+
+fn state(row: &Row, source: &str) -> Result<SourceState, StoreError> {
+    let collection: Option<String> = row.get("collection");
+    let collection = collection
+        .map(|c| {
+            serde_json::from_str::<Collection>(&c).map_err(|e| StoreError::Corrupt {
+                key: format!("pollhook_sources/{source}"),
+                reason: format!("collection {c:?}: {e}"),
+            })
+        })
+        .transpose()?;
+    Ok(SourceState {
+        generation: row.get::<_, i64>("generation") as u64,
+        initialized: row.get("initialized"),
+        items: row.get::<_, i64>("items") as u64,
+        buckets: 0,
+        collection,
+        staged: 0,
+    })
+}
+
+async fn read_state(c: &impl GenericClient, source: &str, lock: bool) -> Result<SourceState, Fail> {
+    let sql = if lock {
+        "SELECT generation, initialized, items, collection FROM pollhook_sources WHERE name = $1 FOR UPDATE"
+    } else {
+        "SELECT generation, initialized, items, collection FROM pollhook_sources WHERE name = $1"
+    };
+    match c.query_opt(sql, &[&source]).await? {
+        Some(row) => Ok(state(&row, source)?),
+        None => Ok(SourceState::default()),
+    }
+}
+
+/// Draws `n` consecutive sequence numbers; the row stays locked until the transaction
+/// ends, so no other commit draws (and commits) numbers in between.
+async fn draw_seqs(c: &impl GenericClient, n: usize) -> Result<i64, Fail> {
+    let row = c
+        .query_one(
+            "UPDATE pollhook_meta SET value = value + $1 WHERE key = 'next_seq' RETURNING value - $1",
+            &[&(n as i64)],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// The columns of new deliveries, one entry per delivery.
+#[derive(Default)]
+struct NewDeliveries {
+    target: Vec<String>,
+    seq: Vec<i64>,
+    event_id: Vec<String>,
+    event_type: Vec<String>,
+    source: Vec<String>,
+    item_id: Vec<String>,
+    attempts: Vec<i32>,
+    next_at_ms: Vec<i64>,
+    created_ms: Vec<i64>,
+    last_error: Vec<Option<String>>,
+    body: Vec<Vec<u8>>,
+}
+
+impl NewDeliveries {
+    fn push(&mut self, d: Delivery) {
+        self.target.push(d.target);
+        self.seq.push(d.seq as i64);
+        self.event_id.push(d.event_id);
+        self.event_type.push(d.event_type);
+        self.source.push(d.source);
+        self.item_id.push(d.item_id);
+        self.attempts.push(d.attempts as i32);
+        self.next_at_ms.push(d.next_at_ms);
+        self.created_ms.push(d.created_ms);
+        self.last_error.push(d.last_error);
+        self.body.push(d.body);
+    }
+
+    async fn insert(&self, c: &impl GenericClient, table: &str) -> Result<(), Fail> {
+        if self.seq.is_empty() {
+            return Ok(());
+        }
+        let sql = format!(
+            "INSERT INTO {table} ({DELIVERY_COLUMNS}) SELECT * FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int4[], $8::int8[], $9::int8[], $10::text[], $11::bytea[])"
+        );
+        c.execute(
+            &sql,
+            &[
+                &self.target,
+                &self.seq,
+                &self.event_id,
+                &self.event_type,
+                &self.source,
+                &self.item_id,
+                &self.attempts,
+                &self.next_at_ms,
+                &self.created_ms,
+                &self.last_error,
+                &self.body,
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+/// Queues the events staged for `source` (in detection order) and then `c`'s own,
+/// under sequence numbers drawn now; deletes the stage.
+async fn enqueue(tx: &impl GenericClient, c: &PollCommit, staged: bool) -> Result<(), Fail> {
+    let mut rows = NewDeliveries::default();
+    let mut events = 0;
+    if staged {
+        let staged = tx
+            .query(
+                "SELECT chunk, pos, target, event_id, event_type, item_id, created_ms, body FROM pollhook_stage WHERE source = $1 ORDER BY chunk, pos, target",
+                &[&c.source],
+            )
+            .await?;
+        let mut last = None;
+        for r in &staged {
+            let at: (i32, i32) = (r.get(0), r.get(1));
+            if last != Some(at) {
+                events += 1;
+                last = Some(at);
+            }
+            let created_ms: i64 = r.get(6);
+            rows.push(Delivery {
+                target: r.get(2),
+                seq: events as u64 - 1,
+                event_id: r.get(3),
+                event_type: r.get(4),
+                source: c.source.clone(),
+                item_id: r.get(5),
+                attempts: 0,
+                next_at_ms: created_ms,
+                created_ms,
+                last_error: None,
+                body: r.get(7),
+            });
+        }
+        tx.execute("DELETE FROM pollhook_stage WHERE source = $1", &[&c.source])
+            .await?;
+    }
+    for (event, targets) in &c.events {
+        for target in targets.iter() {
+            rows.push(new_delivery(target, events as u64, event, c.now_ms));
+        }
+        events += 1;
+    }
+    if events == 0 {
+        return Ok(());
+    }
+    // Last, so the sequence row is locked for as short a time as the commit allows.
+    let base = draw_seqs(tx, events).await?;
+    for s in &mut rows.seq {
+        *s += base;
+    }
+    rows.insert(tx, "pollhook_outbox").await
+}
+
+fn new_delivery(target: &str, seq: u64, event: &crate::event::Event, now_ms: i64) -> Delivery {
+    Delivery {
+        target: target.to_string(),
+        seq,
+        event_id: event.id.clone(),
+        event_type: event.event_type.clone(),
+        source: event.source.clone(),
+        item_id: event.item_id.clone(),
+        attempts: 0,
+        next_at_ms: now_ms,
+        created_ms: now_ms,
+        last_error: None,
+        body: event.body.clone(),
+    }
+}
+
+async fn write_snapshot(tx: &impl GenericClient, c: &PollCommit) -> Result<(), Fail> {
+    if !c.removals.is_empty() {
+        tx.execute(
+            "DELETE FROM pollhook_items WHERE source = $1 AND id = ANY($2)",
+            &[&c.source, &c.removals],
+        )
+        .await?;
+    }
+    if !c.upserts.is_empty() {
+        let ids: Vec<&str> = c.upserts.iter().map(|(id, _)| id.as_str()).collect();
+        let hashes: Vec<&[u8]> = c.upserts.iter().map(|(_, s)| &s.hash[..]).collect();
+        let raws: Vec<&[u8]> = c.upserts.iter().map(|(_, s)| s.raw.as_slice()).collect();
+        tx.execute(
+            "INSERT INTO pollhook_items (source, id, hash, raw) SELECT $1, * FROM unnest($2::text[], $3::bytea[], $4::bytea[]) ON CONFLICT (source, id) DO UPDATE SET hash = excluded.hash, raw = excluded.raw",
+            &[&c.source, &ids, &hashes, &raws],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+async fn commit(pool: Arc<Pool>, c: PollCommit) -> Result<u64, Fail> {
+    let mut conn = pool.conn().await?;
+    let tx = conn.transaction().await?;
+    // Creates the row of a source never seen, so that it can be locked.
+    tx.execute(
+        "INSERT INTO pollhook_sources (name) VALUES ($1) ON CONFLICT DO NOTHING",
+        &[&c.source],
+    )
+    .await?;
+    let current = read_state(&tx, &c.source, true).await?;
+    if current.generation != c.expected_generation {
+        return Err(Fail::Store(StoreError::Conflict {
+            source_name: c.source.clone(),
+            expected: c.expected_generation,
+            found: current.generation,
+        }));
+    }
+    let staging = c.events_only || c.chunk > 0;
+    let changed = !(c.upserts.is_empty() && c.removals.is_empty() && c.events.is_empty());
+    if !changed && current.initialized && !staging {
+        // An unchanged poll writes nothing (the row exists: the source committed).
+        drop(tx);
+        conn.done();
+        return Ok(current.generation);
+    }
+    if c.chunk == 0 {
+        // Chunks a poll that never committed left behind.
+        tx.execute("DELETE FROM pollhook_stage WHERE source = $1", &[&c.source])
+            .await?;
+    }
+    if c.events_only {
+        stage_chunk(&tx, &c).await?;
+        tx.commit().await?;
+        conn.done();
+        return Ok(current.generation);
+    }
+    write_snapshot(&tx, &c).await?;
+    let generation = if changed {
+        current.generation + 1
+    } else {
+        current.generation
+    };
+    let collection = c
+        .collection
+        .or(current.collection)
+        .map(|c| serde_json::to_string(&c).unwrap_or_default());
+    tx.execute(
+        "UPDATE pollhook_sources SET generation = $2, initialized = true, items = $3, collection = $4 WHERE name = $1",
+        &[&c.source, &(generation as i64), &(c.item_count as i64), &collection],
+    )
+    .await?;
+    enqueue(&tx, &c, staging).await?;
+    tx.commit().await?;
+    conn.done();
+    Ok(generation)
+}
+
+/// Stages `c`'s events, one row per event and target.
+async fn stage_chunk(tx: &impl GenericClient, c: &PollCommit) -> Result<(), Fail> {
+    let mut pos = Vec::new();
+    let mut target = Vec::new();
+    let mut id = Vec::new();
+    let mut ty = Vec::new();
+    let mut item = Vec::new();
+    let mut body: Vec<&[u8]> = Vec::new();
+    for (i, (event, targets)) in c.events.iter().enumerate() {
+        for t in targets.iter() {
+            pos.push(i as i32);
+            target.push(t.as_str());
+            id.push(event.id.as_str());
+            ty.push(event.event_type.as_str());
+            item.push(event.item_id.as_str());
+            body.push(&event.body);
+        }
+    }
+    if pos.is_empty() {
+        return Ok(());
+    }
+    tx.execute(
+        "INSERT INTO pollhook_stage (source, chunk, created_ms, pos, target, event_id, event_type, item_id, body) SELECT $1, $2, $3, * FROM unnest($4::int4[], $5::text[], $6::text[], $7::text[], $8::text[], $9::bytea[])",
+        &[&c.source, &(c.chunk as i32), &c.now_ms, &pos, &target, &id, &ty, &item, &body],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Deliveries of `table`, optionally of one target, in (target, seq) order.
+async fn list(
+    pool: Arc<Pool>,
+    table: &'static str,
+    target: Option<String>,
+    limit: usize,
+) -> Result<Vec<Delivery>, Fail> {
+    let c = pool.conn().await?;
+    let limit = limit.min(i64::MAX as usize) as i64;
+    let rows = match target {
+        Some(t) => {
+            c.query(
+                &format!("SELECT {DELIVERY_COLUMNS} FROM {table} WHERE target = $1 ORDER BY seq LIMIT $2"),
+                &[&t, &limit],
+            )
+            .await?
+        }
+        None => {
+            c.query(
+                &format!("SELECT {DELIVERY_COLUMNS} FROM {table} ORDER BY target, seq LIMIT $1"),
+                &[&limit],
+            )
+            .await?
+        }
+    };
+    c.done();
+    Ok(rows.iter().map(delivery).collect())
+}
+
+impl Store for PgStore {
+    fn source_state(&self, source: &str) -> Result<SourceState, StoreError> {
+        let s = source.to_string();
+        self.run(
+            || format!("reading the state of source {source}"),
+            |pool| async move {
+                let c = pool.conn().await?;
+                let state = read_state(&*c, &s, false).await?;
+                c.done();
+                Ok(state)
+            },
+        )
+    }
+
+    fn snapshot(&self, source: &str) -> Result<HashMap<String, Seen>, StoreError> {
+        let s = source.to_string();
+        self.run(
+            || format!("reading the stored items of source {source}"),
+            |pool| async move {
+                let c = pool.conn().await?;
+                let rows = c
+                    .query(
+                        "SELECT id, hash, raw FROM pollhook_items WHERE source = $1",
+                        &[&s],
+                    )
+                    .await?;
+                c.done();
+                let mut out = HashMap::with_capacity(rows.len());
+                for r in rows {
+                    let id: String = r.get(0);
+                    let hash: &[u8] = r.get(1);
+                    let hash = hash.try_into().map_err(|_| StoreError::Corrupt {
+                        key: format!("pollhook_items/{s}/{id}"),
+                        reason: format!("the hash is {} bytes, not 32", hash.len()),
+                    })?;
+                    out.insert(
+                        id,
+                        Seen {
+                            hash,
+                            raw: r.get(2),
+                        },
+                    );
+                }
+                Ok(out)
+            },
+        )
+    }
+
+    fn commit_poll(&self, c: PollCommit) -> Result<u64, StoreError> {
+        let source = c.source.clone();
+        self.run(
+            || format!("committing a poll of source {source}"),
+            |pool| commit(pool, c),
+        )
+    }
+
+    fn pending(
+        &self,
+        target: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let t = target.to_string();
+        let after = after.map_or(-1, |a| a as i64);
+        let limit = limit.min(i64::MAX as usize) as i64;
+        self.run(
+            || format!("reading pending deliveries of target {target}"),
+            |pool| async move {
+                let c = pool.conn().await?;
+                let rows = c
+                    .query(
+                        &format!("SELECT {DELIVERY_COLUMNS} FROM pollhook_outbox WHERE target = $1 AND seq > $2 ORDER BY seq LIMIT $3"),
+                        &[&t, &after, &limit],
+                    )
+                    .await?;
+                c.done();
+                Ok(rows.iter().map(delivery).collect())
+            },
+        )
+    }
+
+    fn delivery(&self, target: &str, seq: u64) -> Result<Option<Delivery>, StoreError> {
+        let t = target.to_string();
+        self.run(
+            || format!("reading delivery {seq} of target {target}"),
+            |pool| async move {
+                let c = pool.conn().await?;
+                let row = c
+                    .query_opt(
+                        &format!("SELECT {DELIVERY_COLUMNS} FROM pollhook_outbox WHERE target = $1 AND seq = $2"),
+                        &[&t, &(seq as i64)],
+                    )
+                    .await?;
+                c.done();
+                Ok(row.as_ref().map(delivery))
+            },
+        )
+    }
+
+    fn ack_many(&self, target: &str, seqs: &[u64]) -> Result<(), StoreError> {
+        let t = target.to_string();
+        let seqs: Vec<i64> = seqs.iter().map(|&s| s as i64).collect();
+        self.run(
+            || format!("recording acknowledgements of target {target}"),
+            |pool| async move {
+                let c = pool.conn().await?;
+                c.execute(
+                    "DELETE FROM pollhook_outbox WHERE target = $1 AND seq = ANY($2)",
+                    &[&t, &seqs],
+                )
+                .await?;
+                c.done();
+                Ok(())
+            },
+        )
+    }
+
+    fn reschedule(
+        &self,
+        target: &str,
+        seq: u64,
+        attempts: u32,
+        next_at_ms: i64,
+        last_error: &str,
+    ) -> Result<(), StoreError> {
+        let (t, e) = (target.to_string(), last_error.to_string());
+        self.run(
+            || format!("rescheduling delivery {seq} of target {target}"),
+            |pool| async move {
+                let c = pool.conn().await?;
+                c.execute(
+                    "UPDATE pollhook_outbox SET attempts = $3, next_at_ms = $4, last_error = $5 WHERE target = $1 AND seq = $2",
+                    &[&t, &(seq as i64), &(attempts as i32), &next_at_ms, &e],
+                )
+                .await?;
+                c.done();
+                Ok(())
+            },
+        )
+    }
+
+    fn bury(
+        &self,
+        target: &str,
+        seq: u64,
+        attempts: u32,
+        last_error: &str,
+    ) -> Result<(), StoreError> {
+        let (t, e) = (target.to_string(), last_error.to_string());
+        self.run(
+            || format!("moving delivery {seq} of target {target} to the dead letters"),
+            |pool| async move {
+                let mut c = pool.conn().await?;
+                let tx = c.transaction().await?;
+                tx.execute(
+                    &format!(
+                        "WITH gone AS (DELETE FROM pollhook_outbox WHERE target = $1 AND seq = $2 RETURNING {DELIVERY_COLUMNS}) \
+                         INSERT INTO pollhook_dead ({DELIVERY_COLUMNS}) SELECT target, seq, event_id, event_type, source, item_id, $3, next_at_ms, created_ms, $4, body FROM gone"
+                    ),
+                    &[&t, &(seq as i64), &(attempts as i32), &e],
+                )
+                .await?;
+                tx.commit().await?;
+                c.done();
+                Ok(())
+            },
+        )
+    }
+
+    fn dead(&self, target: Option<&str>, limit: usize) -> Result<Vec<Delivery>, StoreError> {
+        let t = target.map(str::to_string);
+        self.run(
+            || "listing dead deliveries".into(),
+            |pool| list(pool, "pollhook_dead", t, limit),
+        )
+    }
+
+    fn outbox(&self, target: Option<&str>, limit: usize) -> Result<Vec<Delivery>, StoreError> {
+        let t = target.map(str::to_string);
+        self.run(
+            || "listing pending deliveries".into(),
+            |pool| list(pool, "pollhook_outbox", t, limit),
+        )
+    }
+
+    fn find_event(&self, event_id: &str) -> Result<Vec<(DeliveryStatus, Delivery)>, StoreError> {
+        let id = event_id.to_string();
+        self.run(
+            || format!("looking up event {event_id}"),
+            |pool| async move {
+                let c = pool.conn().await?;
+                let mut out = Vec::new();
+                for (status, table) in [
+                    (DeliveryStatus::Pending, "pollhook_outbox"),
+                    (DeliveryStatus::Dead, "pollhook_dead"),
+                ] {
+                    let rows = c
+                        .query(
+                            &format!("SELECT {DELIVERY_COLUMNS} FROM {table} WHERE event_id = $1 ORDER BY target, seq"),
+                            &[&id],
+                        )
+                        .await?;
+                    out.extend(rows.iter().map(|r| (status, delivery(r))));
+                }
+                c.done();
+                Ok(out)
+            },
+        )
+    }
+
+    fn replay_dead(
+        &self,
+        target: Option<&str>,
+        event_id: Option<&str>,
+        now_ms: i64,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let mut replayed = Vec::new();
+        loop {
+            let (t, id) = (target.map(str::to_string), event_id.map(str::to_string));
+            let batch = self.run(
+                || "replaying dead deliveries".into(),
+                |pool| replay_batch(pool, t, id, now_ms),
+            )?;
+            let done = batch.len() < REPLAY_BATCH;
+            replayed.extend(batch);
+            if done {
+                return Ok(replayed);
+            }
+        }
+    }
+
+    fn forget_source(&self, source: &str) -> Result<bool, StoreError> {
+        let s = source.to_string();
+        self.run(
+            || format!("forgetting source {source}"),
+            |pool| async move {
+                let mut c = pool.conn().await?;
+                let tx = c.transaction().await?;
+                let had = tx
+                    .query_opt(
+                        "UPDATE pollhook_sources SET generation = generation + 1, initialized = false, items = 0, collection = NULL WHERE name = $1 RETURNING 1",
+                        &[&s],
+                    )
+                    .await?
+                    .is_some();
+                tx.execute("DELETE FROM pollhook_items WHERE source = $1", &[&s]).await?;
+                tx.execute("DELETE FROM pollhook_stage WHERE source = $1", &[&s]).await?;
+                tx.commit().await?;
+                c.done();
+                Ok(had)
+            },
+        )
+    }
+
+    fn sources(&self) -> Result<Vec<(String, SourceState)>, StoreError> {
+        self.run(
+            || "listing the stored sources".into(),
+            |pool| async move {
+                let c = pool.conn().await?;
+                let rows = c
+                    .query(
+                        "SELECT name, generation, initialized, items, collection FROM pollhook_sources ORDER BY name",
+                        &[],
+                    )
+                    .await?;
+                c.done();
+                let mut out = Vec::with_capacity(rows.len());
+                for r in &rows {
+                    let name: String = r.get("name");
+                    let state = state(r, &name)?;
+                    out.push((name, state));
+                }
+                Ok(out)
+            },
+        )
+    }
+
+    fn target_stats(&self) -> Result<BTreeMap<String, TargetStats>, StoreError> {
+        self.run(
+            || "counting deliveries per target".into(),
+            |pool| async move {
+                let c = pool.conn().await?;
+                let pending = c
+                    .query(
+                        "SELECT target, count(*), (SELECT o.created_ms FROM pollhook_outbox o WHERE o.target = p.target ORDER BY seq LIMIT 1) FROM pollhook_outbox p GROUP BY target",
+                        &[],
+                    )
+                    .await?;
+                let dead = c
+                    .query("SELECT target, count(*) FROM pollhook_dead GROUP BY target", &[])
+                    .await?;
+                c.done();
+                let mut out: BTreeMap<String, TargetStats> = BTreeMap::new();
+                for r in &pending {
+                    let s = out.entry(r.get(0)).or_default();
+                    s.pending = r.get::<_, i64>(1) as u64;
+                    s.oldest_pending_ms = r.get(2);
+                }
+                for r in &dead {
+                    out.entry(r.get(0)).or_default().dead = r.get::<_, i64>(1) as u64;
+                }
+                Ok(out)
+            },
+        )
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        // Every transaction is durable when it commits.
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        format!("the PostgreSQL database {}", self.runner.pool.shown)
+    }
+}
+
+/// Moves up to [`REPLAY_BATCH`] dead deliveries back to the outbox in one transaction,
+/// in dead-letter order, under new sequence numbers.
+async fn replay_batch(
+    pool: Arc<Pool>,
+    target: Option<String>,
+    event_id: Option<String>,
+    now_ms: i64,
+) -> Result<Vec<Delivery>, Fail> {
+    let mut c = pool.conn().await?;
+    let tx = c.transaction().await?;
+    let rows = tx
+        .query(
+            &format!(
+                "DELETE FROM pollhook_dead WHERE (target, seq) IN (SELECT target, seq FROM pollhook_dead \
+                 WHERE ($1::text IS NULL OR target = $1) AND ($2::text IS NULL OR event_id = $2) \
+                 ORDER BY target, seq LIMIT $3 FOR UPDATE SKIP LOCKED) RETURNING {DELIVERY_COLUMNS}"
+            ),
+            &[&target, &event_id, &(REPLAY_BATCH as i64)],
+        )
+        .await?;
+    let mut moved: Vec<Delivery> = rows.iter().map(delivery).collect();
+    moved.sort_by(|a, b| (&a.target, a.seq).cmp(&(&b.target, b.seq)));
+    if moved.is_empty() {
+        drop(tx);
+        c.done();
+        return Ok(moved);
+    }
+    let base = draw_seqs(&tx, moved.len()).await? as u64;
+    let mut rows = NewDeliveries::default();
+    for (i, d) in moved.iter_mut().enumerate() {
+        d.seq = base + i as u64;
+        d.attempts = 0;
+        d.next_at_ms = now_ms;
+        d.last_error = None;
+        rows.push(d.clone());
+    }
+    rows.insert(&tx, "pollhook_outbox").await?;
+    tx.commit().await?;
+    c.done();
+    Ok(moved)
+}
