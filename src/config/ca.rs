@@ -6,6 +6,7 @@
 
 use std::ops::Deref;
 use std::path::Path;
+use std::sync::Arc;
 
 use reqwest::Certificate;
 
@@ -16,6 +17,9 @@ use reqwest::Certificate;
 #[derive(Clone, Default)]
 pub struct CaBundle {
     certs: Vec<Certificate>,
+    /// The file as read, for clients that take PEM rather than reqwest's certificates
+    /// (the PostgreSQL store's TLS); empty without one.
+    pem: Arc<[u8]>,
     /// SHA-256 of the file as read; zeros without one (a file read holds at least one
     /// certificate, so its digest is never that of nothing).
     digest: [u8; 32],
@@ -28,6 +32,14 @@ impl PartialEq for CaBundle {
 }
 
 impl Eq for CaBundle {}
+
+impl CaBundle {
+    /// The PEM file the certificates were read from (empty without one), for a TLS
+    /// client other than reqwest's.
+    pub fn pem(&self) -> &[u8] {
+        &self.pem
+    }
+}
 
 impl Deref for CaBundle {
     type Target = [Certificate];
@@ -71,5 +83,6 @@ pub fn load(path: &Path) -> Result<CaBundle, String> {
         certs,
         digest: sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&pem))
             .into(),
+        pem: pem.into(),
     })
 }

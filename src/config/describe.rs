@@ -2,15 +2,29 @@
 
 use chrono::Utc;
 
-use super::Config;
+use super::{Config, StoreConfig};
 
 /// What `pollhook check` prints for a valid config. Never includes secrets: URLs are
-/// redacted, secrets and header values are not shown.
+/// redacted (the store's by [`super::PostgresConfig::display`]), secrets and header
+/// values are not shown.
 pub fn describe(config: &Config) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let _ = writeln!(out, "{}: ok", config.file.display());
     let _ = writeln!(out, "state_dir: {}", config.state_dir.display());
+    let _ = match &config.store {
+        StoreConfig::Sled => writeln!(out, "store: sled in {}", config.state_dir.display()),
+        StoreConfig::Postgres(pg) => writeln!(
+            out,
+            "store: PostgreSQL at {} (lease {}{})",
+            pg.display,
+            humantime::format_duration(pg.lease),
+            pg.instance
+                .as_ref()
+                .map(|name| format!(", instance {name}"))
+                .unwrap_or_default()
+        ),
+    };
     let _ = writeln!(out, "\nsources ({}):", config.sources.len());
     let now = Utc::now();
     for s in config.sources.values() {

@@ -11,6 +11,7 @@ mod locate;
 mod raw;
 mod request;
 mod secrets;
+mod store;
 mod validate;
 mod values;
 
@@ -35,6 +36,8 @@ pub use request::{
     Auth, Format, HttpRequest, Mode, OAuth2, Origin, PageStyle, Pagination, DEFAULT_MAX_BACKOFF,
     DEFAULT_MAX_PAGES,
 };
+pub use secrets::store_secrets;
+pub use store::{PostgresConfig, SslMode, StoreConfig, DEFAULT_LEASE, MAX_LEASE, MIN_LEASE};
 use validate::Validator;
 pub use validate::{valid_name, NAME_RULE};
 pub use values::{
@@ -71,6 +74,9 @@ pub struct Config {
     pub file: PathBuf,
     /// Where the sled database lives.
     pub state_dir: PathBuf,
+    /// Where the state is kept (`[store]`): sled in `state_dir` by default, or
+    /// PostgreSQL. Read at start: a reload does not move the state.
+    pub store: StoreConfig,
     /// How long SIGTERM waits for in-flight deliveries.
     pub shutdown_grace: Duration,
     /// Where the admin API listens (`[admin] listen`); `None` when turned off.

@@ -38,6 +38,7 @@ pub struct RawConfig {
     pub log_format: Option<String>,
     pub max_per_host: Option<i64>,
     pub admin: Option<RawAdmin>,
+    pub store: Option<RawStore>,
     #[serde(default)]
     pub targets: BTreeMap<String, RawTarget>,
     #[serde(default)]
@@ -49,6 +50,17 @@ pub struct RawConfig {
 pub struct RawAdmin {
     pub listen: Option<String>,
     pub allowed_hosts: Option<Vec<String>>,
+}
+
+/// `[store]`: sled in state_dir without a postgres key, else PostgreSQL.
+#[derive(Deserialize, Default)]
+pub struct RawStore {
+    pub postgres: Option<String>,
+    pub postgres_env: Option<String>,
+    pub postgres_file: Option<String>,
+    pub lease: Option<String>,
+    pub instance: Option<String>,
+    pub ca_file: Option<String>,
 }
 
 // No Debug on raw structs: they hold secrets.

@@ -1,13 +1,15 @@
 //! Which config values are secrets, for a [`Redactor`] per source and target: auth
 //! credentials, signing secrets, every `${VAR}` value, header values (but for a few that
 //! only negotiate content), the password of a URL and credential-like query values.
-//! Built at load; errors built from outside text pass through it (invariant 6).
+//! Built at load; errors built from outside text pass through it (invariant 6). The
+//! PostgreSQL store's secrets are listed by [`store_secrets`], for the store's own
+//! redactor.
 
 use reqwest::header::HeaderMap;
 use reqwest::Url;
 
 use super::raw::{RawSource, RawTarget};
-use super::Auth;
+use super::{Auth, PostgresConfig};
 use crate::redact::Redactor;
 
 /// Headers whose values say how to talk, not who is talking: not treated as secrets, so
@@ -25,7 +27,7 @@ const PLAIN_HEADERS: [&str; 7] = [
 /// Whether a query parameter named `name` carries a credential (`api_key`, `token`,
 /// `access_token`, `sig`, `password`, …). Other query values (`state=open`) are not
 /// secrets unless they came from `${VAR}`.
-fn credential_name(name: &str) -> bool {
+pub(super) fn credential_name(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
     [
         "key",
@@ -133,5 +135,30 @@ fn common(url: &Url, headers: &HeaderMap) -> Vec<String> {
             secrets.push(value.into_owned());
         }
     }
+    secrets
+}
+
+/// The secret values of a PostgreSQL store's URL, for a [`Redactor`] over its
+/// connection errors (`Redactor::new(store_secrets(pg))`): the whole URL (it may have
+/// come from `postgres_env` or `postgres_file` whole, and holds the password anyway),
+/// the password as written and percent-decoded (as the server gets it), and the values
+/// of credential-like query parameters (`password`, `sslpassword`, …), decoded. Host,
+/// user and database are not secrets: [`PostgresConfig::display`] shows them.
+pub fn store_secrets(pg: &PostgresConfig) -> Vec<String> {
+    let mut secrets = vec![pg.url.clone()];
+    // The URL parsed at load; should it not now, the whole text still goes.
+    if let Ok(url) = Url::parse(pg.url.trim()) {
+        if let Some(password) = url.password() {
+            secrets.push(password.to_string());
+            secrets.push(super::store::percent_decode(password));
+        }
+        for (name, value) in url.query_pairs() {
+            if credential_name(&name) {
+                secrets.push(value.into_owned());
+            }
+        }
+    }
+    secrets.retain(|s| !s.is_empty());
+    secrets.dedup();
     secrets
 }

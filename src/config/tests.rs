@@ -2,6 +2,7 @@ use super::*;
 use crate::sign::Scheme;
 
 mod reload;
+mod store;
 
 fn env(name: &str) -> Option<String> {
     match name {

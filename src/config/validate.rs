@@ -21,6 +21,7 @@ use super::{
 use crate::sign::{Scheme, Signer};
 
 mod source;
+mod store;
 
 /// The rule source and target names follow, as an operator reads it.
 pub const NAME_RULE: &str = "names must be 1-64 characters of letters, digits, '_', '-' or '.', starting with a letter or digit";
@@ -81,6 +82,7 @@ impl Validator<'_> {
         );
         let admin_listen = self.admin_listen(raw.admin.as_ref());
         let admin_allowed_hosts = self.admin_allowed_hosts(raw.admin.as_ref());
+        let store = self.store(raw.store);
         let max_per_host = match raw.max_per_host {
             None => DEFAULT_MAX_PER_HOST,
             Some(n) if (1..=1024).contains(&n) => n as usize,
@@ -121,6 +123,7 @@ impl Validator<'_> {
         Config {
             file: path.to_path_buf(),
             state_dir,
+            store,
             shutdown_grace,
             admin_listen,
             admin_allowed_hosts,
