@@ -45,7 +45,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::poll::PollReport;
-use crate::running::{Handle, PollNowError};
+use crate::running::{Handle, PollNowError, RunningSource};
 use crate::store::{blocking, StoreError};
 use ops::{DeliveryQuery, ForgetResponse, OpError, ReplayRequest};
 pub use server::{serve, serve_with, Limits};
@@ -344,6 +344,21 @@ pub struct PollResponse {
     pub events: Vec<serde_json::Value>,
 }
 
+/// The running source `name`; a configured one whose loop has not started yet (the
+/// daemon answers while it starts and reloads) is waited for, a few seconds at most.
+async fn started(h: &Handle, name: &str) -> Option<RunningSource> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        if let Some(r) = h.source(name) {
+            return Some(r);
+        }
+        if !h.config().sources.contains_key(name) || tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 async fn poll(
     State(a): AdminState,
     SourceName(name): SourceName,
@@ -360,7 +375,13 @@ async fn poll(
             )
         })?
     };
-    let Some(running) = h.source(&name) else {
+    let Some(running) = started(h, &name).await else {
+        if h.config().sources.contains_key(&name) {
+            return Err(ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("source {name} is configured but not running (the daemon is still starting or reloading); try again in a moment"),
+            ));
+        }
         return Err(ApiError(
             StatusCode::NOT_FOUND,
             format!("no source {name:?} in the running config"),

@@ -17,7 +17,7 @@ use crate::admin::ops::{
 use crate::admin::{
     DeliveriesResponse, PollRequest, PollResponse, SourcesResponse, TargetsResponse,
 };
-use crate::config::{Config, Source};
+use crate::config::{Config, Source, StoreConfig};
 use crate::poll::Poller;
 use crate::running::SourceStatus;
 use crate::source::Fetcher;
@@ -186,8 +186,13 @@ impl<'c> Backend<'c> {
     }
 }
 
-/// Opens the store at the config's `state_dir`, which must hold a database.
+/// Opens the config's store: the PostgreSQL database of `[store]`, or the sled
+/// database at `state_dir`, which must exist.
 async fn open_store(config: &Config) -> anyhow::Result<SharedStore> {
+    if let StoreConfig::Postgres(_) = &config.store {
+        // Several instances share it and none holds it alone: open it as the daemon does.
+        return Ok(crate::daemon::open_store(config).await?);
+    }
     // Opening creates a database where there is none: an operator command must not do
     // that (an empty store would answer "nothing pending" for a wrong path).
     if !config.state_dir.join("db").exists() {

@@ -36,14 +36,14 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, Target};
+use crate::config::{Config, StoreConfig, Target};
 use crate::deliver::TargetWorker;
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::poll::Poller;
 use crate::running::{Failure, Handle, Health, RunningSource};
 use crate::source::Fetcher;
-use crate::store::{blocking, SharedStore, SledStore, StoreError};
+use crate::store::{blocking, PgStore, SharedStore, SledStore, StoreError};
 pub use signals::{install_signals, Signalled, Signals};
 use source_loop::SourceLoop;
 use watch::Watched;
@@ -72,16 +72,22 @@ pub enum DaemonError {
     Forced { signal: &'static str },
 }
 
-/// Opens the store in the config's state directory.
+/// Opens the config's store: the sled database in its state directory, or the
+/// PostgreSQL database of `[store] postgres`.
 pub async fn open_store(config: &Config) -> Result<SharedStore, StoreError> {
     let dir = config.state_dir.clone();
-    let store = tokio::task::spawn_blocking(move || SledStore::open(&dir))
-        .await
-        .map_err(|error| StoreError::Stopped {
-            task: "open task",
-            error,
-        })??;
-    Ok(Arc::new(store))
+    let store = config.store.clone();
+    tokio::task::spawn_blocking(move || -> Result<SharedStore, StoreError> {
+        Ok(match store {
+            StoreConfig::Sled => Arc::new(SledStore::open(&dir)?),
+            StoreConfig::Postgres(pg) => Arc::new(PgStore::open(&pg.url, &pg.display)?),
+        })
+    })
+    .await
+    .map_err(|error| StoreError::Stopped {
+        task: "open task",
+        error,
+    })?
 }
 
 /// How the daemon talks to what runs it.
@@ -211,7 +217,7 @@ impl Daemon {
         tracing::info!(
             sources = config.sources.len(),
             targets = config.targets.len(),
-            state_dir = %config.state_dir.display(),
+            store = %store.describe(),
             "pollhook running"
         );
         notifier.ready(&summary);
@@ -368,6 +374,7 @@ impl Running {
         };
         for (what, changed) in [
             ("state_dir", config.state_dir != current.state_dir),
+            ("[store]", config.store != current.store),
             (
                 "[admin] listen",
                 config.admin_listen != current.admin_listen,

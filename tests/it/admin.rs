@@ -73,7 +73,7 @@ async fn wait_json(url: String, pred: impl Fn(&Value) -> bool) -> Value {
 
 #[tokio::test]
 async fn health_status_and_metrics_follow_polls_and_deliveries() {
-    let mut h = Harness::new().await;
+    let mut h = harness!();
     h.api.set("1", json!({"v": 1}));
     let text = h.config_text("baseline = false", "");
     let base = start(&mut h, &text).await;
@@ -159,7 +159,7 @@ async fn health_status_and_metrics_follow_polls_and_deliveries() {
 
 #[tokio::test]
 async fn dead_deliveries_are_listed_and_replayed_with_the_same_id_and_bytes() {
-    let mut h = Harness::new().await;
+    let mut h = harness!();
     h.rx.set_status(500);
     h.api.set("1", json!({"v": 1}));
     let text = h.config_text("baseline = false", "").replacen(
@@ -235,7 +235,7 @@ async fn dead_deliveries_are_listed_and_replayed_with_the_same_id_and_bytes() {
 
 #[tokio::test]
 async fn poll_now_and_dry_run() {
-    let mut h = Harness::new().await;
+    let mut h = harness!();
     h.api.set("1", json!({"v": 1}));
     let text = h
         .config_text("", "")
@@ -287,7 +287,7 @@ async fn poll_now_and_dry_run() {
 
 #[tokio::test]
 async fn the_admin_port_is_released_at_shutdown() {
-    let mut h = Harness::new().await;
+    let mut h = harness!();
     let text = h.config_text("", "");
     let base = start(&mut h, &text).await;
     h.stop().await;

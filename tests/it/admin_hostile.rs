@@ -49,7 +49,7 @@ fn on_request(h: &Harness) -> String {
 
 #[tokio::test]
 async fn names_that_break_the_config_rule_are_refused_with_400() {
-    let mut h = Harness::new().await;
+    let mut h = harness!();
     let text = on_request(&h);
     let base = start(&mut h, &text).await;
     let c = reqwest::Client::new();
@@ -112,7 +112,7 @@ fn cli(config: &Path, args: &[&str]) -> (bool, String) {
 
 #[tokio::test]
 async fn the_cli_refuses_bad_names_before_anything_and_unknown_sources_to_forget() {
-    let h = Harness::new().await;
+    let h = harness!();
     let config = h.dir.path().join("config.toml");
     std::fs::write(&config, h.config_text("", "")).unwrap();
     // No daemon and no database yet: a command that went ahead would say so instead.
@@ -139,7 +139,7 @@ async fn the_cli_refuses_bad_names_before_anything_and_unknown_sources_to_forget
 
 #[tokio::test]
 async fn web_pages_can_neither_send_requests_nor_read_answers() {
-    let mut h = Harness::new().await;
+    let mut h = harness!();
     let text = on_request(&h).replacen(
         "[admin]\nlisten = \"\"",
         "[admin]\nlisten = \"\"\nallowed_hosts = [\"Admin.Example.com\"]",
@@ -234,7 +234,7 @@ async fn web_pages_can_neither_send_requests_nor_read_answers() {
 
 #[tokio::test]
 async fn errors_of_the_server_itself_are_json_too() {
-    let mut h = Harness::new().await;
+    let mut h = harness!();
     let text = on_request(&h);
     let base = start(&mut h, &text).await;
     let c = reqwest::Client::new();
@@ -282,7 +282,7 @@ async fn errors_of_the_server_itself_are_json_too() {
 
 #[tokio::test]
 async fn one_dry_run_per_source_at_a_time_and_its_answer_is_streamed() {
-    let mut h = Harness::new().await;
+    let mut h = harness!();
     for i in 0..50 {
         h.api.set(&i.to_string(), json!({"v": i}));
     }
@@ -341,7 +341,7 @@ async fn admin_with(
     limits: pollhook::admin::Limits,
 ) -> (String, tokio_util::sync::CancellationToken) {
     let config = Arc::new(h.config("", ""));
-    let store: pollhook::store::SharedStore = Arc::new(h.store());
+    let store: pollhook::store::SharedStore = h.store();
     let handle = Arc::new(pollhook::running::Handle::new(
         store,
         Arc::new(pollhook::metrics::Metrics::new()),
@@ -379,7 +379,7 @@ fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_and_slow_admin_connections_are_closed_after_the_header_timeout() {
-    let h = Harness::new().await;
+    let h = harness!();
     let (base, stop) = admin_with(
         &h,
         pollhook::admin::Limits {
@@ -436,7 +436,7 @@ async fn idle_and_slow_admin_connections_are_closed_after_the_header_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn beyond_the_connection_limit_the_idlest_connection_makes_room() {
-    let h = Harness::new().await;
+    let h = harness!();
     let (base, stop) = admin_with(
         &h,
         pollhook::admin::Limits {
@@ -503,7 +503,7 @@ fn open_files_limits(pid: u32) -> (u64, u64) {
 async fn a_thousand_idle_admin_connections_stop_neither_polls_deliveries_nor_healthz() {
     // This process holds the client ends.
     pollhook::limits::raise_open_files().unwrap();
-    let h = Harness::new().await;
+    let h = harness!();
     let port = free_port();
     let config = h.dir.path().join("config.toml");
     std::fs::write(&config, with_admin(&h.config_text("", ""), port)).unwrap();

@@ -4,15 +4,14 @@ use std::time::{Duration, Instant};
 
 use pollhook::demo::receiver::Receiver;
 use pollhook::sign::Scheme;
-use pollhook::store::Store;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{accepted, pending, summary, Harness, SECRET};
+use crate::support::{accepted, pending, summary, SECRET};
 
 #[tokio::test]
 async fn retries_keep_one_id_until_the_target_accepts() {
-    let mut h = Harness::new().await;
+    let mut h = harness!();
     h.start(h.config("", ""));
     h.polls(2).await;
     h.rx.set_status(500);
@@ -34,12 +33,12 @@ async fn retries_keep_one_id_until_the_target_accepts() {
     // The body is the same bytes on every attempt.
     assert!(got.iter().all(|r| r.body == got[0].body));
     h.stop().await;
-    assert_eq!(pending(&h.store(), "t"), 0);
+    assert_eq!(pending(&*h.store(), "t"), 0);
 }
 
 #[tokio::test]
 async fn a_retrying_item_holds_back_only_its_own_later_events() {
-    let mut h = Harness::new().await;
+    let mut h = harness!();
     h.api.set("a", json!({"v": 0}));
     h.api.set("b", json!({"v": 0}));
     h.start(h.config("", ""));
@@ -88,7 +87,7 @@ async fn a_retrying_item_holds_back_only_its_own_later_events() {
 
 #[tokio::test]
 async fn a_dead_target_does_not_delay_a_healthy_one() {
-    let mut h = Harness::new().await;
+    let mut h = harness!();
     let slow = Receiver::start(
         Scheme::Standard,
         vec![SECRET.into()],
@@ -124,7 +123,7 @@ async fn a_dead_target_does_not_delay_a_healthy_one() {
 
 #[tokio::test]
 async fn gone_stops_at_once_and_the_last_retry_buries() {
-    let mut h = Harness::new().await;
+    let mut h = harness!();
     let short =
         "[targets.short]\nurl = \"{URL}\"\nsecret = \"{SECRET}\"\nretry = [\"100ms\", \"100ms\"]\n";
     let extra = short
@@ -163,12 +162,12 @@ async fn gone_stops_at_once_and_the_last_retry_buries() {
     assert_eq!(flaky.len(), 1, "{dead_short:#?}");
     assert_eq!(flaky[0].attempts, 3);
     assert!(flaky[0].last_error.as_deref().unwrap().contains("503"));
-    assert_eq!(pending(&store, "short"), 0);
+    assert_eq!(pending(&*store, "short"), 0);
 }
 
 #[tokio::test]
 async fn retry_after_is_honoured() {
-    let mut h = Harness::new().await;
+    let mut h = harness!();
     h.start(h.config("", ""));
     h.polls(2).await;
     h.rx.set_status(429);

@@ -1,13 +1,12 @@
 //! The happy path: what a user sees when items come, change and go.
 
-use pollhook::store::Store;
 use serde_json::json;
 
-use crate::support::{accepted, pending, Harness};
+use crate::support::{accepted, pending};
 
 #[tokio::test]
 async fn baseline_then_each_change_kind_arrives_signed() {
-    let mut h = Harness::new().await;
+    let mut h = harness!();
     h.api.set("1", json!({"name": "apple", "stock": 10}));
     h.api.set("2", json!({"name": "banana", "stock": 5}));
     h.start(h.config("", ""));
@@ -61,13 +60,13 @@ async fn baseline_then_each_change_kind_arrives_signed() {
     // Delivered entries are pruned from the outbox.
     h.stop().await;
     let store = h.store();
-    assert_eq!(pending(&store, "t"), 0);
+    assert_eq!(pending(&*store, "t"), 0);
     assert_eq!(store.source_state("s").unwrap().items, 2);
 }
 
 #[tokio::test]
 async fn baseline_false_sends_existing_items_as_created() {
-    let mut h = Harness::new().await;
+    let mut h = harness!();
     h.api.set("1", json!({"name": "apple"}));
     h.api.set("2", json!({"name": "banana"}));
     h.start(h.config("baseline = false", ""));
@@ -84,7 +83,7 @@ async fn baseline_false_sends_existing_items_as_created() {
 
 #[tokio::test]
 async fn changes_only_in_ignored_fields_emit_nothing() {
-    let mut h = Harness::new().await;
+    let mut h = harness!();
     h.api.set("1", json!({"name": "apple", "updated_at": "t0"}));
     h.start(h.config("ignore = [\"/updated_at\"]", ""));
     h.polls(2).await;
@@ -108,7 +107,7 @@ async fn changes_only_in_ignored_fields_emit_nothing() {
 
 #[tokio::test]
 async fn event_filter_and_target_subset_are_honoured() {
-    let mut h = Harness::new().await;
+    let mut h = harness!();
     let other = pollhook::demo::receiver::Receiver::start(
         pollhook::sign::Scheme::Github,
         vec!["gh-secret".into()],
@@ -161,18 +160,16 @@ async fn event_filter_and_target_subset_are_honoured() {
 /// a new id even if the item returns to an earlier version.
 #[tokio::test]
 async fn a_change_redetected_after_a_crash_keeps_its_id() {
-    use std::sync::Arc;
-
     use chrono::{Duration, Utc};
     use pollhook::poll::Poller;
     use pollhook::source::Fetcher;
-    use pollhook::store::{SharedStore, SledStore};
+    use pollhook::store::SharedStore;
 
-    let h = Harness::new().await;
+    let h = harness!();
     h.api.set("1", json!({"v": 1}));
     let config = h.config("baseline = false", "");
     let source = &config.sources["s"];
-    let store: SharedStore = Arc::new(SledStore::open(&h.state_dir()).unwrap());
+    let store: SharedStore = h.store();
     let poller = Poller::new(
         store.clone(),
         Fetcher::new(&config.sources).unwrap(),

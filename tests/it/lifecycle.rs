@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::process::{Daemon, BIN};
 use crate::service::notified;
-use crate::support::{accepted, free_port, pending, wait_for, with_admin, Harness, SECRET, WAIT};
+use crate::support::{accepted, free_port, pending, wait_for, with_admin, SECRET, WAIT};
 
 /// A sled store that can be made to fail as sled does after an I/O error (every call
 /// from then on fails), and whose flush can be made to hang.
@@ -170,7 +170,7 @@ fn notifications_for(sock: &UnixDatagram, within: Duration) -> Vec<String> {
 // Multi-threaded: the notify socket is read with blocking calls while the daemon runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_store_makes_the_daemon_unready_stops_the_watchdog_and_exits_saying_why() {
-    let h = Harness::new().await;
+    let h = harness!();
     let port = free_port();
     let config = Config::parse(
         &with_admin(&h.config_text("", ""), port),
@@ -279,7 +279,7 @@ async fn a_failed_store_makes_the_daemon_unready_stops_the_watchdog_and_exits_sa
 
 #[tokio::test]
 async fn a_stuck_final_flush_holds_the_shutdown_at_most_the_grace() {
-    let h = Harness::new().await;
+    let h = harness!();
     let config = h.config("", "");
     let grace = config.shutdown_grace;
     let store = Breakable::open(&h.state_dir());
@@ -311,7 +311,7 @@ async fn a_stuck_final_flush_holds_the_shutdown_at_most_the_grace() {
 
 #[tokio::test]
 async fn a_second_sigterm_exits_at_once_and_leaves_the_delivery_pending() {
-    let h = Harness::new().await;
+    let h = harness!();
     // A long grace and a receiver that holds the attempt: after the first SIGTERM the
     // daemon waits for it.
     let text = h
@@ -356,12 +356,12 @@ async fn a_second_sigterm_exits_at_once_and_leaves_the_delivery_pending() {
         "{log}"
     );
     // The delivery cut off is still there for the next start.
-    assert_eq!(pending(&h.store(), "t"), 1);
+    assert_eq!(pending(&*h.store(), "t"), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_burst_of_reloads_sigterm_starts_no_attempt_and_exits_within_the_grace() {
-    let h = Harness::new().await;
+    let h = harness!();
     // Target t with a header that each reload changes (so each restarts its worker), and
     // four attempts in flight at most.
     let text = |n: usize| {
@@ -415,12 +415,12 @@ async fn after_a_burst_of_reloads_sigterm_starts_no_attempt_and_exits_within_the
     let delivered: std::collections::BTreeSet<String> = accepted(&h.rx.received(), "s.created")
         .map(|r| r.id.clone())
         .collect();
-    assert_eq!(delivered.len() + pending(&h.store(), "t"), 40);
+    assert_eq!(delivered.len() + pending(&*h.store(), "t"), 40);
 }
 
 #[tokio::test]
 async fn a_taken_admin_port_fails_the_start_before_a_database_is_created() {
-    let h = Harness::new().await;
+    let h = harness!();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
     let config = h.dir.path().join("config.toml");
@@ -446,7 +446,7 @@ async fn a_taken_admin_port_fails_the_start_before_a_database_is_created() {
 
 #[tokio::test]
 async fn paths_in_the_config_and_the_default_state_dir_follow_the_config_file_not_the_cwd() {
-    let h = Harness::new().await;
+    let h = harness!();
     let conf = h.dir.path().join("conf");
     let elsewhere = h.dir.path().join("elsewhere");
     std::fs::create_dir_all(&conf).unwrap();

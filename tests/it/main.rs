@@ -23,6 +23,10 @@
 //! - `tls`: server certificates verified by default for sources and targets; `ca_file`
 //!   for a private CA.
 
+// First, so that its `harness!` is in scope in every module after it.
+#[macro_use]
+mod support;
+
 mod admin;
 mod admin_hostile;
 mod delivery;
@@ -34,6 +38,5 @@ mod reload;
 mod service;
 mod shaped_api;
 mod sources;
-mod support;
 mod systemd;
 mod tls;

@@ -111,7 +111,7 @@ fn write_config(h: &Harness, source_extra: &str, extra: &str) -> PathBuf {
 
 #[tokio::test]
 async fn kill_9_loses_nothing_and_restart_keeps_the_ids() {
-    let h = Harness::new().await;
+    let h = harness!();
     let config = write_config(&h, "", "");
     let log = h.dir.path().join("run1.log");
     let mut d = Daemon::start(&config, &log, &[]);
@@ -150,7 +150,7 @@ async fn kill_9_loses_nothing_and_restart_keeps_the_ids() {
 
 #[tokio::test]
 async fn sigterm_finishes_in_flight_deliveries_and_exits_0() {
-    let h = Harness::new().await;
+    let h = harness!();
     let config = write_config(&h, "", "");
     let mut d = Daemon::start(&config, &h.dir.path().join("run.log"), &[]);
     h.polls(2).await;
@@ -182,7 +182,7 @@ async fn sigterm_finishes_in_flight_deliveries_and_exits_0() {
         summary(&h.rx.received()),
         d.log()
     );
-    assert_eq!(pending(&h.store(), "t"), 0);
+    assert_eq!(pending(&*h.store(), "t"), 0);
 
     // A restart does not send it again.
     h.rx.set_delay(Duration::ZERO);
@@ -193,7 +193,7 @@ async fn sigterm_finishes_in_flight_deliveries_and_exits_0() {
 
 #[tokio::test]
 async fn secrets_never_reach_logs_or_check_output() {
-    let h = Harness::new().await;
+    let h = harness!();
     let secret_file = h.dir.path().join("gh-secret");
     std::fs::write(&secret_file, "file-secret-4711\n").unwrap();
     // A failing source and failing targets, so errors are logged too.
@@ -347,7 +347,7 @@ async fn the_demo_shows_verified_webhooks() {
 #[cfg(target_os = "linux")]
 #[tokio::test]
 async fn an_idle_daemon_uses_no_cpu() {
-    let h = Harness::new().await;
+    let h = harness!();
     let config = h.dir.path().join("idle.toml");
     let text = h
         .config_text("", "")

@@ -11,7 +11,6 @@ use pollhook::daemon::Options;
 use pollhook::demo::api::SampleApi;
 use pollhook::demo::receiver::{Received, Receiver};
 use pollhook::sign::Scheme;
-use pollhook::store::Store;
 use serde_json::json;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -39,7 +38,7 @@ fn start_reloadable(h: &mut Harness, text: &str) -> Arc<Notify> {
 
 #[tokio::test]
 async fn a_reload_applies_changes_and_loses_or_repeats_no_delivery() {
-    let mut h = Harness::new().await;
+    let mut h = harness!();
     let servers = CancellationToken::new();
     let _stop_servers = servers.clone().drop_guard();
     let api2 = SampleApi::start(servers.clone()).await.unwrap();
@@ -114,14 +113,14 @@ async fn a_reload_applies_changes_and_loses_or_repeats_no_delivery() {
         "a delivery was repeated: {seen:?}"
     );
     let store = h.store();
-    assert_eq!(pending(&store, "t"), 0);
+    assert_eq!(pending(&*store, "t"), 0);
     // The removed source's state stays until `pollhook forget`.
     assert_eq!(store.source_state("s2").unwrap().items, 1);
 }
 
 #[tokio::test]
 async fn a_reload_restarts_a_source_whose_transform_changed() {
-    let mut h = Harness::new().await;
+    let mut h = harness!();
     h.api.set("1", json!({"v": 1}));
     let text = h.config_text("baseline = false\ntransform = '.'", "");
     let reload = start_reloadable(&mut h, &text);

@@ -69,7 +69,7 @@ async fn setup() -> Setup {
     let servers = CancellationToken::new();
     let api = ShapedApi::start(servers.clone()).await;
     Setup {
-        h: Harness::new().await,
+        h: Harness::new().await.expect("sled needs no server"),
         api,
         _servers: servers.drop_guard(),
     }

@@ -7,7 +7,8 @@ use pollhook::config::Config;
 use pollhook::demo::api::SampleApi;
 use pollhook::demo::receiver::{Received, Receiver};
 use pollhook::sign::Scheme;
-use pollhook::store::{SledStore, Store};
+use pollhook::store::throwaway::Server;
+use pollhook::store::{PgStore, SharedStore, SledStore, Store};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -16,18 +17,51 @@ pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 /// Long enough for a loaded CI machine, short enough that a broken test fails fast.
 pub const WAIT: Duration = Duration::from_secs(15);
 
+/// Whether this test binary runs the tests on PostgreSQL: `it` runs them on sled, and
+/// `it_pg` (the same files, see `tests/it_pg.rs`) on a throwaway PostgreSQL server, a
+/// database per harness.
+pub fn on_postgres() -> bool {
+    env!("CARGO_CRATE_NAME") == "it_pg"
+}
+
+/// A new [`Harness`], or, on PostgreSQL where no server can be started, a return from
+/// the test after saying loudly that it is skipped (a failure under
+/// `POLLHOOK_REQUIRE_POSTGRES=1`, as in CI).
+macro_rules! harness {
+    () => {
+        match $crate::support::Harness::new().await {
+            Some(h) => h,
+            None => return,
+        }
+    };
+}
+
 pub struct Harness {
     pub api: SampleApi,
     pub rx: Receiver,
     pub dir: tempfile::TempDir,
+    /// On PostgreSQL: the server and the URL of this harness's database.
+    pub pg: Option<(Server, String)>,
     servers: CancellationToken,
     daemon: Option<(CancellationToken, JoinHandle<()>)>,
 }
 
 impl Harness {
-    pub async fn new() -> Harness {
+    pub async fn new() -> Option<Harness> {
+        let pg = if on_postgres() {
+            let test = std::thread::current()
+                .name()
+                .unwrap_or("a test")
+                .to_string();
+            let server = Server::for_test(&test)?;
+            let url = server.new_database("it");
+            Some((server, url))
+        } else {
+            None
+        };
         let servers = CancellationToken::new();
-        Harness {
+        Some(Harness {
+            pg,
             api: SampleApi::start(servers.clone()).await.unwrap(),
             rx: Receiver::start(Scheme::Standard, vec![SECRET.into()], servers.clone())
                 .await
@@ -35,7 +69,7 @@ impl Harness {
             dir: tempfile::tempdir().unwrap(),
             servers,
             daemon: None,
-        }
+        })
     }
 
     pub fn state_dir(&self) -> PathBuf {
@@ -60,9 +94,15 @@ impl Harness {
         source_extra: &str,
         extra: &str,
     ) -> String {
+        let store = match &self.pg {
+            Some((_, url)) => format!("[store]\npostgres = {url:?}\n"),
+            None => String::new(),
+        };
         format!(
             r#"state_dir = {state:?}
 shutdown_grace = "3s"
+
+{store}
 
 [admin]
 listen = ""
@@ -138,9 +178,17 @@ items = "/items"
         wait_for(|| self.api.requests() >= target).await;
     }
 
-    /// Opens the stopped daemon's store for inspection.
-    pub fn store(&self) -> SledStore {
-        SledStore::open(&self.state_dir()).unwrap_or_else(|e| panic!("{e}"))
+    /// Opens the daemon's store for inspection: sled's only once the daemon stopped;
+    /// PostgreSQL's at any time.
+    pub fn store(&self) -> SharedStore {
+        match &self.pg {
+            Some((_, url)) => std::sync::Arc::new(
+                PgStore::open(url, "the test database").unwrap_or_else(|e| panic!("{e:?}")),
+            ),
+            None => std::sync::Arc::new(
+                SledStore::open(&self.state_dir()).unwrap_or_else(|e| panic!("{e}")),
+            ),
+        }
     }
 
     /// Waits until `pred` holds for the receiver's log; fails the test otherwise.
@@ -221,6 +269,6 @@ pub fn with_admin(config_text: &str, port: u16) -> String {
 }
 
 /// Pending deliveries left in a store, for all targets.
-pub fn pending(store: &SledStore, target: &str) -> usize {
+pub fn pending(store: &dyn Store, target: &str) -> usize {
     store.pending(target, None, usize::MAX).unwrap().len()
 }

@@ -83,6 +83,9 @@ CREATE TABLE pollhook_stage (
 /// Brings the database's tables to this release's version; returns that version.
 pub(super) async fn migrate(client: &mut Client) -> Result<usize, Fail> {
     let tx = client.transaction().await?;
+    // Not "relation already exists, skipping" at every start.
+    tx.batch_execute("SET LOCAL client_min_messages = warning")
+        .await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await?;
     tx.batch_execute(
