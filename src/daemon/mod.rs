@@ -80,7 +80,7 @@ pub async fn open_store(config: &Config) -> Result<SharedStore, StoreError> {
     tokio::task::spawn_blocking(move || -> Result<SharedStore, StoreError> {
         Ok(match store {
             StoreConfig::Sled => Arc::new(SledStore::open(&dir)?),
-            StoreConfig::Postgres(pg) => Arc::new(PgStore::open(&pg.url, &pg.display)?),
+            StoreConfig::Postgres(pg) => Arc::new(PgStore::connect(&pg)?),
         })
     })
     .await

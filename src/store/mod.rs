@@ -109,6 +109,9 @@ pub enum StoreError {
         doing: String,
         limit: std::time::Duration,
     },
+    /// `[store]` names something the store cannot use.
+    #[error("[store] postgres = {db}: {reason}")]
+    PostgresConfig { db: String, reason: String },
     /// The database's tables are of a newer release.
     #[error("the PostgreSQL store at {db} has schema version {found}, newer than this pollhook knows ({known}): a newer release has upgraded it. Run that release (or newer) on every instance")]
     PostgresNewer {

@@ -24,6 +24,7 @@ use tokio_postgres::{GenericClient, Row};
 
 use super::sled_store::REPLAY_BATCH;
 use super::{Delivery, DeliveryStatus, PollCommit, SourceState, Store, StoreError, TargetStats};
+use crate::config::{PostgresConfig, SslMode};
 use crate::diff::Seen;
 use crate::extract::Collection;
 use conn::{Pool, Runner};
@@ -69,6 +70,39 @@ impl PgStore {
             error,
         })?;
         Self::with_config(config, shown)
+    }
+
+    /// Connects to the database of `[store]` and brings its tables to this release's
+    /// schema.
+    pub fn connect(pg: &PostgresConfig) -> Result<PgStore, StoreError> {
+        // tokio-postgres reads only disable, prefer and require from the URL: the mode
+        // is taken from the config, which knows every libpq mode.
+        let mut url = url::Url::parse(&pg.url).map_err(|e| StoreError::PostgresConfig {
+            db: pg.display.clone(),
+            reason: e.to_string(),
+        })?;
+        let query: Vec<(String, String)> = url
+            .query_pairs()
+            .filter(|(k, _)| k != "sslmode")
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(query);
+        if url.query() == Some("") {
+            url.set_query(None);
+        }
+        let config: tokio_postgres::Config =
+            url.as_str().parse().map_err(|error| StoreError::Postgres {
+                db: pg.display.clone(),
+                doing: "reading its URL".into(),
+                error,
+            })?;
+        if pg.sslmode != SslMode::Disable && pg.sslmode != SslMode::Prefer {
+            return Err(StoreError::PostgresConfig {
+                db: pg.display.clone(),
+                reason: format!("sslmode={} is not supported yet: TLS to the database is still being built; use sslmode=disable or prefer (plain connections) on a trusted network for now", pg.sslmode.as_str()),
+            });
+        }
+        Self::with_config(config, &pg.display)
     }
 
     fn with_config(mut config: tokio_postgres::Config, shown: &str) -> Result<PgStore, StoreError> {
