@@ -16,6 +16,8 @@ mod support;
 
 #[path = "it/admin.rs"]
 mod admin;
+#[path = "it/cluster.rs"]
+mod cluster;
 #[path = "it/delivery.rs"]
 mod delivery;
 #[path = "it/faults.rs"]

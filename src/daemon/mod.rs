@@ -23,6 +23,7 @@
 //! the outbox throughout. A removed source's stored state is kept until
 //! `pollhook forget`.
 
+mod cluster;
 mod signals;
 mod source_loop;
 mod watch;
@@ -36,14 +37,15 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, StoreConfig, Target};
+use crate::config::{Config, Source, StoreConfig, Target};
 use crate::deliver::TargetWorker;
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::poll::Poller;
 use crate::running::{Failure, Handle, Health, RunningSource};
 use crate::source::Fetcher;
-use crate::store::{blocking, PgStore, SharedStore, SledStore, StoreError};
+use crate::store::{blocking, Held, PgStore, SharedStore, SledStore, StoreError};
+use cluster::Cluster;
 pub use signals::{install_signals, Signalled, Signals};
 use source_loop::SourceLoop;
 use watch::Watched;
@@ -158,6 +160,8 @@ struct Daemon {
     /// Its `shutdown` token is cancelled by the caller, or by the store failing.
     running: Running,
     admin: AdminApi,
+    /// This instance's membership, on PostgreSQL.
+    cluster: Option<Cluster>,
 }
 
 impl Daemon {
@@ -181,9 +185,19 @@ impl Daemon {
             })?),
             None => None,
         };
-        let store = match store {
-            Some(s) => s,
-            None => open_store(&config).await?,
+        let (store, mut cluster) = match (store, &config.store) {
+            (Some(s), _) => (s, None),
+            (None, StoreConfig::Postgres(pg)) => {
+                let pg = pg.clone();
+                let (cluster, store) = tokio::task::spawn_blocking(move || Cluster::open(&pg))
+                    .await
+                    .map_err(|error| StoreError::Stopped {
+                        task: "open task",
+                        error,
+                    })??;
+                (store, Some(cluster))
+            }
+            (None, StoreConfig::Sled) => (open_store(&config).await?, None),
         };
         // Cancelled by the caller, or by the store failing.
         let stop = shutdown.child_token();
@@ -206,7 +220,11 @@ impl Daemon {
             shutdown: stop,
             targets: BTreeMap::new(),
             sources: BTreeMap::new(),
+            held: None,
         };
+        if let Some(c) = &mut cluster {
+            running.held = Some(first_round(c, &config).await);
+        }
         running.apply(&config).await?;
         handle.set_ready(true);
         let summary = format!(
@@ -227,6 +245,7 @@ impl Daemon {
             health,
             running,
             admin,
+            cluster,
         })
     }
 
@@ -234,10 +253,35 @@ impl Daemon {
     /// time `reload` is signalled.
     async fn serve(&mut self, reload: Arc<Notify>, notifier: &Notifier) {
         let stop = self.running.shutdown.clone();
+        // A single node has neither rounds nor cross-instance wakes: the timers never fire.
+        let every = self.cluster.as_ref().map(|c| c.every);
+        let mut round = every.map(tokio::time::interval);
+        let mut wake = every.map(|_| tokio::time::interval(cluster::WAKE));
         loop {
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => break,
+                _ = tick(&mut round) => {
+                    if let Some(c) = &mut self.cluster {
+                        let config = self.running.handle.config();
+                        match c.round(&config).await {
+                            Ok(held) if self.running.held.as_ref() != Some(&held) => {
+                                tracing::info!(instance = %c.instance(), instances = held.instances, sources = held.running_sources().len(), targets = held.running_targets().len(), "leases changed");
+                                self.running.held = Some(held);
+                                if let Err(e) = self.running.apply(&config).await {
+                                    tracing::error!(error = %crate::error::chain(&e), "cannot start a task this instance now holds");
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(e) => tracing::warn!(instance = %c.instance(), error = %crate::error::chain(&e), "lease round failed; the work this instance holds stops when its leases run out, and resumes once the database answers"),
+                        }
+                    }
+                }
+                _ = tick(&mut wake) => {
+                    for name in self.running.targets.keys() {
+                        self.running.handle.wakes.of(name).notify_one();
+                    }
+                }
                 _ = reload.notified() => {
                     notifier.reloading();
                     let status = self.running.reload().await;
@@ -285,6 +329,9 @@ impl Daemon {
             Err(_) => {
                 tracing::error!(state_dir = %state_dir, grace = %humantime::format_duration(grace), "the final flush of the state database did not finish within shutdown_grace; exiting without it (acknowledgements of the last moments may be sent again after the restart)");
             }
+        }
+        if let Some(c) = &self.cluster {
+            c.leave().await;
         }
         self.admin.stop().await;
         if let Some(failure) = self.health.failure() {
@@ -351,6 +398,8 @@ struct Running {
     shutdown: CancellationToken,
     targets: BTreeMap<String, RunningTarget>,
     sources: BTreeMap<String, RunningLoop>,
+    /// In a cluster, what this instance holds (None: everything, a single node).
+    held: Option<Held>,
 }
 
 impl Running {
@@ -413,25 +462,46 @@ impl Running {
     /// Makes the running tasks match `config`: starts what is new, restarts what
     /// changed, stops what is gone, leaves the rest alone.
     /// The first error is a target's if one failed to start, else the sources'.
+    ///
+    /// In a cluster, only the sources and targets this instance holds run here.
     async fn apply(&mut self, config: &Arc<Config>) -> Result<(), DaemonError> {
         self.handle.set_config(config.clone());
-        let targets = self.apply_targets(config);
-        let sources = self.apply_sources(config).await;
+        let held = |name: &String, mine: Option<&std::collections::BTreeSet<String>>| {
+            mine.is_none_or(|m| m.contains(name))
+        };
+        let targets: BTreeMap<String, Arc<Target>> = (config.targets.iter())
+            .filter(|(n, _)| held(n, self.held.as_ref().map(Held::running_targets).as_ref()))
+            .map(|(n, t)| (n.clone(), t.clone()))
+            .collect();
+        let sources: BTreeMap<String, Arc<Source>> = (config.sources.iter())
+            .filter(|(n, _)| held(n, self.held.as_ref().map(Held::running_sources).as_ref()))
+            .map(|(n, s)| (n.clone(), s.clone()))
+            .collect();
+        let targets = self.apply_targets(config, &targets);
+        let sources = self.apply_sources(config, &sources).await;
         targets.and(sources)
     }
 
     /// The target workers' part of [`Running::apply`]; a target whose worker cannot
     /// start is skipped (the first such error is returned), the others go on.
-    fn apply_targets(&mut self, config: &Config) -> Result<(), DaemonError> {
+    fn apply_targets(
+        &mut self,
+        config: &Config,
+        wanted: &BTreeMap<String, Arc<Target>>,
+    ) -> Result<(), DaemonError> {
         let handle = &self.handle;
         let mut first_error = None;
-        for name in gone(&self.targets, &config.targets) {
+        for name in gone(&self.targets, wanted) {
             if let Some(old) = self.targets.remove(&name) {
-                tracing::info!(target_name = %name, "target removed: its worker stops after in-flight deliveries; pending ones wait until it is configured again");
+                if config.targets.contains_key(&name) {
+                    tracing::info!(target_name = %name, "target handed to another instance of the cluster: its worker here stops after in-flight deliveries");
+                } else {
+                    tracing::info!(target_name = %name, "target removed: its worker stops after in-flight deliveries; pending ones wait until it is configured again");
+                }
                 old.stop.cancel();
             }
         }
-        for (name, target) in &config.targets {
+        for (name, target) in wanted {
             // Unchanged settings (`Target`'s equality): the running worker stays.
             if let Some(old) = self.targets.get(name) {
                 if old.target == *target {
@@ -483,19 +553,26 @@ impl Running {
     }
 
     /// The source loops' part of [`Running::apply`].
-    async fn apply_sources(&mut self, config: &Config) -> Result<(), DaemonError> {
+    async fn apply_sources(
+        &mut self,
+        config: &Config,
+        wanted: &BTreeMap<String, Arc<Source>>,
+    ) -> Result<(), DaemonError> {
         let handle = &self.handle;
-        for name in gone(&self.sources, &config.sources) {
+        for name in gone(&self.sources, wanted) {
             if let Some(old) = self.sources.remove(&name) {
-                tracing::info!(source = %name, "source removed: it is no longer polled; its stored state is kept until `pollhook forget {name}`");
+                if config.sources.contains_key(&name) {
+                    tracing::info!(source = %name, "source handed to another instance of the cluster: it is no longer polled here");
+                } else {
+                    tracing::info!(source = %name, "source removed: it is no longer polled; its stored state is kept until `pollhook forget {name}`");
+                }
                 old.stop.cancel();
                 handle.remove_source(&name);
                 handle.metrics.forget_source(&name);
             }
         }
         // New or changed settings (`Source`'s equality); the others keep running.
-        let changed: Vec<_> = config
-            .sources
+        let changed: Vec<_> = wanted
             .values()
             .filter(|s| handle.source(&s.name).is_none_or(|r| r.source != **s))
             .cloned()
@@ -562,6 +639,31 @@ fn gone<A, B>(running: &BTreeMap<String, A>, wanted: &BTreeMap<String, B>) -> Ve
         .filter(|n| !wanted.contains_key(*n))
         .cloned()
         .collect()
+}
+
+/// The first lease round, before any task starts; failed, the instance starts with
+/// nothing and the next round tries again.
+async fn first_round(cluster: &mut Cluster, config: &Config) -> Held {
+    match cluster.round(config).await {
+        Ok(held) => {
+            tracing::info!(instance = %cluster.instance(), instances = held.instances, sources = held.running_sources().len(), targets = held.running_targets().len(), "joined the cluster");
+            held
+        }
+        Err(e) => {
+            tracing::warn!(instance = %cluster.instance(), error = %crate::error::chain(&e), "the first lease round failed; starting with no sources or targets, trying again in a quarter lease");
+            Held::default()
+        }
+    }
+}
+
+/// The next tick of `timer`; never, without one.
+async fn tick(timer: &mut Option<tokio::time::Interval>) {
+    match timer {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// Logs what a previous run left pending, and warns about deliveries for targets that

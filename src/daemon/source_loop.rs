@@ -22,6 +22,7 @@ use crate::metrics::PollOutcome;
 use crate::poll::{Conditions, PollError, PollReport, Poller};
 use crate::running::{Handle, PollNow, PollRequests};
 use crate::schedule::Schedule;
+use crate::store::Work;
 
 pub(super) struct SourceLoop {
     pub source: Arc<Source>,
@@ -46,6 +47,16 @@ impl SourceLoop {
                 _ = tokio::time::sleep(wait) => None,
                 Some(reply) = self.requests.recv() => Some(reply),
             };
+            if !self.handle.store.holds(Work::Source, &s.name) {
+                // This instance's lease on the source lapsed (it was paused, or cannot
+                // reach the database): no poll, whose commit would be refused anyway,
+                // until the next lease round stops this loop or renews the lease.
+                if let Some(reply) = asked {
+                    let _ = reply.send(Err(format!("source {} is not held by this instance right now (its lease lapsed); try again, or ask another instance", s.name)));
+                }
+                scheduled = s.schedule.next(scheduled, Utc::now(), random_unit());
+                continue;
+            }
             let result = tokio::select! {
                 _ = self.stop.cancelled() => return,
                 result = self.poll_once(conditions.as_ref()) => result,

@@ -42,6 +42,10 @@ impl Watched {
 // Every required method delegates through `check`; the provided ones (`ack`,
 // `pending_counts`) are the trait's, over these.
 impl Store for Watched {
+    fn holds(&self, kind: crate::store::Work, name: &str) -> bool {
+        self.inner.holds(kind, name)
+    }
+
     fn source_state(&self, source: &str) -> Result<SourceState, StoreError> {
         self.check(self.inner.source_state(source), || {
             format!("reading the state of source {source}")

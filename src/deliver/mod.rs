@@ -29,7 +29,7 @@ use crate::http::{describe_send_error, retry_after_value, user_agent, Peer};
 use crate::jitter::random_unit;
 use crate::metrics::Metrics;
 use crate::sign::Scheme;
-use crate::store::{blocking, SharedStore};
+use crate::store::{blocking, SharedStore, Work};
 use acks::AckWriter;
 use queue::{Queue, Ready};
 pub use retry::{Decision, Outcome, RetryPolicy};
@@ -37,6 +37,9 @@ pub use retry::{Decision, Outcome, RetryPolicy};
 /// Deliveries loaded from the outbox into a worker's memory at most. Bodies of
 /// deliveries waiting for a retry are dropped from memory and read again when due, so
 /// this bounds memory while letting thousands of failing items retry side by side.
+/// How soon a worker whose cluster lease lapsed looks again whether it holds it.
+const LEASE_RECHECK: Duration = Duration::from_millis(100);
+
 const WINDOW: usize = 16_384;
 
 /// Sends one target's webhooks until shutdown.
@@ -146,6 +149,11 @@ impl TargetWorker {
     /// Starts every due delivery there is room for. Returns when to look again: when the
     /// next one is due, if there is room left to start it then.
     fn start_due(&self, queue: &mut Queue, in_flight: &mut JoinSet<Finished>) -> Option<Instant> {
+        if !self.store.holds(Work::Target, &self.target.name) {
+            // A member of a cluster whose lease on this target lapsed (paused, or cut off
+            // from the database) sends nothing: another instance may hold it by now.
+            return Some(Instant::now() + LEASE_RECHECK);
+        }
         let now_ms = Utc::now().timestamp_millis();
         while in_flight.len() < self.target.max_in_flight {
             let Some(ready) = queue.take_due(now_ms) else {

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use crate::diff::Seen;
 use crate::event::Event;
 
-pub use pg::{throwaway, PgStore};
+pub use pg::{throwaway, Held, Instance, Lease, PgStore, TICKS};
 pub use records::{Delivery, DeliveryStatus, SourceState, TargetStats};
 pub use sled_store::SledStore;
 pub use state_dir::{new_database_warning, MARKER_FILE};
@@ -109,6 +109,15 @@ pub enum StoreError {
         doing: String,
         limit: std::time::Duration,
     },
+    /// This instance does not hold the lease of the source or target it wrote for (it
+    /// lost it: paused or cut off past its lease, another instance took over): the
+    /// write is refused, and the daemon stops the work at its next lease round.
+    #[error("instance {instance} no longer holds the lease of {kind} {name} (another instance may have taken it over); the write was refused and nothing changed")]
+    NotHeld {
+        kind: &'static str,
+        name: String,
+        instance: String,
+    },
     /// `[store]` names something the store cannot use.
     #[error("[store] postgres = {db}: {reason}")]
     PostgresConfig { db: String, reason: String },
@@ -171,8 +180,24 @@ pub struct PollCommit {
     pub now_ms: i64,
 }
 
+/// The two kinds of work an instance of a cluster holds leases on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Work {
+    /// Polling a source (and committing its polls).
+    Source,
+    /// Sending a target's deliveries (and recording their outcomes).
+    Target,
+}
+
 /// What the daemon needs from durable storage.
 pub trait Store: Send + Sync + 'static {
+    /// Whether this process may act on `name` now: poll the source, or send the
+    /// target's next delivery. Always, but for a member of a cluster whose lease on it
+    /// is gone or about to be (see `pg/lease.rs`).
+    fn holds(&self, _kind: Work, _name: &str) -> bool {
+        true
+    }
+
     /// A source's commit generation and item count (zero values before its first poll).
     fn source_state(&self, source: &str) -> Result<SourceState, StoreError>;
 

@@ -13,6 +13,7 @@
 //! delivered and no recovery step is needed after a crash.
 
 mod conn;
+mod lease;
 mod schema;
 pub mod throwaway;
 
@@ -23,11 +24,15 @@ use std::time::Duration;
 use tokio_postgres::{GenericClient, Row};
 
 use super::sled_store::REPLAY_BATCH;
-use super::{Delivery, DeliveryStatus, PollCommit, SourceState, Store, StoreError, TargetStats};
+use super::{
+    Delivery, DeliveryStatus, PollCommit, SourceState, Store, StoreError, TargetStats, Work,
+};
 use crate::config::{PostgresConfig, SslMode};
 use crate::diff::Seen;
 use crate::extract::Collection;
 use conn::{Pool, Runner};
+use lease::{fence, Member};
+pub use lease::{Held, Instance, Lease, TICKS};
 
 /// How long one store operation may take, connecting included, before it fails (and
 /// is retried by its caller). A commit of 100,000 events takes a few seconds.
@@ -55,6 +60,8 @@ impl From<StoreError> for Fail {
 /// State in a PostgreSQL database.
 pub struct PgStore {
     runner: Runner,
+    /// This instance in the cluster, once it joined (see [`PgStore::join`]).
+    member: Option<Arc<Member>>,
 }
 
 const DELIVERY_COLUMNS: &str =
@@ -116,7 +123,10 @@ impl PgStore {
             path: shown.to_string(),
             error,
         })?;
-        let store = PgStore { runner };
+        let store = PgStore {
+            runner,
+            member: None,
+        };
         store.runner.run(
             || "creating or upgrading its tables".into(),
             |pool| async move {
@@ -352,9 +362,10 @@ async fn write_snapshot(tx: &impl GenericClient, c: &PollCommit) -> Result<(), F
     Ok(())
 }
 
-async fn commit(pool: Arc<Pool>, c: PollCommit) -> Result<u64, Fail> {
+async fn commit(pool: Arc<Pool>, member: Option<Arc<Member>>, c: PollCommit) -> Result<u64, Fail> {
     let mut conn = pool.conn().await?;
     let tx = conn.transaction().await?;
+    fence(&tx, member.as_deref(), Work::Source, &c.source).await?;
     // Creates the row of a source never seen, so that it can be locked.
     tx.execute(
         "INSERT INTO pollhook_sources (name) VALUES ($1) ON CONFLICT DO NOTHING",
@@ -468,6 +479,12 @@ async fn list(
 }
 
 impl Store for PgStore {
+    fn holds(&self, kind: Work, name: &str) -> bool {
+        self.member
+            .as_ref()
+            .is_none_or(|m| m.epoch(kind, name).is_some())
+    }
+
     fn source_state(&self, source: &str) -> Result<SourceState, StoreError> {
         let s = source.to_string();
         self.run(
@@ -519,7 +536,7 @@ impl Store for PgStore {
         let source = c.source.clone();
         self.run(
             || format!("committing a poll of source {source}"),
-            |pool| commit(pool, c),
+            |pool| commit(pool, self.member.clone(), c),
         )
     }
 
@@ -569,15 +586,19 @@ impl Store for PgStore {
     fn ack_many(&self, target: &str, seqs: &[u64]) -> Result<(), StoreError> {
         let t = target.to_string();
         let seqs: Vec<i64> = seqs.iter().map(|&s| s as i64).collect();
+        let member = self.member.clone();
         self.run(
             || format!("recording acknowledgements of target {target}"),
             |pool| async move {
-                let c = pool.conn().await?;
-                c.execute(
+                let mut c = pool.conn().await?;
+                let tx = c.transaction().await?;
+                fence(&tx, member.as_deref(), Work::Target, &t).await?;
+                tx.execute(
                     "DELETE FROM pollhook_outbox WHERE target = $1 AND seq = ANY($2)",
                     &[&t, &seqs],
                 )
                 .await?;
+                tx.commit().await?;
                 c.done();
                 Ok(())
             },
@@ -593,15 +614,19 @@ impl Store for PgStore {
         last_error: &str,
     ) -> Result<(), StoreError> {
         let (t, e) = (target.to_string(), last_error.to_string());
+        let member = self.member.clone();
         self.run(
             || format!("rescheduling delivery {seq} of target {target}"),
             |pool| async move {
-                let c = pool.conn().await?;
-                c.execute(
+                let mut c = pool.conn().await?;
+                let tx = c.transaction().await?;
+                fence(&tx, member.as_deref(), Work::Target, &t).await?;
+                tx.execute(
                     "UPDATE pollhook_outbox SET attempts = $3, next_at_ms = $4, last_error = $5 WHERE target = $1 AND seq = $2",
                     &[&t, &(seq as i64), &(attempts as i32), &next_at_ms, &e],
                 )
                 .await?;
+                tx.commit().await?;
                 c.done();
                 Ok(())
             },
@@ -616,11 +641,13 @@ impl Store for PgStore {
         last_error: &str,
     ) -> Result<(), StoreError> {
         let (t, e) = (target.to_string(), last_error.to_string());
+        let member = self.member.clone();
         self.run(
             || format!("moving delivery {seq} of target {target} to the dead letters"),
             |pool| async move {
                 let mut c = pool.conn().await?;
                 let tx = c.transaction().await?;
+                fence(&tx, member.as_deref(), Work::Target, &t).await?;
                 tx.execute(
                     &format!(
                         "WITH gone AS (DELETE FROM pollhook_outbox WHERE target = $1 AND seq = $2 RETURNING {DELIVERY_COLUMNS}) \

@@ -77,6 +77,28 @@ CREATE TABLE pollhook_stage (
     body bytea NOT NULL,
     PRIMARY KEY (source, chunk, pos, target)
 );
+
+-- The instances of the cluster: each renews its row while it runs; one whose row has
+-- expired is gone (dead, paused or cut off).
+CREATE TABLE pollhook_instances (
+    name text COLLATE "C" PRIMARY KEY,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    renewed_at timestamptz NOT NULL DEFAULT now(),
+    expires_at timestamptz NOT NULL
+);
+
+-- Who polls each source and sends each target's deliveries: one holder at a time,
+-- until its lease expires; every takeover increments the epoch, and a commit or an
+-- acknowledgement is written only under the epoch its instance claimed.
+CREATE TABLE pollhook_leases (
+    kind text COLLATE "C" NOT NULL CHECK (kind IN ('source', 'target')),
+    name text COLLATE "C" NOT NULL,
+    holder text COLLATE "C",
+    expires_at timestamptz NOT NULL DEFAULT '-infinity',
+    epoch bigint NOT NULL DEFAULT 0,
+    claimed_at timestamptz,
+    PRIMARY KEY (kind, name)
+);
 "#,
 ];
 
