@@ -16,14 +16,16 @@
 //!   conflicts), forgetting a source, listing sources, names with odd bytes.
 //! - `outbox`: the delivery lifecycle (pending, ack, reschedule, bury), the operator's
 //!   listings, finding an event, replaying dead letters, queue statistics.
+//! - `staged`: polls committed in chunks, and commits racing a reader of the outbox.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use serde_json::json;
 
-use super::tests::{events_commit, seen};
+use super::tests::{created, events_commit, seen};
 use super::throwaway::Server;
-use super::{Delivery, PgStore, PollCommit, SourceState, Store, TargetStats};
+use super::{Delivery, PgStore, PollCommit, SourceState, Store, StoreError, TargetStats};
 use crate::diff::Seen;
 use crate::event::Event;
 use crate::extract::Collection;
@@ -58,6 +60,7 @@ macro_rules! on_both_stores {
 
 mod outbox;
 mod polls;
+mod staged;
 
 /// A store under test, and where its state lives, to open it again.
 pub(super) struct Fixture {
@@ -184,6 +187,51 @@ pub(super) fn item(id: &str) -> (String, Seen) {
         id.to_string(),
         seen(&json!({"id": id, "name": format!("item {id}")})),
     )
+}
+
+/// The commits of a poll of `source` that read generation `expected` with `held` items
+/// and found `items` created, one event each to `targets`, cut as `Plan::next_commit`
+/// cuts a poll: `per_commit` events a commit, every commit but the last `events_only`,
+/// the last with the remaining events and every snapshot change, all with the poll's
+/// collection and detection time. Returns the commits and the events in detection order.
+pub(super) fn poll_commits(
+    source: &str,
+    expected: u64,
+    held: u64,
+    items: &[&str],
+    targets: &[&str],
+    per_commit: usize,
+) -> (Vec<PollCommit>, Vec<Event>) {
+    let events: Vec<(Event, Arc<[String]>)> = items
+        .iter()
+        .map(|id| created(source, expected + 1, id, targets))
+        .collect();
+    let in_order = events.iter().map(|(e, _)| e.clone()).collect();
+    let chunks: Vec<_> = events.chunks(per_commit.max(1)).collect();
+    let last = chunks.len().saturating_sub(1);
+    let mut commits: Vec<PollCommit> = (chunks.iter().enumerate())
+        .map(|(chunk, events)| PollCommit {
+            chunk: chunk as u32,
+            events_only: chunk < last,
+            collection: Some(Collection::Array),
+            ..events_commit(source, expected, events.to_vec())
+        })
+        .collect();
+    if let Some(last) = commits.last_mut() {
+        last.upserts = items.iter().map(|id| item(id)).collect();
+        last.item_count = held + items.len() as u64;
+    }
+    (commits, in_order)
+}
+
+/// Commits `commits` one after the other as `Plan::commit_all` does, stopping at the
+/// first that fails; returns the generation stored.
+pub(super) fn commit_all(store: &dyn Store, commits: Vec<PollCommit>) -> Result<u64, StoreError> {
+    let mut generation = 0;
+    for c in commits {
+        generation = store.commit_poll(c)?;
+    }
+    Ok(generation)
 }
 
 /// The event ids of `events`, for comparing with deliveries' ids.
