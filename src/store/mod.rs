@@ -338,6 +338,8 @@ where
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_contract;
+#[cfg(test)]
 mod tests_damage;
 #[cfg(test)]
 mod tests_pg;

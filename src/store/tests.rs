@@ -39,7 +39,13 @@ pub(super) fn seen(object: &Value) -> Seen {
 }
 
 /// The event for a `kind` change of `object`, as the poller builds it.
-fn event(source: &str, generation: u64, kind: ChangeKind, id: &str, object: Value) -> Event {
+pub(super) fn event(
+    source: &str,
+    generation: u64,
+    kind: ChangeKind,
+    id: &str,
+    object: Value,
+) -> Event {
     let change = Change {
         kind,
         id: id.to_string(),
@@ -87,7 +93,7 @@ pub(super) fn all_pending(store: &dyn Store, target: &str) -> Vec<Delivery> {
     store.pending(target, None, usize::MAX).unwrap()
 }
 
-fn ids(deliveries: &[Delivery]) -> Vec<&str> {
+pub(super) fn ids(deliveries: &[Delivery]) -> Vec<&str> {
     deliveries.iter().map(|d| d.event_id.as_str()).collect()
 }
 
@@ -765,8 +771,8 @@ fn a_growing_source_is_rebucketed_without_losing_items() {
 
 /// Commits one event per item id to `targets` (a first commit of `source`, detected at
 /// `now_ms`) and returns the events.
-fn queue_events(
-    store: &SledStore,
+pub(super) fn queue_events(
+    store: &dyn Store,
     source: &str,
     expected: u64,
     items: &[&str],
@@ -788,7 +794,7 @@ fn queue_events(
 }
 
 /// The delivery of `event` to `target` in `deliveries`.
-fn copy_of<'a>(deliveries: &'a [Delivery], target: &str, event: &Event) -> &'a Delivery {
+pub(super) fn copy_of<'a>(deliveries: &'a [Delivery], target: &str, event: &Event) -> &'a Delivery {
     deliveries
         .iter()
         .find(|d| d.target == target && d.event_id == event.id)
@@ -796,7 +802,7 @@ fn copy_of<'a>(deliveries: &'a [Delivery], target: &str, event: &Event) -> &'a D
 }
 
 /// What a dead delivery becomes when replayed as `seq` at `now_ms`.
-fn fresh(dead: &Delivery, seq: u64, now_ms: i64) -> Delivery {
+pub(super) fn fresh(dead: &Delivery, seq: u64, now_ms: i64) -> Delivery {
     Delivery {
         seq,
         attempts: 0,
@@ -1245,7 +1251,7 @@ fn concurrent_commits_never_land_behind_a_reader() {
             std::thread::spawn(move || {
                 let source = format!("s{s}");
                 for g in 0..COMMITS {
-                    queue_events(&store, &source, g, &[&format!("i{g}")], &["t"], NOW_MS);
+                    queue_events(&*store, &source, g, &[&format!("i{g}")], &["t"], NOW_MS);
                 }
             })
         })

@@ -547,7 +547,13 @@ impl Store for PgStore {
         limit: usize,
     ) -> Result<Vec<Delivery>, StoreError> {
         let t = target.to_string();
-        let after = after.map_or(-1, |a| a as i64);
+        // Sequence numbers are bigints: none is above one beyond their range (cast, such
+        // an `after` would turn negative and return everything).
+        let after = match after.map(i64::try_from) {
+            None => -1,
+            Some(Ok(after)) => after,
+            Some(Err(_)) => return Ok(Vec::new()),
+        };
         let limit = limit.min(i64::MAX as usize) as i64;
         self.run(
             || format!("reading pending deliveries of target {target}"),
