@@ -24,8 +24,10 @@ impl SledStore {
             self.apply_staged(source)?;
         }
         let mut abandoned = sled::Batch::default();
+        let mut staging = false;
         for key in self.stage.scan_prefix(prefix(source)).keys() {
             abandoned.remove(key.map_err(db_err)?);
+            staging = true;
         }
         let snap = self.snap();
         let mut found: Vec<sled::IVec> = Vec::new();
@@ -43,7 +45,10 @@ impl SledStore {
         let result = trees.transaction(|(sources, snap, stage)| {
             stage.apply_batch(&abandoned)?;
             let stored = sources.get(source.as_bytes())?;
-            let mut had = stored.is_some();
+            // A first poll still staging its chunks has no state yet, but its commit
+            // must fail too: were the generation left at 0, its last commit would pass
+            // and write every item, with the events of the chunks dropped here lost.
+            let mut had = stored.is_some() || staging;
             let state = read_state(stored, source).map_err(ConflictableTransactionError::Abort)?;
             let counted = (0..state.buckets).map(|b| sled::IVec::from(bucket_key(source, b)));
             let keys: std::collections::BTreeSet<sled::IVec> =

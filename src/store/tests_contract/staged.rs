@@ -179,11 +179,11 @@ fn each_commit_of_a_staged_poll_checks_the_generation(f: &mut Fixture) {
 /// item again, or it queues every event the poll detected: never a snapshot holding
 /// items whose events are lost (DESIGN invariant 1).
 ///
-/// PgStore refuses the commit: the staged chunk's commit created the source's row (to
-/// lock it), so the forget finds state and moves the generation on. SledStore fails this
-/// (ignored there until fixed): its forget finds no stored state, so it keeps the
-/// generation, yet drops the staged chunk, and the poll's last commit then writes every
-/// item with only its own chunk's events.
+/// Both refuse the commit. PgStore: the staged chunk's commit created the source's row
+/// (to lock it), so the forget finds state and moves the generation on. SledStore: the
+/// forget finds staged chunks and moves the generation on for them (without that, it
+/// dropped the chunk and kept the generation, and the poll's last commit wrote every
+/// item with only its own chunk's events).
 fn a_forget_during_a_first_staged_poll_loses_no_event(f: &mut Fixture) {
     let store = f.store();
     let (p, p_events) = poll_commits("s", 0, 0, &["a", "b", "c", "d", "e"], &["t"], 3);
@@ -280,7 +280,6 @@ on_both_stores!(
     a_staged_poll_queues_its_events_at_its_last_commit_in_detection_order,
     an_abandoned_staged_poll_is_dropped_by_the_next_poll,
     each_commit_of_a_staged_poll_checks_the_generation,
-    #[sled ignore = "sled bug: forget drops a first poll's staged chunk, the poll commits without it"]
     a_forget_during_a_first_staged_poll_loses_no_event,
     concurrent_commits_never_land_behind_a_reader,
 );
