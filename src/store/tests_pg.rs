@@ -5,6 +5,7 @@
 use super::tests::{all_pending, created, events_commit, seen, NOW_MS};
 use super::throwaway::Server;
 use super::*;
+use super::{Held, Work};
 
 fn open(url: &str) -> PgStore {
     PgStore::open(url, "test").unwrap_or_else(|e| panic!("{}", crate::error::chain(&e)))
@@ -68,4 +69,53 @@ fn a_database_restart_fails_calls_until_it_is_back_then_they_work() {
         }
     };
     assert_eq!(pending.len(), 1);
+}
+
+/// Fencing: an instance paused past its lease (here: it stops renewing) writes nothing
+/// once another took its source over, and its store says it no longer holds it.
+#[test]
+fn a_paused_instance_writes_nothing_after_another_took_its_work_over() {
+    let Some(pg) = Server::for_test("a_paused_instance…") else {
+        return;
+    };
+    let url = pg.new_database("fence");
+    let lease = std::time::Duration::from_secs(2);
+    let a = open(&url).join("a".into(), lease);
+    let b = open(&url).join("b".into(), lease);
+    let sources = ["s".to_string()];
+    let none = Held::default();
+    let held = a.tick(&sources, &[], &none).unwrap();
+    assert!(held.sources.contains("s"), "{held:?}");
+    let held = b.tick(&sources, &[], &none).unwrap();
+    assert!(held.sources.is_empty(), "{held:?}");
+    assert!(a.holds(Work::Source, "s") && !b.holds(Work::Source, "s"));
+    a.commit_poll(events_commit("s", 0, vec![created("s", 1, "x", &["t"])]))
+        .unwrap();
+
+    // a stops renewing (a pause); its lease expires and b claims it, at a new epoch.
+    std::thread::sleep(lease);
+    let held = b.tick(&sources, &[], &none).unwrap();
+    assert!(held.sources.contains("s"), "{held:?}");
+    assert!(!a.holds(Work::Source, "s"));
+    // a wakes up and commits what it polled before the pause: refused.
+    match a.commit_poll(events_commit("s", 1, vec![created("s", 2, "y", &["t"])])) {
+        Err(StoreError::NotHeld { name, instance, .. }) => {
+            assert_eq!((name.as_str(), instance.as_str()), ("s", "a"));
+        }
+        other => panic!("a stale commit was not refused: {other:?}"),
+    }
+    // Even with a renewal first: its lease is gone, the round gives it nothing.
+    let held = a.tick(&sources, &[], &none).unwrap();
+    assert!(held.sources.is_empty(), "{held:?}");
+    assert!(a
+        .commit_poll(events_commit("s", 1, vec![created("s", 2, "y", &["t"])]))
+        .is_err());
+    // b commits; the outbox holds x (from a, before) and z (from b), not y.
+    b.commit_poll(events_commit("s", 1, vec![created("s", 2, "z", &["t"])]))
+        .unwrap();
+    let items: Vec<String> = all_pending(&b, "t")
+        .into_iter()
+        .map(|d| d.item_id)
+        .collect();
+    assert_eq!(items, ["x", "z"]);
 }
