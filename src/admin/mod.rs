@@ -379,7 +379,7 @@ async fn poll(
         if h.config().sources.contains_key(&name) {
             return Err(ApiError(
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("source {name} is configured but not running (the daemon is still starting or reloading); try again in a moment"),
+                format!("source {name} is configured but not running on this instance: in a cluster another instance may hold it (ask that one), or this daemon is still starting or reloading (try again in a moment)"),
             ));
         }
         return Err(ApiError(
