@@ -14,6 +14,8 @@
 
 mod conn;
 mod schema;
+#[cfg(test)]
+mod tests_tls;
 pub mod throwaway;
 mod tls;
 
