@@ -37,6 +37,7 @@ pub use request::{
     DEFAULT_MAX_PAGES,
 };
 pub use secrets::store_secrets;
+pub(crate) use store::VERIFY_CA_NEEDS_CA;
 pub use store::{PostgresConfig, SslMode, StoreConfig, DEFAULT_LEASE, MAX_LEASE, MIN_LEASE};
 use validate::Validator;
 pub use validate::{valid_name, NAME_RULE};

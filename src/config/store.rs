@@ -120,6 +120,14 @@ impl SslMode {
     }
 }
 
+/// Why `sslmode=verify-ca` without `ca_file` is refused, by the config check and by the
+/// store: against the public roots, verify-ca would accept a certificate that any public
+/// CA issued for any name (libpq refuses it with `sslrootcert=system` too).
+pub(crate) const VERIFY_CA_NEEDS_CA: &str = "sslmode=verify-ca needs ca_file: against the \
+    public CAs it would accept any certificate any of them issued, for any name. Set ca_file \
+    to the CA that signed the database's certificate, or use sslmode=verify-full, which also \
+    checks that the certificate names the host";
+
 impl fmt::Display for SslMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

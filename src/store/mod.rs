@@ -118,6 +118,17 @@ pub enum StoreError {
         name: String,
         instance: String,
     },
+    /// TLS to PostgreSQL failed: the server offers none, or its certificate is not one
+    /// the sslmode accepts. Retried like any failed connection, but it lasts until the
+    /// config or the database's certificate changes, so the message says which.
+    #[error("cannot connect to the PostgreSQL store at {db} with sslmode={sslmode}: {problem}. To fix: {advice}")]
+    PostgresTls {
+        db: String,
+        sslmode: crate::config::SslMode,
+        /// What is wrong, rustls's reason included.
+        problem: String,
+        advice: String,
+    },
     /// `[store]` names something the store cannot use.
     #[error("[store] postgres = {db}: {reason}")]
     PostgresConfig { db: String, reason: String },

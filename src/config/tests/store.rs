@@ -221,7 +221,6 @@ fn sslmode_is_read_from_the_url() {
         ("disable", SslMode::Disable),
         ("prefer", SslMode::Prefer),
         ("require", SslMode::Require),
-        ("verify-ca", SslMode::VerifyCa),
         ("verify-full", SslMode::VerifyFull),
     ] {
         let pg = postgres(&format!(
@@ -231,6 +230,30 @@ fn sslmode_is_read_from_the_url() {
     }
     let (p, _) = problem("[store]\npostgres = \"postgres://db/pollhook?sslmode=allow\"");
     assert!(p.message.contains("not supported"), "{}", p.message);
+}
+
+#[test]
+fn verify_ca_needs_ca_file() {
+    // Against the public roots, verify-ca would take any certificate any public CA
+    // issued; with ca_file it is read (ca_file_is_read_relative_to_the_config_file).
+    let (p, _) = problem("[store]\npostgres = \"postgres://db/pollhook?sslmode=verify-ca\"");
+    assert_eq!((p.key.as_str(), p.line), ("store.postgres", Some(2)));
+    assert!(
+        p.message.contains("verify-ca needs ca_file") && p.message.contains("verify-full"),
+        "{}",
+        p.message
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("db-ca.pem"), super::ca_pem()).unwrap();
+    let store =
+        "[store]\npostgres = \"postgres://db/pollhook?sslmode=verify-ca\"\nca_file = \"db-ca.pem\"";
+    let StoreConfig::Postgres(pg) = load_in(dir.path(), store).unwrap().store else {
+        panic!("sled");
+    };
+    assert_eq!(
+        (pg.sslmode, pg.ca.map(|ca| ca.len())),
+        (SslMode::VerifyCa, Some(1))
+    );
 }
 
 #[test]
@@ -305,6 +328,20 @@ fn ca_file_is_read_relative_to_the_config_file() {
     let p = &err.problems()[0];
     assert_eq!((p.key.as_str(), p.line), ("store.ca_file", Some(3)));
     assert!(p.message.contains("sslmode=disable"), "{}", p.message);
+    // So does prefer, which does not verify: the operator means the certificate checked.
+    for url in [
+        "postgres://db/pollhook",
+        "postgres://db/pollhook?sslmode=prefer",
+    ] {
+        let store = format!("[store]\npostgres = \"{url}\"\nca_file = \"db-ca.pem\"");
+        let err = load_in(dir.path(), &store).unwrap_err();
+        let p = &err.problems()[0];
+        assert_eq!((p.key.as_str(), p.line), ("store.ca_file", Some(3)));
+        assert!(p.message.contains("sslmode=verify-full"), "{}", p.message);
+    }
+    // require takes it, and verifies with it (as libpq does).
+    let store = store.replace("disable", "require");
+    assert!(load_in(dir.path(), &store).is_ok());
 }
 
 #[test]

@@ -77,11 +77,21 @@ impl Validator<'_> {
         let Some((url, parsed, sslmode)) = checked else {
             return StoreConfig::Sled;
         };
-        if sslmode == SslMode::Disable && ca.is_some() {
-            self.problem(
+        match (sslmode, ca.is_some()) {
+            (SslMode::Disable, true) => self.problem(
                 &key.key("ca_file"),
                 "sslmode=disable in the URL turns TLS off, so ca_file would not be used; remove one of them",
-            );
+            ),
+            // An operator who names a CA means the certificate to be checked; prefer
+            // (the default) would leave it unused without a word.
+            (SslMode::Prefer, true) => self.problem(
+                &key.key("ca_file"),
+                "sslmode=prefer (the default when the URL has none) does not verify the server's certificate, so ca_file would not be used; add sslmode=verify-full (or verify-ca) to the URL, or remove ca_file",
+            ),
+            (SslMode::VerifyCa, false) => {
+                self.problem(&key.key(given[0]), store::VERIFY_CA_NEEDS_CA)
+            }
+            _ => {}
         }
         StoreConfig::Postgres(PostgresConfig {
             display: store::display(&parsed),

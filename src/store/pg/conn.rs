@@ -10,13 +10,17 @@
 //! transaction or wait on an answer that never comes, so it is closed and the next
 //! operation connects afresh (with the same limit), which is how a lost connection or
 //! a restarted database is retried.
+//!
+//! Every connection is made with the pool's TLS (`tls.rs`); a connection that fails for
+//! TLS fails with what the operator has to change, not as a lost database.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
+use super::tls::Tls;
 use super::Fail;
 use crate::store::StoreError;
 
@@ -28,6 +32,7 @@ pub(super) struct Pool {
     config: tokio_postgres::Config,
     /// The database as shown in messages: host, port and name, never the password.
     pub(super) shown: String,
+    tls: Tls,
     idle: Mutex<Vec<Client>>,
 }
 
@@ -39,10 +44,12 @@ pub(super) struct Conn {
 }
 
 impl Pool {
-    pub(super) fn new(config: tokio_postgres::Config, shown: String) -> Pool {
+    /// `config`'s sslmode must be `tls.pg_mode()`.
+    pub(super) fn new(config: tokio_postgres::Config, shown: String, tls: Tls) -> Pool {
         Pool {
             config,
             shown,
+            tls,
             idle: Mutex::new(Vec::new()),
         }
     }
@@ -56,7 +63,14 @@ impl Pool {
         let client = match idle {
             Some(c) => c,
             None => {
-                let (client, connection) = self.config.connect(NoTls).await?;
+                let (client, connection) = self
+                    .config
+                    .connect(self.tls.connect.clone())
+                    .await
+                    .map_err(|e| match self.tls.failure(&self.shown, &e) {
+                        Some(tls) => Fail::Store(tls),
+                        None => Fail::Pg(e),
+                    })?;
                 tokio::spawn(async move {
                     if let Err(e) = connection.await {
                         tracing::debug!(error = %crate::error::chain(&e), "a PostgreSQL connection ended");

@@ -15,7 +15,10 @@
 mod conn;
 mod lease;
 mod schema;
+#[cfg(test)]
+mod tests_tls;
 pub mod throwaway;
+mod tls;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -33,6 +36,7 @@ use crate::extract::Collection;
 use conn::{Pool, Runner};
 use lease::{fence, Member};
 pub use lease::{Held, Instance, Lease, TICKS};
+use tls::Tls;
 
 /// How long one store operation may take, connecting included, before it fails (and
 /// is retried by its caller). A commit of 100,000 events takes a few seconds.
@@ -70,20 +74,31 @@ const DELIVERY_COLUMNS: &str =
 impl PgStore {
     /// Connects to the database at `url` (a `postgres://` URL) and brings its tables to
     /// this release's schema. `shown` names the database in messages (no password).
+    /// The URL's sslmode is one of tokio-postgres's three (disable, prefer, require),
+    /// none of which checks the server's certificate; [`PgStore::connect`] has all five.
     pub fn open(url: &str, shown: &str) -> Result<PgStore, StoreError> {
         let config: tokio_postgres::Config = url.parse().map_err(|error| StoreError::Postgres {
             db: shown.to_string(),
             doing: "reading its URL".into(),
             error,
         })?;
-        Self::with_config(config, shown)
+        let sslmode = match config.get_ssl_mode() {
+            tokio_postgres::config::SslMode::Disable => SslMode::Disable,
+            tokio_postgres::config::SslMode::Prefer => SslMode::Prefer,
+            _ => SslMode::Require,
+        };
+        let tls = Tls::new(sslmode, None).map_err(|reason| StoreError::PostgresConfig {
+            db: shown.to_string(),
+            reason,
+        })?;
+        Self::with_config(config, shown, tls)
     }
 
-    /// Connects to the database of `[store]` and brings its tables to this release's
-    /// schema.
+    /// Connects to the database of `[store]`, with TLS as its sslmode and `ca_file` say
+    /// (`tls.rs`), and brings its tables to this release's schema.
     pub fn connect(pg: &PostgresConfig) -> Result<PgStore, StoreError> {
-        // tokio-postgres reads only disable, prefer and require from the URL: the mode
-        // is taken from the config, which knows every libpq mode.
+        // tokio-postgres reads only disable, prefer and require from the URL (and refuses
+        // the others): the mode is taken from the config, which knows every libpq mode.
         let mut url = url::Url::parse(&pg.url).map_err(|e| StoreError::PostgresConfig {
             db: pg.display.clone(),
             reason: e.to_string(),
@@ -103,21 +118,25 @@ impl PgStore {
                 doing: "reading its URL".into(),
                 error,
             })?;
-        if pg.sslmode != SslMode::Disable && pg.sslmode != SslMode::Prefer {
-            return Err(StoreError::PostgresConfig {
+        let tls =
+            Tls::new(pg.sslmode, pg.ca.as_ref()).map_err(|reason| StoreError::PostgresConfig {
                 db: pg.display.clone(),
-                reason: format!("sslmode={} is not supported yet: TLS to the database is still being built; use sslmode=disable or prefer (plain connections) on a trusted network for now", pg.sslmode.as_str()),
-            });
-        }
-        Self::with_config(config, &pg.display)
+                reason,
+            })?;
+        Self::with_config(config, &pg.display, tls)
     }
 
-    fn with_config(mut config: tokio_postgres::Config, shown: &str) -> Result<PgStore, StoreError> {
+    fn with_config(
+        mut config: tokio_postgres::Config,
+        shown: &str,
+        tls: Tls,
+    ) -> Result<PgStore, StoreError> {
         config
             .application_name("pollhook")
             .connect_timeout(Duration::from_secs(10))
-            .keepalives_idle(Duration::from_secs(30));
-        let pool = Pool::new(config, shown.to_string());
+            .keepalives_idle(Duration::from_secs(30))
+            .ssl_mode(tls.pg_mode());
+        let pool = Pool::new(config, shown.to_string(), tls);
         let runner = Runner::new(pool, OPERATION_LIMIT).map_err(|error| StoreError::OpenIo {
             action: "start the runtime for",
             path: shown.to_string(),

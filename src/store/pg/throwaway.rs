@@ -6,6 +6,9 @@
 //! Nothing here is used by the daemon. It lives in the library so that the unit tests,
 //! the integration tests, the chaos harness and the load test share one.
 //!
+//! [`Server::start_tls`] starts one with TLS on, serving a given certificate, for the
+//! tests of the store's sslmodes.
+//!
 //! The server binaries are looked for in `$POLLHOOK_PG_BIN`, then in Debian's
 //! `/usr/lib/postgresql/<version>/bin` (the highest version), then on `PATH`. Where
 //! none is found, [`Server::start`] says so, and tests that need a server skip with a
@@ -34,6 +37,18 @@ struct Inner {
     user: Option<(u32, u32)>,
 }
 
+/// What a server started by [`Server::start_tls`] serves.
+pub struct TlsFiles {
+    /// The server's certificate, PEM (its chain after it, if any).
+    pub cert_pem: String,
+    /// Its private key, PEM.
+    pub key_pem: String,
+    /// Whether connections without TLS are refused: pg_hba.conf has `hostssl` lines
+    /// only (as the throwaway's own tools, psql and pg_isready, default to
+    /// sslmode=prefer, they still connect).
+    pub only: bool,
+}
+
 /// Where no server could be started, and why.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -42,6 +57,15 @@ pub struct Unavailable(pub String);
 impl Server {
     /// Starts a new server (about 2 s: `initdb`, then start-up).
     pub fn start() -> Result<Server, Unavailable> {
+        Server::start_with(None)
+    }
+
+    /// Starts a new server with TLS on (`ssl=on`), serving `tls`'s certificate.
+    pub fn start_tls(tls: &TlsFiles) -> Result<Server, Unavailable> {
+        Server::start_with(Some(tls))
+    }
+
+    fn start_with(tls: Option<&TlsFiles>) -> Result<Server, Unavailable> {
         let bin = find_bin().ok_or_else(|| {
             Unavailable("PostgreSQL's initdb and postgres were not found in $POLLHOOK_PG_BIN, /usr/lib/postgresql/*/bin or PATH; install the Debian package `postgresql` (apt-get install postgresql)".into())
         })?;
@@ -65,8 +89,14 @@ impl Server {
                     String::from_utf8_lossy(&out.stderr).trim()
                 )));
             }
+            if let Some(tls) = tls {
+                if let Err(e) = write_tls(&dir, &data, tls, user) {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return Err(e);
+                }
+            }
             let port = free_port()?;
-            let keeper = keep(&bin, &dir, &data, port, user)?;
+            let keeper = keep(&bin, &dir, &data, port, user, tls.is_some())?;
             let server = Server {
                 inner: Arc::new(Inner {
                     port,
@@ -240,15 +270,54 @@ impl Drop for Inner {
     }
 }
 
+/// Puts `tls`'s certificate and key in `dir` as `server.crt` and `server.key`, for the
+/// user the server runs as: PostgreSQL refuses a key that others may read, or that is
+/// not its own (root's, mode 0640, is the other case it takes). With `only`, replaces
+/// `data`'s pg_hba.conf by one that takes TLS connections only.
+fn write_tls(
+    dir: &Path,
+    data: &Path,
+    tls: &TlsFiles,
+    user: Option<(u32, u32)>,
+) -> Result<(), Unavailable> {
+    use std::os::unix::fs::PermissionsExt;
+    let fail = |path: &Path, e: std::io::Error| {
+        Unavailable(format!("cannot write {}: {e}", path.display()))
+    };
+    for (name, text, mode) in [
+        ("server.crt", &tls.cert_pem, 0o644),
+        ("server.key", &tls.key_pem, 0o600),
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, text).map_err(|e| fail(&path, e))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| fail(&path, e))?;
+        if let Some((uid, gid)) = user {
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid)).map_err(|e| fail(&path, e))?;
+        }
+    }
+    if tls.only {
+        // initdb's file belongs to the server user already; writing keeps its owner.
+        let path = data.join("pg_hba.conf");
+        let hba = "local all all trust\n\
+                   hostssl all all 127.0.0.1/32 trust\n\
+                   hostssl all all ::1/128 trust\n";
+        std::fs::write(&path, hba).map_err(|e| fail(&path, e))?;
+    }
+    Ok(())
+}
+
 /// Starts the keeper: a shell that runs `postgres` (again after a [`Server::restart`])
 /// and, when its stdin closes (the process that started it ended, however), stops it
 /// with a fast shutdown (SIGINT, then SIGKILL if it lingers) and deletes the directory.
+/// With `tls`, the server has TLS on with the files of [`write_tls`].
 fn keep(
     bin: &Path,
     dir: &Path,
     data: &Path,
     port: u16,
     user: Option<(u32, u32)>,
+    tls: bool,
 ) -> Result<Child, Unavailable> {
     // The stdin watch (`cat`) must be the foreground job: a background job's stdin
     // is /dev/null.
@@ -256,6 +325,7 @@ fn keep(
 (
   while [ ! -e "$DIR/stopping" ]; do
     "$PG" -D "$DATA" -p "$PORT" -k "$DIR" -c listen_addresses=127.0.0.1 \
+      ${TLS:+-c ssl=on -c "ssl_cert_file=$DIR/server.crt" -c "ssl_key_file=$DIR/server.key"} \
       -c fsync=off -c full_page_writes=off -c max_connections=200 \
       -c shared_buffers=32MB </dev/null >>"$DIR/log" 2>&1 &
     echo $! >"$DIR/pid"
@@ -279,6 +349,7 @@ rm -rf "$DIR"
         .env("DATA", data)
         .env("DIR", dir)
         .env("PORT", port.to_string())
+        .env("TLS", if tls { "on" } else { "" })
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
