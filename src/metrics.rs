@@ -22,6 +22,11 @@ use prometheus_client::registry::Registry;
 use crate::store::TargetStats;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SourceLabel {
     source: String,
 }
@@ -103,6 +108,9 @@ pub struct Metrics {
     pending: Family<TargetLabel, Gauge>,
     oldest_pending: Family<TargetLabel, Gauge<f64, AtomicU64>>,
     dead: Family<TargetLabel, Gauge>,
+    cluster_instances: Gauge,
+    leases_held: Family<KindLabel, Gauge>,
+    lease_rounds_failed: Counter,
     /// Held while a scrape rewrites the outbox gauges and encodes: two scrapes at once
     /// (a Prometheus HA pair) must not see each other's cleared families.
     scrape: std::sync::Mutex<()>,
@@ -136,6 +144,9 @@ impl Metrics {
             pending: Family::default(),
             oldest_pending: Family::default(),
             dead: Family::default(),
+            cluster_instances: Gauge::default(),
+            leases_held: Family::default(),
+            lease_rounds_failed: Counter::default(),
             scrape: std::sync::Mutex::new(()),
         };
         let build = Family::<Vec<(String, String)>, Gauge>::default();
@@ -197,7 +208,37 @@ impl Metrics {
             "Deliveries that ran out of retries and wait for a replay, by target",
             m.dead.clone(),
         );
+        r.register(
+            "cluster_instances",
+            "Live instances of the cluster, as this one's last lease round counted them (0 for a single node)",
+            m.cluster_instances.clone(),
+        );
+        r.register(
+            "leases_held",
+            "Leases this instance holds, by kind (source, target); absent for a single node",
+            m.leases_held.clone(),
+        );
+        r.register(
+            "lease_rounds_failed",
+            "Lease rounds that failed (the database did not answer); this instance stops acting when its leases run out",
+            m.lease_rounds_failed.clone(),
+        );
         m
+    }
+
+    /// A lease round ended: the live instances, and what this one holds.
+    pub fn lease_round(&self, instances: usize, sources: usize, targets: usize) {
+        self.cluster_instances.set(instances as i64);
+        for (kind, n) in [("source", sources), ("target", targets)] {
+            self.leases_held
+                .get_or_create(&KindLabel { kind: kind.into() })
+                .set(n as i64);
+        }
+    }
+
+    /// A lease round failed.
+    pub fn lease_round_failed(&self) {
+        self.lease_rounds_failed.inc();
     }
 
     /// A poll ended.

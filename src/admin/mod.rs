@@ -75,6 +75,7 @@ pub fn router(handle: Arc<Handle>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/sources", get(sources))
+        .route("/v1/cluster", get(cluster))
         .route("/v1/targets", get(targets))
         .route("/v1/deliveries", get(deliveries))
         .route("/v1/deliveries/replay", post(replay))
@@ -252,9 +253,20 @@ pub struct SourcesResponse {
 
 async fn sources(State(a): AdminState) -> ApiResult<SourcesResponse> {
     let h = &a.handle;
-    Ok(Json(SourcesResponse {
-        sources: h.statuses(),
-    }))
+    let (config, local) = (h.config(), h.statuses());
+    let sources = blocking(&h.store, move |s| ops::sources(s, &config.sources, local)).await?;
+    Ok(Json(SourcesResponse { sources }))
+}
+
+/// `GET /v1/cluster`: the instances and leases (`cluster` is null for a single node).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ClusterResponse {
+    pub cluster: Option<crate::store::ClusterView>,
+}
+
+async fn cluster(State(a): AdminState) -> ApiResult<ClusterResponse> {
+    let cluster = blocking(&a.handle.store, |s| s.cluster()).await?;
+    Ok(Json(ClusterResponse { cluster }))
 }
 
 /// `GET /v1/targets`.

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
+use crate::running::SourceStatus;
 use crate::store::{Delivery, DeliveryStatus, Store, StoreError};
 
 /// The most deliveries one listing returns.
@@ -214,6 +215,10 @@ pub struct TargetView {
     pub dead: u64,
     /// Age of the oldest pending delivery, seconds.
     pub oldest_pending_age_seconds: Option<f64>,
+    /// In a cluster: the instance holding the target's lease, which sends its
+    /// deliveries (none while no live instance holds it; always none for a single node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<String>,
 }
 
 /// The configured targets' names and URLs (without credentials), for [`targets`].
@@ -233,6 +238,8 @@ pub fn targets(
     now_ms: i64,
 ) -> Result<Vec<TargetView>, OpError> {
     let stats = store.target_stats()?;
+    let cluster = store.cluster()?;
+    let cluster = cluster.as_ref();
     let mut names: Vec<&String> = configured.keys().chain(stats.keys()).collect();
     names.sort();
     names.dedup();
@@ -241,6 +248,9 @@ pub fn targets(
         .map(|name| {
             let s = stats.get(name).cloned().unwrap_or_default();
             TargetView {
+                holder: cluster
+                    .and_then(|c| c.holder("target", name))
+                    .map(str::to_string),
                 name: name.clone(),
                 url: configured.get(name).cloned(),
                 pending: s.pending,
@@ -251,6 +261,39 @@ pub fn targets(
             }
         })
         .collect())
+}
+
+/// Every configured source: the statuses of those running here (`local`), and, in a
+/// cluster, the others as stored, each with its holder.
+pub fn sources(
+    store: &dyn Store,
+    configured: &BTreeMap<String, std::sync::Arc<crate::config::Source>>,
+    local: Vec<SourceStatus>,
+) -> Result<Vec<SourceStatus>, OpError> {
+    let Some(cluster) = store.cluster()? else {
+        return Ok(local);
+    };
+    let mut by_name: BTreeMap<String, SourceStatus> =
+        local.into_iter().map(|s| (s.name.clone(), s)).collect();
+    let missing = configured.keys().any(|n| !by_name.contains_key(n));
+    let stored: BTreeMap<String, u64> = if missing {
+        store
+            .sources()?
+            .into_iter()
+            .map(|(n, s)| (n, s.items))
+            .collect()
+    } else {
+        BTreeMap::new()
+    };
+    for (name, source) in configured {
+        by_name
+            .entry(name.clone())
+            .or_insert_with(|| {
+                SourceStatus::new(source, stored.get(name).copied().unwrap_or(0), None)
+            })
+            .holder = cluster.holder("source", name).map(str::to_string);
+    }
+    Ok(by_name.into_values().collect())
 }
 
 /// What `forget` did.

@@ -21,7 +21,7 @@ use crate::config::{Config, Source, StoreConfig};
 use crate::poll::Poller;
 use crate::running::SourceStatus;
 use crate::source::Fetcher;
-use crate::store::{blocking, SharedStore, SledStore, StoreError};
+use crate::store::{blocking, ClusterView, SharedStore, SledStore, StoreError};
 
 /// No daemon answered and there is no database at the config's `state_dir`.
 #[derive(Debug, thiserror::Error)]
@@ -74,12 +74,25 @@ impl<'c> Backend<'c> {
             .into_iter()
             .map(|(name, state)| (name, state.items))
             .collect();
-        Ok(self
-            .config
-            .sources
-            .values()
+        let statuses: Vec<SourceStatus> = (self.config.sources.values())
             .map(|s| SourceStatus::new(s, stored.get(&s.name).copied().unwrap_or(0), None))
-            .collect())
+            .collect();
+        // In a cluster, with each source's holder.
+        let configured = self.config.sources.clone();
+        Ok(blocking(store, move |s| ops::sources(s, &configured, statuses)).await?)
+    }
+
+    /// The cluster's instances and leases; None for a single node (and from a daemon
+    /// too old to answer `/v1/cluster`).
+    pub async fn cluster(&self) -> anyhow::Result<Option<ClusterView>> {
+        match &self.via {
+            Via::Daemon(d) => Ok(d
+                .get::<crate::admin::ClusterResponse>(&api_path(&["cluster"], &[]))
+                .await
+                .ok()
+                .and_then(|r| r.cluster)),
+            Via::Store(store) => Ok(blocking(store, |s| s.cluster()).await?),
+        }
     }
 
     /// Every configured target, and every other one that holds deliveries.

@@ -12,6 +12,7 @@ use super::backend::{local_poll, Backend, NoDatabase};
 use crate::admin::ops::{self, DeliveryQuery, ReplayRequest};
 use crate::admin::PollResponse;
 use crate::config::Config;
+use crate::store::ClusterView;
 
 fn when(t: Option<DateTime<Utc>>) -> String {
     t.map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
@@ -30,9 +31,11 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let backend = Backend::connect(config).await?;
     let sources = backend.sources().await?;
     let targets = backend.targets().await?;
+    let cluster = backend.cluster().await?;
     if json {
         let v = serde_json::json!({
             "daemon": backend.daemon().is_some(),
+            "cluster": cluster,
             "sources": sources,
             "targets": targets,
         });
@@ -46,18 +49,37 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
             let _ = writeln!(out, "daemon: running (admin API {base})");
         }
         None => {
+            let store = match &config.store {
+                crate::config::StoreConfig::Sled => {
+                    format!("the store in {}", config.state_dir.display())
+                }
+                crate::config::StoreConfig::Postgres(pg) => {
+                    format!("the PostgreSQL database {}", pg.display)
+                }
+            };
             let _ = writeln!(
                 out,
-                "daemon: not running (read from the store in {}; poll times are known only to a running daemon)",
-                config.state_dir.display()
+                "daemon: not running here (read from {store}; poll times are known only to a running daemon)"
             );
         }
+    }
+    if let Some(c) = &cluster {
+        cluster_lines(&mut out, c);
     }
     let _ = writeln!(out, "\nsources ({}):", sources.len());
     let _ = writeln!(
         out,
-        "  {:<20} {:>8}  {:<20}  {:<7} {:<20}  LAST ERROR",
-        "NAME", "ITEMS", "LAST POLL", "RESULT", "NEXT POLL"
+        "  {:<20} {:>8}  {:<20}  {:<7} {:<20}  {}LAST ERROR",
+        "NAME",
+        "ITEMS",
+        "LAST POLL",
+        "RESULT",
+        "NEXT POLL",
+        if cluster.is_some() {
+            "HOLDER            "
+        } else {
+            ""
+        }
     );
     for s in &sources {
         let error = match (&s.last_error, s.consecutive_failures) {
@@ -67,34 +89,92 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
         };
         let _ = writeln!(
             out,
-            "  {:<20} {:>8}  {:<20}  {:<7} {:<20}  {}",
+            "  {:<20} {:>8}  {:<20}  {:<7} {:<20}  {}{}",
             s.name,
             s.items,
             when(s.last_poll),
             s.last_outcome.as_deref().unwrap_or("-"),
             when(s.next_poll),
+            holder(cluster.is_some(), s.holder.as_deref()),
             error
         );
     }
     let _ = writeln!(out, "\ntargets ({}):", targets.len());
     let _ = writeln!(
         out,
-        "  {:<20} {:>8} {:>8}  {:<16}  URL",
-        "NAME", "PENDING", "DEAD", "OLDEST PENDING"
+        "  {:<20} {:>8} {:>8}  {:<16}  {}URL",
+        "NAME",
+        "PENDING",
+        "DEAD",
+        "OLDEST PENDING",
+        if cluster.is_some() {
+            "HOLDER            "
+        } else {
+            ""
+        }
     );
     for t in &targets {
         let _ = writeln!(
             out,
-            "  {:<20} {:>8} {:>8}  {:<16}  {}",
+            "  {:<20} {:>8} {:>8}  {:<16}  {}{}",
             t.name,
             t.pending,
             t.dead,
             age(t.oldest_pending_age_seconds),
+            holder(cluster.is_some(), t.holder.as_deref()),
             t.url.as_deref().unwrap_or("(not in the config)")
         );
     }
     print!("{out}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The cluster's members, for `status`.
+fn cluster_lines(out: &mut String, c: &ClusterView) {
+    use std::fmt::Write as _;
+    let alive = c.instances.iter().filter(|i| i.alive).count();
+    let _ = writeln!(
+        out,
+        "cluster: {alive} live instance{} (this answer from {})",
+        if alive == 1 { "" } else { "s" },
+        c.instance
+            .as_deref()
+            .unwrap_or("the database, read directly")
+    );
+    let _ = writeln!(
+        out,
+        "  {:<30} {:<6} {:>8}  {:>8} {:>8}",
+        "INSTANCE", "ALIVE", "RENEWED", "SOURCES", "TARGETS"
+    );
+    for i in &c.instances {
+        let held = |kind: &str| {
+            c.leases
+                .iter()
+                .filter(|l| {
+                    l.kind == kind
+                        && l.holder.as_deref() == Some(&*i.name)
+                        && l.expires_in_secs > 0.0
+                })
+                .count()
+        };
+        let _ = writeln!(
+            out,
+            "  {:<30} {:<6} {:>7.1}s  {:>8} {:>8}",
+            i.name,
+            if i.alive { "yes" } else { "no" },
+            i.renewed_secs_ago,
+            held("source"),
+            held("target")
+        );
+    }
+}
+
+/// A HOLDER cell: in a cluster, the instance or "(none)"; nothing for a single node.
+fn holder(cluster: bool, holder: Option<&str>) -> String {
+    match (cluster, holder) {
+        (false, _) => String::new(),
+        (true, h) => format!("{:<18}", h.unwrap_or("(none)")),
+    }
 }
 
 /// `pollhook deliveries`.

@@ -11,8 +11,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::Running;
 use crate::config::{Config, PostgresConfig};
+use crate::metrics::Metrics;
 use crate::store::{Held, PgStore, SharedStore, StoreError, TICKS};
+
+/// How long a clean stop waits for the database to take the leases back.
+const LEAVE: Duration = Duration::from_secs(5);
 
 /// How often the target workers look for deliveries committed by other instances.
 pub(super) const WAKE: Duration = Duration::from_millis(200);
@@ -65,22 +70,62 @@ impl Cluster {
         Ok(held)
     }
 
+    /// The first lease round, before any task starts; failed, the instance starts with
+    /// nothing and the next round tries again.
+    pub(super) async fn first_round(&mut self, config: &Config, metrics: &Metrics) -> Held {
+        match self.round(config).await {
+            Ok(held) => {
+                metrics.lease_round(held.instances, held.sources.len(), held.targets.len());
+                tracing::info!(instance = %self.instance(), instances = held.instances, sources = held.running_sources().len(), targets = held.running_targets().len(), "joined the cluster");
+                held
+            }
+            Err(e) => {
+                metrics.lease_round_failed();
+                tracing::warn!(instance = %self.instance(), error = %crate::error::chain(&e), "the first lease round failed; starting with no sources or targets, trying again in a quarter lease");
+                Held::default()
+            }
+        }
+    }
+
+    /// A lease round, then the running tasks made to match what this instance holds.
+    pub(super) async fn round_and_apply(&mut self, running: &mut Running) {
+        let config = running.handle.config();
+        let round = self.round(&config).await;
+        let metrics = &running.handle.metrics;
+        match round {
+            Ok(held) => {
+                metrics.lease_round(held.instances, held.sources.len(), held.targets.len());
+                if running.held.as_ref() == Some(&held) {
+                    return;
+                }
+                tracing::info!(instance = %self.instance(), instances = held.instances, sources = held.running_sources().len(), targets = held.running_targets().len(), "leases changed");
+                running.held = Some(held);
+                if let Err(e) = running.apply(&config).await {
+                    tracing::error!(error = %crate::error::chain(&e), "cannot start a task this instance now holds");
+                }
+            }
+            Err(e) => {
+                metrics.lease_round_failed();
+                tracing::warn!(instance = %self.instance(), error = %crate::error::chain(&e), "lease round failed; the work this instance holds stops when its leases run out, and resumes once the database answers");
+            }
+        }
+    }
+
     /// Hands every lease back at a clean stop, so that the others take over at their
     /// next round rather than a lease later.
     pub(super) async fn leave(&self) {
         let store = self.store.clone();
-        let left = tokio::task::spawn_blocking(move || store.leave()).await;
-        match left {
-            Ok(Ok(())) => {
-                tracing::info!(instance = %self.instance(), "left the cluster: leases handed back")
+        let left = tokio::time::timeout(LEAVE, tokio::task::spawn_blocking(move || store.leave()));
+        let failed = match left.await {
+            Ok(Ok(Ok(()))) => {
+                tracing::info!(instance = %self.instance(), "left the cluster: leases handed back");
+                return;
             }
-            Ok(Err(e)) => {
-                tracing::warn!(instance = %self.instance(), error = %crate::error::chain(&e), "cannot hand the leases back; the other instances take them over when they expire")
-            }
-            Err(e) => {
-                tracing::warn!(instance = %self.instance(), error = %crate::error::chain(&e), "cannot hand the leases back; the other instances take them over when they expire")
-            }
-        }
+            Ok(Ok(Err(e))) => crate::error::chain(&e).to_string(),
+            Ok(Err(e)) => crate::error::chain(&e).to_string(),
+            Err(_) => format!("no answer within {}", humantime::format_duration(LEAVE)),
+        };
+        tracing::warn!(instance = %self.instance(), error = %failed, "cannot hand the leases back; the other instances take them over when they expire");
     }
 }
 
@@ -92,4 +137,14 @@ fn default_instance() -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "host".into());
     format!("{host}-{}", std::process::id())
+}
+
+/// The next tick of `timer`; never, without one (a single node).
+pub(super) async fn tick(timer: &mut Option<tokio::time::Interval>) {
+    match timer {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }

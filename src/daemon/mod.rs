@@ -26,6 +26,7 @@
 mod cluster;
 mod signals;
 mod source_loop;
+mod tasks;
 mod watch;
 
 use std::collections::BTreeMap;
@@ -37,17 +38,14 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, Source, StoreConfig, Target};
-use crate::deliver::TargetWorker;
+use crate::config::{Config, StoreConfig};
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
-use crate::poll::Poller;
-use crate::running::{Failure, Handle, Health, RunningSource};
-use crate::source::Fetcher;
-use crate::store::{blocking, Held, PgStore, SharedStore, SledStore, StoreError};
+use crate::running::{Failure, Handle, Health};
+use crate::store::{blocking, PgStore, SharedStore, SledStore, StoreError};
 use cluster::Cluster;
 pub use signals::{install_signals, Signalled, Signals};
-use source_loop::SourceLoop;
+use tasks::Running;
 use watch::Watched;
 
 /// How long after the grace period the target workers may take to write their last
@@ -223,7 +221,7 @@ impl Daemon {
             held: None,
         };
         if let Some(c) = &mut cluster {
-            running.held = Some(first_round(c, &config).await);
+            running.held = Some(c.first_round(&config, &handle.metrics).await);
         }
         running.apply(&config).await?;
         handle.set_ready(true);
@@ -261,23 +259,18 @@ impl Daemon {
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => break,
-                _ = tick(&mut round) => {
+                _ = cluster::tick(&mut round) => {
                     if let Some(c) = &mut self.cluster {
-                        let config = self.running.handle.config();
-                        match c.round(&config).await {
-                            Ok(held) if self.running.held.as_ref() != Some(&held) => {
-                                tracing::info!(instance = %c.instance(), instances = held.instances, sources = held.running_sources().len(), targets = held.running_targets().len(), "leases changed");
-                                self.running.held = Some(held);
-                                if let Err(e) = self.running.apply(&config).await {
-                                    tracing::error!(error = %crate::error::chain(&e), "cannot start a task this instance now holds");
-                                }
-                            }
-                            Ok(_) => {}
-                            Err(e) => tracing::warn!(instance = %c.instance(), error = %crate::error::chain(&e), "lease round failed; the work this instance holds stops when its leases run out, and resumes once the database answers"),
+                        // A round waits on the database (up to its time limit): a
+                        // shutdown does not wait for it.
+                        tokio::select! {
+                            biased;
+                            _ = stop.cancelled() => break,
+                            () = c.round_and_apply(&mut self.running) => {}
                         }
                     }
                 }
-                _ = tick(&mut wake) => {
+                _ = cluster::tick(&mut wake) => {
                     for name in self.running.targets.keys() {
                         self.running.handle.wakes.of(name).notify_one();
                     }
@@ -376,293 +369,6 @@ impl AdminApi {
         if let Some(task) = self.task {
             let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
         }
-    }
-}
-
-/// A target's worker as it runs now.
-struct RunningTarget {
-    target: Arc<Target>,
-    stop: CancellationToken,
-    done: JoinHandle<()>,
-}
-
-/// A source's loop as it runs now.
-struct RunningLoop {
-    stop: CancellationToken,
-}
-
-/// The tasks started from the current config, and how to change them.
-struct Running {
-    handle: Arc<Handle>,
-    tracker: TaskTracker,
-    shutdown: CancellationToken,
-    targets: BTreeMap<String, RunningTarget>,
-    sources: BTreeMap<String, RunningLoop>,
-    /// In a cluster, what this instance holds (None: everything, a single node).
-    held: Option<Held>,
-}
-
-impl Running {
-    /// Re-reads the config file and applies it; a config that does not load changes
-    /// nothing. Returns a line for the service manager's status.
-    async fn reload(&mut self) -> String {
-        let current = self.handle.config();
-        let file = current.file.clone();
-        tracing::info!(config = %file.display(), "reloading the config (SIGHUP)");
-        let loaded = tokio::task::spawn_blocking(move || Config::load(&file)).await;
-        let config = match loaded {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                tracing::error!(error = %crate::error::chain(&e), "reload refused: the new config is not valid; still running the previous one");
-                return "running; last reload refused: invalid config (see the log)".into();
-            }
-            Err(e) => {
-                tracing::error!(error = %crate::error::chain(&e), "reload failed; still running the previous one");
-                return "running; last reload failed (see the log)".into();
-            }
-        };
-        for (what, changed) in [
-            ("state_dir", config.state_dir != current.state_dir),
-            ("[store]", config.store != current.store),
-            (
-                "[admin] listen",
-                config.admin_listen != current.admin_listen,
-            ),
-            ("log_format", config.log_format != current.log_format),
-            ("max_per_host", config.max_per_host != current.max_per_host),
-        ] {
-            if changed {
-                tracing::warn!(
-                    key = what,
-                    "this setting changed but takes effect only at the next restart"
-                );
-            }
-        }
-        let config = Arc::new(config);
-        match self.apply(&config).await {
-            Ok(()) => {
-                tracing::info!(
-                    sources = config.sources.len(),
-                    targets = config.targets.len(),
-                    "config reloaded"
-                );
-                format!(
-                    "running: {} sources, {} targets (reloaded)",
-                    config.sources.len(),
-                    config.targets.len()
-                )
-            }
-            Err(e) => {
-                tracing::error!(error = %crate::error::chain(&e), "reload partly applied: some targets could not start; fix the config and reload again");
-                "running; last reload partly failed (see the log)".into()
-            }
-        }
-    }
-
-    /// Makes the running tasks match `config`: starts what is new, restarts what
-    /// changed, stops what is gone, leaves the rest alone.
-    /// The first error is a target's if one failed to start, else the sources'.
-    ///
-    /// In a cluster, only the sources and targets this instance holds run here.
-    async fn apply(&mut self, config: &Arc<Config>) -> Result<(), DaemonError> {
-        self.handle.set_config(config.clone());
-        let held = |name: &String, mine: Option<&std::collections::BTreeSet<String>>| {
-            mine.is_none_or(|m| m.contains(name))
-        };
-        let targets: BTreeMap<String, Arc<Target>> = (config.targets.iter())
-            .filter(|(n, _)| held(n, self.held.as_ref().map(Held::running_targets).as_ref()))
-            .map(|(n, t)| (n.clone(), t.clone()))
-            .collect();
-        let sources: BTreeMap<String, Arc<Source>> = (config.sources.iter())
-            .filter(|(n, _)| held(n, self.held.as_ref().map(Held::running_sources).as_ref()))
-            .map(|(n, s)| (n.clone(), s.clone()))
-            .collect();
-        let targets = self.apply_targets(config, &targets);
-        let sources = self.apply_sources(config, &sources).await;
-        targets.and(sources)
-    }
-
-    /// The target workers' part of [`Running::apply`]; a target whose worker cannot
-    /// start is skipped (the first such error is returned), the others go on.
-    fn apply_targets(
-        &mut self,
-        config: &Config,
-        wanted: &BTreeMap<String, Arc<Target>>,
-    ) -> Result<(), DaemonError> {
-        let handle = &self.handle;
-        let mut first_error = None;
-        for name in gone(&self.targets, wanted) {
-            if let Some(old) = self.targets.remove(&name) {
-                if config.targets.contains_key(&name) {
-                    tracing::info!(target_name = %name, "target handed to another instance of the cluster: its worker here stops after in-flight deliveries");
-                } else {
-                    tracing::info!(target_name = %name, "target removed: its worker stops after in-flight deliveries; pending ones wait until it is configured again");
-                }
-                old.stop.cancel();
-            }
-        }
-        for (name, target) in wanted {
-            // Unchanged settings (`Target`'s equality): the running worker stays.
-            if let Some(old) = self.targets.get(name) {
-                if old.target == *target {
-                    continue;
-                }
-            }
-            let stop = self.shutdown.child_token();
-            let worker = match TargetWorker::new(
-                target.clone(),
-                handle.store.clone(),
-                handle.wakes.of(name),
-                stop.clone(),
-                config.shutdown_grace,
-            ) {
-                Ok(w) => w.with_metrics(handle.metrics.clone()),
-                Err(e) => {
-                    tracing::error!(target_name = %name, error = %crate::error::chain(&e), "cannot start the target's worker");
-                    first_error.get_or_insert(DaemonError::Http(e));
-                    continue;
-                }
-            };
-            // A changed target's old worker finishes its in-flight attempts and writes
-            // their acknowledgements before the new one loads the outbox: no delivery
-            // is in two workers' hands. A worker whose stop came while it waited (a
-            // shutdown, or a later reload that replaced it too) starts no attempt: its
-            // run checks before each one, so a burst of reloads ends with one worker
-            // running, and a shutdown with none starting anything.
-            let previous = self.targets.remove(name).map(|old| {
-                tracing::info!(target_name = %name, "target changed: restarting its worker");
-                old.stop.cancel();
-                old.done
-            });
-            let done = self.tracker.spawn(async move {
-                if let Some(previous) = previous {
-                    let _ = previous.await;
-                }
-                worker.run().await;
-            });
-            self.targets.insert(
-                name.clone(),
-                RunningTarget {
-                    target: target.clone(),
-                    stop,
-                    done,
-                },
-            );
-        }
-        first_error.map_or(Ok(()), Err)
-    }
-
-    /// The source loops' part of [`Running::apply`].
-    async fn apply_sources(
-        &mut self,
-        config: &Config,
-        wanted: &BTreeMap<String, Arc<Source>>,
-    ) -> Result<(), DaemonError> {
-        let handle = &self.handle;
-        for name in gone(&self.sources, wanted) {
-            if let Some(old) = self.sources.remove(&name) {
-                if config.sources.contains_key(&name) {
-                    tracing::info!(source = %name, "source handed to another instance of the cluster: it is no longer polled here");
-                } else {
-                    tracing::info!(source = %name, "source removed: it is no longer polled; its stored state is kept until `pollhook forget {name}`");
-                }
-                old.stop.cancel();
-                handle.remove_source(&name);
-                handle.metrics.forget_source(&name);
-            }
-        }
-        // New or changed settings (`Source`'s equality); the others keep running.
-        let changed: Vec<_> = wanted
-            .values()
-            .filter(|s| handle.source(&s.name).is_none_or(|r| r.source != **s))
-            .cloned()
-            .collect();
-        if changed.is_empty() {
-            return Ok(());
-        }
-        // One fetcher (and so one connection pool) for the sources started together;
-        // OAuth2 tokens carry over from the sources running before.
-        let fetcher = match Fetcher::new(&config.sources) {
-            Ok(f) => f
-                .with_max_per_host(config.max_per_host)
-                .with_shared(handle.fetch_shared.clone()),
-            Err(e) => return Err(DaemonError::Http(e)),
-        };
-        let poller = Poller::new(handle.store.clone(), fetcher, handle.wakes.clone());
-        // Items held, for status and metrics: one read for all sources, not one each
-        // (a start with thousands of sources would otherwise queue thousands of reads).
-        let stored: std::collections::HashMap<String, crate::store::SourceState> = match blocking(
-            &handle.store,
-            |s| s.sources(),
-        )
-        .await
-        {
-            Ok(list) => list.into_iter().collect(),
-            Err(e) => {
-                tracing::error!(error = %crate::error::chain(&e), "cannot read the stored sources; item counts show 0 until each source polls");
-                Default::default()
-            }
-        };
-        for source in changed {
-            let name = source.name.clone();
-            if let Some(old) = self.sources.remove(&name) {
-                tracing::info!(source = %name, "source changed: restarting its schedule");
-                // A poll of the old settings cut off here commits nothing; one already
-                // committing makes the new loop's first commit conflict and retry.
-                old.stop.cancel();
-            }
-            let items = stored.get(&name).map_or(0, |s| s.items);
-            handle.metrics.set_items(&name, items);
-            let (running, requests) = RunningSource::new(source.clone(), poller.clone());
-            handle.set_source(running, items);
-            let stop = self.shutdown.child_token();
-            self.tracker.spawn(
-                SourceLoop {
-                    source,
-                    poller: poller.clone(),
-                    handle: handle.clone(),
-                    requests,
-                    stop: stop.clone(),
-                }
-                .run(),
-            );
-            self.sources.insert(name, RunningLoop { stop });
-        }
-        Ok(())
-    }
-}
-
-/// The names running now that `wanted` no longer has.
-fn gone<A, B>(running: &BTreeMap<String, A>, wanted: &BTreeMap<String, B>) -> Vec<String> {
-    running
-        .keys()
-        .filter(|n| !wanted.contains_key(*n))
-        .cloned()
-        .collect()
-}
-
-/// The first lease round, before any task starts; failed, the instance starts with
-/// nothing and the next round tries again.
-async fn first_round(cluster: &mut Cluster, config: &Config) -> Held {
-    match cluster.round(config).await {
-        Ok(held) => {
-            tracing::info!(instance = %cluster.instance(), instances = held.instances, sources = held.running_sources().len(), targets = held.running_targets().len(), "joined the cluster");
-            held
-        }
-        Err(e) => {
-            tracing::warn!(instance = %cluster.instance(), error = %crate::error::chain(&e), "the first lease round failed; starting with no sources or targets, trying again in a quarter lease");
-            Held::default()
-        }
-    }
-}
-
-/// The next tick of `timer`; never, without one.
-async fn tick(timer: &mut Option<tokio::time::Interval>) {
-    match timer {
-        Some(t) => {
-            t.tick().await;
-        }
-        None => std::future::pending().await,
     }
 }
 

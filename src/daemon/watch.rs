@@ -46,6 +46,10 @@ impl Store for Watched {
         self.inner.holds(kind, name)
     }
 
+    fn cluster(&self) -> Result<Option<crate::store::ClusterView>, StoreError> {
+        self.inner.cluster()
+    }
+
     fn source_state(&self, source: &str) -> Result<SourceState, StoreError> {
         self.check(self.inner.source_state(source), || {
             format!("reading the state of source {source}")

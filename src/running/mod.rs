@@ -49,6 +49,10 @@ pub struct SourceStatus {
     pub consecutive_failures: u64,
     pub polls_ok: u64,
     pub polls_failed: u64,
+    /// In a cluster: the instance holding the source's lease, which polls it (none
+    /// while no live instance holds it; always none for a single node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<String>,
 }
 
 impl SourceStatus {

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use crate::diff::Seen;
 use crate::event::Event;
 
-pub use pg::{throwaway, Held, Instance, Lease, PgStore, TICKS};
+pub use pg::{throwaway, ClusterView, Held, Instance, Lease, PgStore, TICKS};
 pub use records::{Delivery, DeliveryStatus, SourceState, TargetStats};
 pub use sled_store::SledStore;
 pub use state_dir::{new_database_warning, MARKER_FILE};
@@ -207,6 +207,11 @@ pub trait Store: Send + Sync + 'static {
     /// is gone or about to be (see `pg/lease.rs`).
     fn holds(&self, _kind: Work, _name: &str) -> bool {
         true
+    }
+
+    /// The cluster's instances and leases; None for a store of one node (sled).
+    fn cluster(&self) -> Result<Option<ClusterView>, StoreError> {
+        Ok(None)
     }
 
     /// A source's commit generation and item count (zero values before its first poll).

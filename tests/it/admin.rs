@@ -151,6 +151,22 @@ async fn health_status_and_metrics_follow_polls_and_deliveries() {
         "{e}"
     );
 
+    // The cluster: none for a single node on sled; this one instance on PostgreSQL,
+    // holding the source and the target.
+    let cluster = get_json(format!("{base}/v1/cluster")).await;
+    if crate::support::on_postgres() {
+        let c = &cluster["cluster"];
+        assert_eq!(
+            c["instances"].as_array().map(Vec::len),
+            Some(1),
+            "{cluster:#}"
+        );
+        let me = c["instance"].as_str().unwrap();
+        let sources = get_json(format!("{base}/v1/sources")).await;
+        assert_eq!(sources["sources"][0]["holder"], me, "{sources:#}");
+    } else {
+        assert!(cluster["cluster"].is_null(), "{cluster:#}");
+    }
     let targets = get_json(format!("{base}/v1/targets")).await;
     assert_eq!(targets["targets"][0]["name"], "t");
     assert_eq!(targets["targets"][0]["pending"], 0);

@@ -55,11 +55,11 @@ timeout = "2s"
 
 /// Who holds what: instance → (sources, targets), live leases only.
 fn holders(store: &PgStore) -> BTreeMap<String, (BTreeSet<String>, BTreeSet<String>)> {
-    let (_, leases) = store.cluster().unwrap();
+    let leases = store.cluster_view().unwrap().leases;
     let mut out: BTreeMap<String, (BTreeSet<String>, BTreeSet<String>)> = BTreeMap::new();
     for l in leases.into_iter().filter(|l| l.expires_in_secs > 0.0) {
         let entry = out.entry(l.holder.unwrap_or_default()).or_default();
-        match l.kind {
+        match l.kind.as_str() {
             "source" => entry.0.insert(l.name),
             _ => entry.1.insert(l.name),
         };
@@ -103,6 +103,21 @@ async fn instances_split_the_work_and_one_takes_over_a_killed_one_within_a_lease
         m.len() == 2 && m.values().all(|(s, t)| s.len() == 2 && t.len() == 1)
     };
     wait_until("the work is split", LEASE * 5, || split(&holders(&store))).await;
+
+    // Any operator sees the cluster: its members, and who holds each source and target.
+    let out = crate::process::run_ok(
+        std::process::Command::new(crate::process::BIN)
+            .args(["status", "--json", "--config"])
+            .arg(h.dir.path().join("a.toml")),
+    );
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let alive = status["cluster"]["instances"].as_array().unwrap();
+    assert_eq!(alive.len(), 2, "{status:#}");
+    let holders_shown: BTreeSet<&str> = (status["sources"].as_array().unwrap().iter())
+        .chain(status["targets"].as_array().unwrap())
+        .map(|s| s["holder"].as_str().unwrap_or("(none)"))
+        .collect();
+    assert_eq!(holders_shown, BTreeSet::from(["a", "b"]), "{status:#}");
 
     // A change reaches both targets from each source, once each.
     h.polls(8).await;

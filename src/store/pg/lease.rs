@@ -99,8 +99,28 @@ impl Held {
     }
 }
 
+/// The cluster as the database records it, and which instance asks.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ClusterView {
+    /// The instance whose store this is (None: a store opened outside the cluster, such
+    /// as an operator command's).
+    pub instance: Option<String>,
+    pub instances: Vec<Instance>,
+    pub leases: Vec<Lease>,
+}
+
+impl ClusterView {
+    /// The live holder of `kind`'s lease on `name`.
+    pub fn holder(&self, kind: &str, name: &str) -> Option<&str> {
+        self.leases
+            .iter()
+            .find(|l| l.kind == kind && l.name == name && l.expires_in_secs > 0.0)
+            .and_then(|l| l.holder.as_deref())
+    }
+}
+
 /// One instance as the cluster sees it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Instance {
     pub name: String,
     /// Whether its row is unexpired.
@@ -110,9 +130,10 @@ pub struct Instance {
 }
 
 /// One lease as the cluster sees it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Lease {
-    pub kind: &'static str,
+    /// `source` or `target`.
+    pub kind: String,
     pub name: String,
     /// The instance holding it (None: free, or expired and not yet taken over).
     pub holder: Option<String>,
@@ -235,7 +256,8 @@ impl PgStore {
     }
 
     /// The cluster's instances and leases, for status.
-    pub fn cluster(&self) -> Result<(Vec<Instance>, Vec<Lease>), StoreError> {
+    pub fn cluster_view(&self) -> Result<ClusterView, StoreError> {
+        let me = self.instance().map(str::to_string);
         self.run(
             || "reading the cluster's instances and leases".into(),
             |pool| async move {
@@ -264,14 +286,18 @@ impl PgStore {
                 let leases = leases
                     .iter()
                     .map(|r| Lease {
-                        kind: if r.get::<_, &str>(0) == "source" { "source" } else { "target" },
+                        kind: r.get(0),
                         name: r.get(1),
                         holder: r.get(2),
                         epoch: r.get(3),
                         expires_in_secs: r.get(4),
                     })
                     .collect();
-                Ok((instances, leases))
+                Ok(ClusterView {
+                    instance: me,
+                    instances,
+                    leases,
+                })
             },
         )
     }

@@ -35,7 +35,7 @@ use crate::diff::Seen;
 use crate::extract::Collection;
 use conn::{Pool, Runner};
 use lease::{fence, Member};
-pub use lease::{Held, Instance, Lease, TICKS};
+pub use lease::{ClusterView, Held, Instance, Lease, TICKS};
 use tls::Tls;
 
 /// How long one store operation may take, connecting included, before it fails (and
@@ -498,6 +498,10 @@ async fn list(
 }
 
 impl Store for PgStore {
+    fn cluster(&self) -> Result<Option<ClusterView>, StoreError> {
+        self.cluster_view().map(Some)
+    }
+
     fn holds(&self, kind: Work, name: &str) -> bool {
         self.member
             .as_ref()
