@@ -129,6 +129,37 @@ impl Cluster {
     }
 }
 
+/// [`Cluster::open`], again with backoff (1 s doubling to 30 s) while the database
+/// cannot be reached: an instance started before its database, or during an outage,
+/// waits for it instead of exiting. Errors that waiting does not mend (a bad URL, TLS,
+/// a newer schema) fail at once; so does a shutdown.
+pub(super) async fn open_retrying(
+    pg: &PostgresConfig,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Result<(Cluster, SharedStore), StoreError> {
+    let mut wait = Duration::from_secs(1);
+    loop {
+        let config = pg.clone();
+        let opened = tokio::task::spawn_blocking(move || Cluster::open(&config))
+            .await
+            .map_err(|error| StoreError::Stopped {
+                task: "open task",
+                error,
+            })?;
+        match opened {
+            Err(e @ (StoreError::Postgres { .. } | StoreError::PostgresTimeout { .. })) => {
+                tracing::warn!(error = %crate::error::chain(&e), retry_in = %humantime::format_duration(wait), "cannot reach the PostgreSQL store; trying again (nothing runs until it answers)");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Err(e),
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                wait = (wait * 2).min(Duration::from_secs(30));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// `host-pid`: unique among running instances, and says where to look.
 fn default_instance() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")

@@ -186,13 +186,7 @@ impl Daemon {
         let (store, mut cluster) = match (store, &config.store) {
             (Some(s), _) => (s, None),
             (None, StoreConfig::Postgres(pg)) => {
-                let pg = pg.clone();
-                let (cluster, store) = tokio::task::spawn_blocking(move || Cluster::open(&pg))
-                    .await
-                    .map_err(|error| StoreError::Stopped {
-                        task: "open task",
-                        error,
-                    })??;
+                let (cluster, store) = cluster::open_retrying(pg, &shutdown).await?;
                 (store, Some(cluster))
             }
             (None, StoreConfig::Sled) => (open_store(&config).await?, None),

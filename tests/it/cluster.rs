@@ -201,3 +201,38 @@ fn at_both(r: &[pollhook::demo::receiver::Received], item: &str) -> bool {
     }
     copies.len() == 4 && copies.values().all(|&n| n >= 2)
 }
+
+/// An instance started before its database exists (or while it is down) waits for it,
+/// saying why, and runs once it answers.
+#[tokio::test]
+async fn an_instance_started_before_its_database_waits_for_it() {
+    if !on_postgres() {
+        return;
+    }
+    let h = harness!();
+    h.api.set("1", json!({"v": 1}));
+    let (server, url) = h.pg.as_ref().unwrap();
+    let later = format!("{url}_later");
+    let text = config(&h, "a").replace(url.as_str(), &later).replace(
+        "interval = \"200ms\"\nitems",
+        "interval = \"200ms\"\nbaseline = false\nitems",
+    );
+    let path = h.dir.path().join("a.toml");
+    std::fs::write(&path, text).unwrap();
+    let mut d = Daemon::start(&path, &h.dir.path().join("a.log"), &[]);
+    wait_until(
+        "the instance says it waits",
+        Duration::from_secs(10),
+        || {
+            d.log()
+                .contains("cannot reach the PostgreSQL store; trying again")
+        },
+    )
+    .await;
+    assert!(d.running(), "it exited:\n{}", d.log());
+    let db = later.rsplit('/').next().unwrap();
+    server.psql("postgres", &format!("CREATE DATABASE \"{db}\""));
+    h.received("the item, once the database exists", |r| created(r) >= 1)
+        .await;
+    d.signal(libc::SIGKILL);
+}
