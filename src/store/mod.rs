@@ -143,7 +143,7 @@ pub enum StoreError {
     },
     /// An import ([`PgStore::import`]) was refused: the database already holds state,
     /// which a copy would mix with another installation's.
-    #[error("the PostgreSQL store at {db} already holds pollhook state ({holds}), and migrate-store copies only into an empty database: nothing was copied. Name a new, empty database in [store] (e.g. `createdb -O pollhook pollhook_new`), or, if what this one holds is not wanted, drop and recreate it (`dropdb pollhook && createdb -O pollhook pollhook`, every instance stopped), then run migrate-store again")]
+    #[error("the PostgreSQL store at {db} already holds pollhook state ({holds}), and migrate-store copies only into an empty database: nothing was copied. Create a new, empty database (`createdb -O USER NAME`) and name it in [store], or, if what this one holds is not wanted, drop it and create it again empty (every instance stopped), then run migrate-store again")]
     ImportNotEmpty { db: String, holds: String },
     /// An import was refused: pollhook instances are running on the database.
     #[error("pollhook instances are running on the PostgreSQL store at {db}: {instances}; nothing was copied. Stop every pollhook instance that uses this database (and the daemon on the state_dir, if any), then run migrate-store again")]
