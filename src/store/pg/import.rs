@@ -255,11 +255,15 @@ async fn write(
     let mut report = ImportReport::default();
     let mut max_seq: Option<i64> = None;
     loop {
-        // None: the reader stopped before the end (it failed, and says why).
+        // None: the reader failed before the end. Returning drops the transaction (a
+        // rollback); the caller reports the reader's error, not this one.
         let Some(part) = parts.recv().await else {
-            return Err(Fail::Store(StoreError::Corrupt {
-                key: "the source store".into(),
-                reason: "its reading stopped before the end; nothing was copied".into(),
+            return Err(Fail::Store(StoreError::ImportRead {
+                from: "the store copied from".into(),
+                error: Box::new(StoreError::Corrupt {
+                    key: "the copy".into(),
+                    reason: "the reading stopped before the end".into(),
+                }),
             }));
         };
         match part {
