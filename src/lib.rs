@@ -39,7 +39,8 @@
 //! - [`event`]: the envelope and its stable id. Pure.
 //! - [`redact`]: known secret values (and their encodings) out of error text. Pure.
 //! - [`error`]: an error and its causes on one line, as every log line and status shows it.
-//! - [`store`]: the `Store` trait and its sled implementation.
+//! - [`store`]: the `Store` trait, its sled and PostgreSQL implementations, and the copy
+//!   from one to the other (`migrate-store`).
 //! - [`poll`]: one poll, fetch (page walks) to commit.
 //! - [`deliver`]: target workers, per-item order, retry policy.
 //! - [`sign`]: Standard Webhooks, GitHub and Stripe signatures, and `verify`.

@@ -24,6 +24,8 @@ mod delivery;
 mod faults;
 #[path = "it/flow.rs"]
 mod flow;
+#[path = "it/migrate.rs"]
+mod migrate;
 // Some of its helpers serve only the modules left out.
 #[allow(dead_code)]
 #[path = "it/process.rs"]

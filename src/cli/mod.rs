@@ -2,10 +2,12 @@
 //! logging and calls [`Cli::run`].
 //!
 //! `backend` reaches pollhook's state, through the running daemon (`client`, its admin
-//! API's client) or the store; `operator` holds the commands an operator runs against it.
+//! API's client) or the store; `operator` holds the commands an operator runs against it;
+//! `migrate` moves a sled `state_dir` into PostgreSQL (`migrate-store`).
 
 mod backend;
 mod client;
+mod migrate;
 mod operator;
 
 use std::path::PathBuf;
@@ -97,6 +99,26 @@ pub enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// Copy a single-node installation's state from its sled state_dir into the
+    /// PostgreSQL database of the config's [store].
+    ///
+    /// Copies every source's state (its generation, so event ids stay the same) and
+    /// stored items, and every pending and dead delivery (attempts, last error, body
+    /// bytes, order per target), in one transaction: all of it or nothing. The first
+    /// poll on PostgreSQL then finds the items it knows (no flood of created events),
+    /// and the pending deliveries are sent from where they were.
+    ///
+    /// Refused while a daemon runs on the state_dir or an instance on the database,
+    /// and into a database that already holds state (use a new, empty one). The
+    /// state_dir is only read: it stays as a backup until you delete it.
+    #[command(name = "migrate-store")]
+    MigrateStore {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The state_dir to copy from (default: the config's state_dir).
+        #[arg(long, value_name = "DIR")]
+        from: Option<PathBuf>,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
 }
@@ -180,6 +202,9 @@ impl Cli {
                 source,
                 yes,
             } => operator::forget(&Config::load(&config.config)?, &source, yes).await,
+            Command::MigrateStore { config, from } => {
+                migrate::migrate_store(&Config::load(&config.config)?, from).await
+            }
             Command::Completions { shell } => {
                 use clap::CommandFactory;
                 let mut cmd = Cli::command();

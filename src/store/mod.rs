@@ -25,7 +25,10 @@ use std::sync::Arc;
 use crate::diff::Seen;
 use crate::event::Event;
 
-pub use pg::{throwaway, ClusterView, Held, Instance, Lease, PgStore, TICKS};
+pub use pg::{
+    throwaway, ClusterView, Held, ImportReport, ImportedSource, ImportedTarget, Instance, Lease,
+    PgStore, TICKS,
+};
 pub use records::{Delivery, DeliveryStatus, SourceState, TargetStats};
 pub use sled_store::SledStore;
 pub use state_dir::{new_database_warning, MARKER_FILE};
@@ -138,6 +141,36 @@ pub enum StoreError {
         db: String,
         found: usize,
         known: usize,
+    },
+    /// An import ([`PgStore::import`]) was refused: the database already holds state,
+    /// which a copy would mix with another installation's.
+    #[error("the PostgreSQL store at {db} already holds pollhook state ({holds}), and migrate-store copies only into an empty database: nothing was copied. Create a new, empty database (`createdb -O USER NAME`) and name it in [store], or, if what this one holds is not wanted, drop it and create it again empty (every instance stopped), then run migrate-store again")]
+    ImportNotEmpty { db: String, holds: String },
+    /// An import was refused: pollhook instances are running on the database.
+    #[error("pollhook instances are running on the PostgreSQL store at {db}: {instances}; nothing was copied. Stop every pollhook instance that uses this database (and the daemon on the state_dir, if any), then run migrate-store again")]
+    ImportInUse { db: String, instances: String },
+    /// An import's copy into PostgreSQL failed; its transaction was rolled back.
+    #[error("copying into the PostgreSQL store at {db} failed while {doing}; the copy was rolled back and nothing was written. Fix the cause, then run migrate-store again")]
+    ImportFailed {
+        db: String,
+        doing: String,
+        #[source]
+        error: tokio_postgres::Error,
+    },
+    /// An import's copy into PostgreSQL did not finish in time; it was rolled back.
+    #[error("copying into the PostgreSQL store at {db} did not finish within {} (it was {doing}); the copy was rolled back and nothing was written. Is the database overloaded or cut off?", humantime::format_duration(*.limit))]
+    ImportTimedOut {
+        db: String,
+        doing: String,
+        limit: std::time::Duration,
+    },
+    /// An import could not read what it copies; nothing was written.
+    #[error("cannot read {from} to copy it; nothing was copied")]
+    ImportRead {
+        /// The store read, as [`Store::describe`] names it.
+        from: String,
+        #[source]
+        error: Box<StoreError>,
     },
     #[error("stored record {key} is corrupt: {reason}")]
     Corrupt { key: String, reason: String },
@@ -357,6 +390,8 @@ mod tests;
 mod tests_contract;
 #[cfg(test)]
 mod tests_damage;
+#[cfg(test)]
+mod tests_import;
 #[cfg(test)]
 mod tests_pg;
 #[cfg(test)]

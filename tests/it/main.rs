@@ -16,6 +16,8 @@
 //! - `reload`: a new config applied to a running daemon.
 //! - `lifecycle`: start-up order, shutdown bounds (after reload bursts, a stuck flush, a
 //!   second SIGTERM), a failed store stopping the daemon, paths relative to the config.
+//! - `migrate`: `migrate-store` moving a sled installation into PostgreSQL (runs in
+//!   `it_pg` only).
 //! - `process`: the binary: restart after kill -9, clean SIGTERM, secrets never logged,
 //!   `check` and the demo.
 //! - `systemd`: the unit file: `systemd-analyze verify` and `security` (skipped where
@@ -33,6 +35,7 @@ mod delivery;
 mod faults;
 mod flow;
 mod lifecycle;
+mod migrate;
 mod process;
 mod reload;
 mod service;

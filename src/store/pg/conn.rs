@@ -146,12 +146,63 @@ impl Runner {
         F: FnOnce(Arc<Pool>) -> Fut,
         Fut: Future<Output = Result<T, Fail>> + Send + 'static,
     {
-        let fut = op(self.pool.clone());
-        let limit = self.limit;
+        let answer = self.spawn(self.limit, op(self.pool.clone()));
+        self.answer(answer, doing, self.limit)
+    }
+
+    /// Runs `op` under `limit` while this thread feeds it parts through a channel:
+    /// `feed` sends them (it stops early when the channel is closed, that is when `op`
+    /// has failed), and `op` receives them in one task, so that they can go into one
+    /// transaction without all of them being in memory at once. When `feed` fails, the
+    /// channel closes without `op` having what it waits for; its failure is waited
+    /// for (so that its transaction is rolled back) and `feed`'s error returned.
+    pub(super) fn run_fed<T, P, F, Fut>(
+        &self,
+        doing: impl FnOnce() -> String,
+        limit: Duration,
+        op: F,
+        feed: impl FnOnce(&tokio::sync::mpsc::Sender<P>) -> Result<(), StoreError>,
+    ) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        P: Send + 'static,
+        F: FnOnce(Arc<Pool>, tokio::sync::mpsc::Receiver<P>) -> Fut,
+        Fut: Future<Output = Result<T, Fail>> + Send + 'static,
+    {
+        // Two parts ahead at most: memory holds a part being read, one sent, one written.
+        let (parts, received) = tokio::sync::mpsc::channel(2);
+        let answer = self.spawn(limit, op(self.pool.clone(), received));
+        let fed = feed(&parts);
+        drop(parts);
+        let result = self.answer(answer, doing, limit);
+        fed.and(result)
+    }
+
+    /// Starts `fut` on the runtime under `limit`; its outcome comes on the channel.
+    fn spawn<T, Fut>(
+        &self,
+        limit: Duration,
+        fut: Fut,
+    ) -> std::sync::mpsc::Receiver<Result<Result<T, Fail>, tokio::time::error::Elapsed>>
+    where
+        T: Send + 'static,
+        Fut: Future<Output = Result<T, Fail>> + Send + 'static,
+    {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.handle.spawn(async move {
             let _ = tx.send(tokio::time::timeout(limit, fut).await);
         });
+        rx
+    }
+
+    /// Waits for the outcome of a task [`Runner::spawn`] started, as a store error
+    /// naming the database and what was being done.
+    fn answer<T>(
+        &self,
+        rx: std::sync::mpsc::Receiver<Result<Result<T, Fail>, tokio::time::error::Elapsed>>,
+        doing: impl FnOnce() -> String,
+        limit: Duration,
+    ) -> Result<T, StoreError> {
         let db = || self.pool.shown.clone();
         match rx.recv() {
             Ok(Ok(Ok(v))) => Ok(v),

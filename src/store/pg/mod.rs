@@ -13,6 +13,7 @@
 //! delivered and no recovery step is needed after a crash.
 
 mod conn;
+mod import;
 mod lease;
 mod schema;
 #[cfg(test)]
@@ -34,6 +35,7 @@ use crate::config::{PostgresConfig, SslMode};
 use crate::diff::Seen;
 use crate::extract::Collection;
 use conn::{Pool, Runner};
+pub use import::{ImportReport, ImportedSource, ImportedTarget};
 use lease::{fence, Member};
 pub use lease::{ClusterView, Held, Instance, Lease, TICKS};
 use tls::Tls;
