@@ -178,6 +178,12 @@ struct Book {
     unverified: u64,
     /// Every event id with the hash of its body: one id, one body.
     bodies: HashMap<String, u64>,
+    /// Every change seen, (kind, item, version), with the event ids it came under: one
+    /// change, one id. Versions only grow and item ids are never reused, so a change
+    /// that came under a second id was detected and committed twice.
+    change_ids: HashMap<(String, u64, u64), Vec<String>>,
+    /// Event ids that a change came under after its first.
+    twice: u64,
     accepted_ids: HashSet<String>,
     /// The receiver's copy of the source: item → (alive, version).
     replica: HashMap<u64, (bool, u64)>,
@@ -303,13 +309,14 @@ impl Receiver {
         ledger.line(
             &format!("target {}", self.name()),
             format!(
-                "requests {}, accepted {} ({}), duplicates {}, lost {}, dead by 410 {}",
+                "requests {}, accepted {} ({}), duplicates {}, lost {}, dead by 410 {}, changes under two ids {}",
                 b.requests,
                 b.accepted,
                 kinds.join(", "),
                 b.duplicates,
                 lost.len(),
-                b.gone.len()
+                b.gone.len(),
+                b.twice
             ),
         );
         if b.unverified > 0 {
@@ -394,6 +401,23 @@ async fn hook(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) 
         Some(_) => {}
         None => {
             b.bodies.insert(id.clone(), body_hash);
+        }
+    }
+    if verified {
+        let ids = b
+            .change_ids
+            .entry((kind.clone(), item, version))
+            .or_default();
+        if !ids.contains(&id) {
+            ids.push(id.clone());
+            if ids.len() > 1 {
+                let v = format!(
+                    "item {item}: {kind} v{version} came under two event ids, {} and {id} (committed twice)",
+                    ids[0]
+                );
+                b.violations.push(v);
+                b.twice += 1;
+            }
         }
     }
     if status == 410 {
