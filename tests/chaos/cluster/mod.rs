@@ -292,11 +292,13 @@ pub async fn cluster(mode: Mode) -> Ledger {
             seconds(TAKEOVER_LIMIT)
         ),
     );
+    let after_fault = overlapped.iter().map(|t| t.since_last_fault).max();
     ledger.line(
         "  overlapped by a fault",
         format!(
-            "{} (the next kill came before it ended)",
-            spread(&overlapped)
+            "{} (the next kill came before it ended; at most {} after that kill)",
+            spread(&overlapped),
+            after_fault.map_or("-".into(), seconds)
         ),
     );
     ledger.line("SIGSTOP past the lease", paused);

@@ -34,8 +34,9 @@ pub struct Takeover {
     pub victim: String,
     pub work: BTreeSet<(&'static str, String)>,
     at: Instant,
-    /// Another fault came before it ended, so its time is not one takeover's alone.
-    overlapped: bool,
+    /// The last fault that came before it ended, if one did: its time is then not one
+    /// takeover's alone, but it must still end within the limit of that fault.
+    last_fault: Option<Instant>,
 }
 
 /// A takeover that ended.
@@ -44,6 +45,8 @@ pub struct Took {
     pub victim: String,
     pub took: Duration,
     pub overlapped: bool,
+    /// From the last fault before it ended (its own, if it was alone).
+    pub since_last_fault: Duration,
 }
 
 /// The instances, the database, and what the harness saw of their leases.
@@ -184,10 +187,11 @@ impl Pool {
         self.waiting = waiting;
         for t in done {
             let took = now - t.at;
-            if !t.overlapped && took > TAKEOVER_LIMIT {
+            let since_last_fault = now - t.last_fault.unwrap_or(t.at);
+            if since_last_fault > TAKEOVER_LIMIT {
                 let logs = self.logs_of(&[&t.victim]);
                 self.violations.push(format!(
-                    "{} of {}: its work ({:?}) was held again only after {took:?}, more than a lease and a round; the leases then: {leases:?}\n{logs}",
+                    "{} of {}: its work ({:?}) was held again only after {took:?} ({since_last_fault:?} after the last fault), more than a lease and a round; the leases then: {leases:?}\n{logs}",
                     t.what, t.victim, t.work
                 ));
             }
@@ -195,7 +199,8 @@ impl Pool {
                 what: t.what,
                 victim: t.victim,
                 took,
-                overlapped: t.overlapped,
+                overlapped: t.last_fault.is_some(),
+                since_last_fault,
             });
         }
     }
@@ -242,8 +247,9 @@ impl Pool {
 
     /// The faults to come interrupt the takeovers still pending.
     fn overlap(&mut self) {
+        let now = Instant::now();
         for t in &mut self.waiting {
-            t.overlapped = true;
+            t.last_fault = Some(now);
         }
     }
 
@@ -266,7 +272,7 @@ impl Pool {
                 victim,
                 work,
                 at,
-                overlapped: false,
+                last_fault: None,
             });
         }
     }
@@ -297,7 +303,7 @@ impl Pool {
             victim: victim.clone(),
             work: work.clone(),
             at,
-            overlapped: false,
+            last_fault: None,
         });
         self.watch(LEASE * 2).await;
         let frozen = at.elapsed();
