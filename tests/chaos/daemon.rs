@@ -1,4 +1,4 @@
-//! The pollhook process under test: start, kill -9, SIGTERM, memory.
+//! The pollhook process under test: start, kill -9, SIGTERM, SIGSTOP/SIGCONT, memory.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -9,6 +9,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_pollhook");
 pub struct Daemon {
     child: Child,
     pub log: PathBuf,
+    /// The cluster instance name its config gives (`[store] instance`), if any.
+    pub instance: Option<String>,
     /// Highest VmHWM seen across every process started so far, KiB.
     pub peak_rss_kb: u64,
 }
@@ -16,6 +18,17 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `pollhook run`; its stderr is appended to `log`.
     pub fn start(config: &Path, log: &Path) -> Daemon {
+        Daemon::spawn(config, log, "warn", None)
+    }
+
+    /// Starts `pollhook run` as cluster instance `name`, whose config file (naming it in
+    /// `[store] instance`) is `config`. It logs at info level, so that its lease changes
+    /// are in `log` when a run goes wrong.
+    pub fn start_instance(config: &Path, log: &Path, name: &str) -> Daemon {
+        Daemon::spawn(config, log, "info", Some(name.to_string()))
+    }
+
+    fn spawn(config: &Path, log: &Path, level: &str, instance: Option<String>) -> Daemon {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -24,7 +37,7 @@ impl Daemon {
         let child = Command::new(BIN)
             .args(["run", "--config"])
             .arg(config)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", level)
             .stdout(Stdio::null())
             .stderr(Stdio::from(file))
             .spawn()
@@ -32,6 +45,7 @@ impl Daemon {
         Daemon {
             child,
             log: log.to_path_buf(),
+            instance,
             peak_rss_kb: 0,
         }
     }
@@ -67,9 +81,28 @@ impl Daemon {
 
     pub fn sigterm(&mut self) {
         self.sample_rss();
+        self.signal(libc::SIGTERM);
+    }
+
+    /// Freezes the process (SIGSTOP), as a long stall of its host would.
+    pub fn pause(&mut self) {
+        self.sample_rss();
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Lets a paused process run on (SIGCONT).
+    pub fn resume(&mut self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&mut self, signal: libc::c_int) {
+        // Only to a child still running: once reaped, its pid may be another process's.
+        if !self.alive() {
+            return;
+        }
         // SAFETY: kill(2) only sends a signal, to a child this harness started and owns.
         unsafe {
-            libc::kill(self.pid() as libc::pid_t, libc::SIGTERM);
+            libc::kill(self.pid() as libc::pid_t, signal);
         }
     }
 

@@ -1,6 +1,7 @@
-//! The five scenarios. Each builds a world, runs the binary through its faults, waits
-//! for the receivers to converge on the source, stops the daemon with SIGTERM, and
-//! returns the ledger.
+//! The single-instance scenarios, and the list of every scenario (the cluster's is in
+//! `cluster.rs`). Each builds a world, runs the binary through its faults, waits for the
+//! receivers to converge on the source, stops the daemon with SIGTERM, and returns the
+//! ledger.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -44,16 +45,20 @@ pub const ALL: &[Scenario] = &[
         name: "shutdown",
         run: |m| Box::pin(shutdown(m)),
     },
+    Scenario {
+        name: "cluster",
+        run: |m| Box::pin(crate::cluster::cluster(m)),
+    },
 ];
 
 /// How long receivers get to catch up at the end of a scenario.
-const CONVERGE: Duration = Duration::from_secs(90);
+pub const CONVERGE: Duration = Duration::from_secs(90);
 
 /// A small deterministic random source; the seed is printed so a run can be repeated.
-struct Rng(u64);
+pub struct Rng(u64);
 
 impl Rng {
-    fn seeded() -> Rng {
+    pub fn seeded() -> Rng {
         let seed = std::env::var("CHAOS_SEED")
             .ok()
             .and_then(|s| s.parse().ok())
@@ -67,26 +72,41 @@ impl Rng {
         Rng(seed | 1)
     }
 
-    fn next(&mut self) -> u64 {
+    pub fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         self.0
     }
 
-    fn below(&mut self, n: u64) -> u64 {
+    pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
+    }
+
+    /// A second generator, for a task of its own, drawn from this one (so the seed
+    /// still repeats the whole run).
+    pub fn fork(&mut self) -> Rng {
+        Rng(self.next() | 1)
     }
 }
 
+/// A target's `retry`: quick at first, then every second for minutes, so that nothing
+/// dies of retries during a scenario.
+pub fn retry_schedule() -> Vec<&'static str> {
+    ["100ms", "200ms", "400ms", "800ms"]
+        .into_iter()
+        .chain(std::iter::repeat_n("1s", 300))
+        .collect()
+}
+
 /// A state directory, the servers' shutdown token and the config file.
-struct Setup {
-    dir: tempfile::TempDir,
-    servers: CancellationToken,
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+    pub servers: CancellationToken,
 }
 
 impl Setup {
-    fn new() -> Setup {
+    pub fn new() -> Setup {
         Setup {
             dir: tempfile::tempdir().expect("temp dir"),
             servers: CancellationToken::new(),
@@ -109,10 +129,7 @@ impl Setup {
         source_extra: &str,
         targets: &[(&str, String, &str)],
     ) -> PathBuf {
-        let retry: Vec<&str> = ["100ms", "200ms", "400ms", "800ms"]
-            .into_iter()
-            .chain(std::iter::repeat_n("1s", 300))
-            .collect();
+        let retry = retry_schedule();
         let mut text = format!(
             "state_dir = {:?}\nshutdown_grace = \"5s\"\n\n[admin]\nlisten = \"\"\n\n[sources.src]\nurl = \"{source_url}\"\ninterval = \"100ms\"\nmax_backoff = \"400ms\"\nitems = \"/items\"\nbaseline = false\n{source_extra}\n",
             self.state().display().to_string()
@@ -143,7 +160,7 @@ impl Drop for Setup {
 }
 
 /// Starts a mutator on `src`; cancel the token to stop it, then await the handle.
-fn start_mutator(
+pub fn start_mutator(
     src: &Source,
     churn: Churn,
     receivers: Vec<Receiver>,
@@ -154,7 +171,7 @@ fn start_mutator(
 }
 
 /// Stops the daemon with SIGTERM and checks it exits 0 within the grace period.
-async fn stop(d: &mut Daemon, ledger: &mut Ledger) -> Duration {
+pub async fn stop(d: &mut Daemon, ledger: &mut Ledger) -> Duration {
     d.sigterm();
     let started = Instant::now();
     let status = d.wait_exit(Duration::from_secs(15)).await;

@@ -21,7 +21,9 @@
 //! transaction and commit only if this instance still holds it at that epoch and it
 //! has not expired; the share lock keeps any takeover waiting until they end. An
 //! instance that wakes from a pause past its lease can write nothing stale: its epoch
-//! is gone, or its lease expired.
+//! is gone, or its lease expired. One frozen or cut off inside such a transaction does
+//! not keep the lock past its lease either: the fence tells the server to end the
+//! session once it sits idle in the transaction for longer than the lease has left.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -169,9 +171,18 @@ pub(super) async fn fence(
         })
     };
     let epoch = m.epoch(kind, name).ok_or_else(not_held)?;
+    // The row stays locked until this transaction ends, and a takeover skips locked
+    // rows: an instance frozen or cut off between two statements of this transaction
+    // would keep its work from every other instance for as long as the server keeps
+    // its session (after a lost network, until TCP keepalive gives up: hours). So the
+    // server is told to end the session if it sits idle in this transaction for longer
+    // than the lease has left: the lock then outlives the lease by no more than the
+    // transaction's own working time. `set_config(…, true)` is SET LOCAL: for this
+    // transaction only, which works behind transaction pooling too.
     let row = tx
         .query_opt(
-            "SELECT 1 FROM pollhook_leases WHERE kind = $1 AND name = $2 AND holder = $3 AND epoch = $4 AND expires_at > now() FOR SHARE",
+            "SELECT set_config('idle_in_transaction_session_timeout', greatest(1, ceil(extract(epoch FROM expires_at - now()) * 1000))::int8::text, true) \
+             FROM pollhook_leases WHERE kind = $1 AND name = $2 AND holder = $3 AND epoch = $4 AND expires_at > now() FOR SHARE",
             &[&kind_text(kind), &name, &m.name, &epoch],
         )
         .await?;
@@ -394,4 +405,63 @@ async fn round(
         }
     }
     Ok((epochs.0, epochs.1, held))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::throwaway::Server;
+
+    /// An instance frozen (SIGSTOP, a VM pause) or cut off in the middle of a fenced
+    /// write leaves its transaction open, and the lease row locked FOR SHARE, which a
+    /// takeover skips: its work must still be taken over once the lease is out.
+    #[test]
+    fn a_write_stalled_inside_its_transaction_does_not_keep_the_lease_from_a_takeover() {
+        let Some(pg) = Server::for_test("a_write_stalled_inside_its_transaction…") else {
+            return;
+        };
+        let url = pg.new_database("stall");
+        let lease = Duration::from_secs(2);
+        let open = |name: &str| {
+            PgStore::open(&url, "test")
+                .unwrap_or_else(|e| panic!("{}", crate::error::chain(&e)))
+                .join(name.into(), lease)
+        };
+        let (a, b) = (open("a"), open("b"));
+        let targets = ["t".to_string()];
+        let none = Held::default();
+        assert!(a.tick(&[], &targets, &none).unwrap().targets.contains("t"));
+        let member = a.member.clone().unwrap();
+        let started = Instant::now();
+        // a's write passes the fence, then a stalls for two leases before its next
+        // statement.
+        let stalled = std::thread::spawn(move || {
+            a.run(
+                || "a write that stalls".into(),
+                |pool| async move {
+                    let mut c = pool.conn().await?;
+                    let tx = c.transaction().await?;
+                    fence(&tx, Some(&member), Work::Target, "t").await?;
+                    tokio::time::sleep(lease * 2).await;
+                    tx.commit().await?;
+                    Ok(())
+                },
+            )
+        });
+        // b claims t once a's lease is out, at its next round: within a lease and a
+        // round of a's renewal.
+        let took = loop {
+            if b.tick(&[], &targets, &none).unwrap().targets.contains("t") {
+                break started.elapsed();
+            }
+            assert!(
+                started.elapsed() < lease * 2,
+                "b could not take t over while a's write stalled"
+            );
+            std::thread::sleep(lease / TICKS);
+        };
+        assert!(took <= lease + lease / TICKS, "{took:?}");
+        // The server ended a's transaction: its write fails, and wrote nothing.
+        assert!(stalled.join().unwrap().is_err());
+    }
 }
