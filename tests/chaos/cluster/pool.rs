@@ -32,7 +32,7 @@ pub const TAKEOVER_LIMIT: Duration =
 pub struct Takeover {
     what: &'static str,
     pub victim: String,
-    pub work: BTreeSet<(&'static str, String)>,
+    pub work: BTreeSet<(String, String)>,
     at: Instant,
     /// The last fault that came before it ended, if one did: its time is then not one
     /// takeover's alone, but it must still end within the limit of that fault.
@@ -139,27 +139,28 @@ impl Pool {
     /// The cluster as the database has it; `None` while it does not answer.
     async fn read(&self) -> Option<(Vec<Instance>, Vec<Lease>)> {
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.cluster())
+        tokio::task::spawn_blocking(move || store.cluster_view())
             .await
             .ok()?
             .ok()
+            .map(|c| (c.instances, c.leases))
     }
 
     /// Every source and target, by who holds it unexpired.
-    fn holders(leases: &[Lease]) -> HashMap<(&'static str, String), String> {
+    fn holders(leases: &[Lease]) -> HashMap<(String, String), String> {
         leases
             .iter()
             .filter(|l| l.expires_in_secs > 0.0)
-            .filter_map(|l| Some(((l.kind, l.name.clone()), l.holder.clone()?)))
+            .filter_map(|l| Some(((l.kind.clone(), l.name.clone()), l.holder.clone()?)))
             .collect()
     }
 
     /// What `instance` holds (expired or not: it held it when it stopped renewing).
-    fn work_of(leases: &[Lease], instance: &str) -> BTreeSet<(&'static str, String)> {
+    fn work_of(leases: &[Lease], instance: &str) -> BTreeSet<(String, String)> {
         leases
             .iter()
             .filter(|l| l.holder.as_deref() == Some(instance))
-            .map(|l| (l.kind, l.name.clone()))
+            .map(|l| (l.kind.clone(), l.name.clone()))
             .collect()
     }
 
