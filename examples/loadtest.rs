@@ -17,6 +17,11 @@
 //! - `latency`: 1,000 changes per second; commit to the receiver's 2xx, p50 and p99.
 //!
 //! Everything runs on 127.0.0.1. The subprocess scenarios run `target/release/pollhook`.
+//!
+//! `LOADTEST_STORE=postgres` runs `throughput` and `latency` on the PostgreSQL store
+//! instead of sled: a throwaway server (initdb in a temp dir, as for the tests), the
+//! store joined as one instance of a cluster, its leases renewed as the daemon does, so
+//! every commit and acknowledgement is fenced as in production.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -33,7 +38,8 @@ use pollhook::config::Config;
 use pollhook::deliver::TargetWorker;
 use pollhook::poll::{plan_response, Poller};
 use pollhook::source::Fetcher;
-use pollhook::store::{SharedStore, SledStore};
+use pollhook::store::throwaway::Server;
+use pollhook::store::{Held, PgStore, SharedStore, SledStore};
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -208,6 +214,13 @@ struct Bridge {
     wake: Arc<Notify>,
     stop: CancellationToken,
     _dir: tempfile::TempDir,
+    /// The PostgreSQL server, with `LOADTEST_STORE=postgres`.
+    _pg: Option<Server>,
+}
+
+/// Whether `LOADTEST_STORE=postgres` asks for the PostgreSQL store.
+fn on_postgres() -> bool {
+    std::env::var("LOADTEST_STORE").as_deref() == Ok("postgres")
 }
 
 impl Bridge {
@@ -226,10 +239,28 @@ impl Bridge {
             target_extra,
         );
         let config = Config::parse(&text, Path::new("loadtest.toml"), &|_| None)?;
-        let store: SharedStore = Arc::new(SledStore::open(&config.state_dir)?);
+        let stop = CancellationToken::new();
+        let (store, pg): (SharedStore, _) = if on_postgres() {
+            let server = Server::start().map_err(|e| anyhow::anyhow!("{e}"))?;
+            let url = server.new_database("loadtest");
+            let lease = Duration::from_secs(15);
+            let pg = Arc::new(PgStore::open(&url, "loadtest")?.join("loadtest".into(), lease));
+            let (sources, targets) = (vec!["s".to_string()], vec!["t".to_string()]);
+            pg.tick(&sources, &targets, &Held::default())?;
+            // Renewed every quarter lease, as the daemon's rounds do.
+            let (renew, stopped) = (pg.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stopped.is_cancelled() {
+                    std::thread::sleep(lease / 4);
+                    let _ = renew.tick(&sources, &targets, &Held::default());
+                }
+            });
+            (pg, Some(server))
+        } else {
+            (Arc::new(SledStore::open(&config.state_dir)?), None)
+        };
         let wakes = pollhook::poll::Wakes::default();
         let wake = wakes.of("t");
-        let stop = CancellationToken::new();
         let worker = TargetWorker::new(
             config.targets["t"].clone(),
             store.clone(),
@@ -246,6 +277,7 @@ impl Bridge {
             wake,
             stop,
             _dir: dir,
+            _pg: pg,
         })
     }
 
@@ -295,6 +327,15 @@ async fn throughput(n: usize) -> Result<()> {
             .collect(),
     );
     let avg = bodies.iter().map(|b| b.len()).sum::<usize>() / bodies.len();
+    println!(
+        "{:<34}{}",
+        "store",
+        if on_postgres() {
+            "PostgreSQL (throwaway server, one fenced instance)"
+        } else {
+            "sled"
+        }
+    );
     println!(
         "{:<34}{n} events of {avg} bytes, {concurrency} in flight",
         "workload"
@@ -712,6 +753,11 @@ async fn latency(secs: u64) -> Result<()> {
     let doc_addr = doc.serve().await?;
     let (rx, counter) = serve_counter(true).await?;
     let bridge = Bridge::new(doc_addr, rx, "", "").await?;
+    println!(
+        "{:<34}{}",
+        "store",
+        if on_postgres() { "PostgreSQL" } else { "sled" }
+    );
     bridge.poll().await?;
     let mut committed: HashMap<String, Instant> = HashMap::new();
     let started = Instant::now();
