@@ -10,6 +10,7 @@
 
 mod acks;
 mod queue;
+mod refill;
 pub mod retry;
 
 use std::pin::Pin;
@@ -32,14 +33,15 @@ use crate::sign::Scheme;
 use crate::store::{blocking, SharedStore, Work};
 use acks::AckWriter;
 use queue::{Queue, Ready};
+use refill::Refill;
 pub use retry::{Decision, Outcome, RetryPolicy};
+
+/// How soon a worker whose cluster lease lapsed looks again whether it holds it.
+const LEASE_RECHECK: Duration = Duration::from_millis(100);
 
 /// Deliveries loaded from the outbox into a worker's memory at most. Bodies of
 /// deliveries waiting for a retry are dropped from memory and read again when due, so
 /// this bounds memory while letting thousands of failing items retry side by side.
-/// How soon a worker whose cluster lease lapsed looks again whether it holds it.
-const LEASE_RECHECK: Duration = Duration::from_millis(100);
-
 const WINDOW: usize = 16_384;
 
 /// Sends one target's webhooks until shutdown.
@@ -109,7 +111,7 @@ impl TargetWorker {
         let mut alarm = Alarm::new();
         loop {
             acks.start_if_due();
-            refill.top_up(&mut queue).await;
+            refill.start_if_due(&queue);
             // No attempt starts after the stop: not in the iteration that noticed it late
             // (a load or a ready timer raced it), nor in a worker that only got here
             // after waiting for its predecessor (a reload) while the daemon shut down.
@@ -137,9 +139,11 @@ impl TargetWorker {
                     }
                 }
                 () = acks.written() => {}
+                () = refill.landed(&mut queue) => {}
                 () = alarm.rings() => {}
             }
         }
+        refill.close().await;
         self.drain(&mut in_flight, &mut queue, &mut acks).await;
         // What was acknowledged must be recorded before the daemon flushes and exits,
         // or a clean stop would repeat it.
@@ -216,67 +220,6 @@ impl TargetWorker {
             store: self.store.clone(),
             client: self.client.clone(),
             metrics: self.metrics.clone(),
-        }
-    }
-}
-
-/// When a worker reads more of its outbox: at its start (whatever a previous run left
-/// pending), after a wake, and again while each read fills the window; never while the
-/// queue is half full or more, and not for a second after a failed read.
-struct Refill {
-    store: SharedStore,
-    target: String,
-    /// A read is asked for: a commit may have queued deliveries not loaded yet.
-    requested: bool,
-    /// The last read filled the window, so more wait behind it.
-    more: bool,
-    /// After a failed read, the next is not tried before this.
-    retry_at: Option<Instant>,
-}
-
-impl Refill {
-    fn new(store: SharedStore, target: String) -> Refill {
-        Refill {
-            store,
-            target,
-            requested: true,
-            more: false,
-            retry_at: None,
-        }
-    }
-
-    /// A commit queued deliveries for this target.
-    fn request(&mut self) {
-        self.requested = true;
-    }
-
-    /// When a failed read is to be tried again.
-    fn retry_at(&self) -> Option<Instant> {
-        self.retry_at
-    }
-
-    /// Reads the next pending deliveries into `queue`, up to the window, if it is time to.
-    async fn top_up(&mut self, queue: &mut Queue) {
-        let may_read = self.retry_at.is_none_or(|at| at <= Instant::now());
-        if !(self.requested || self.more) || !may_read || queue.len() >= WINDOW / 2 {
-            return;
-        }
-        let target = self.target.clone();
-        let after = queue.loaded_upto();
-        let limit = WINDOW - queue.len();
-        match blocking(&self.store, move |s| s.pending(&target, after, limit)).await {
-            Ok(batch) => {
-                self.more = batch.len() == limit;
-                for d in batch {
-                    queue.push(d);
-                }
-                self.requested = false;
-                self.retry_at = None;
-            }
-            Err(e) => {
-                tracing::error!(target_name = %self.target, error = %crate::error::chain(&e), "cannot read pending deliveries; retrying in 1s");
-                self.retry_at = Some(Instant::now() + Duration::from_secs(1));
-            }
         }
     }
 }
