@@ -69,6 +69,10 @@ impl Store for Watched {
         })
     }
 
+    fn abandon_poll(&self, source: &str) {
+        self.inner.abandon_poll(source)
+    }
+
     fn pending(
         &self,
         target: &str,

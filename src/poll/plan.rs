@@ -187,7 +187,15 @@ impl Plan {
         mut queued: impl FnMut(),
     ) -> Result<u64, PollError> {
         let mut generation = self.generation_read();
-        while let Some(commit) = self.next_commit()? {
+        loop {
+            let commit = match self.next_commit() {
+                Ok(Some(commit)) => commit,
+                Ok(None) => break,
+                Err(e) => {
+                    store.abandon_poll(&self.source);
+                    return Err(e);
+                }
+            };
             let events = !commit.events.is_empty();
             // The wake follows the commit even when it failed: a last commit may have
             // moved some of its staged chunks to the outbox before its error.

@@ -121,6 +121,10 @@ pub enum StoreError {
         name: String,
         instance: String,
     },
+    /// A poll of several commits on PostgreSQL lost its transaction between two of them
+    /// (the connection dropped, the database restarted): nothing of it was written.
+    #[error("source {source_name}: the PostgreSQL store lost this poll's transaction before its last commit (the connection dropped or the database restarted); nothing of the poll was written, and the next poll starts over")]
+    PollLost { source_name: String },
     /// TLS to PostgreSQL failed: the server offers none, or its certificate is not one
     /// the sslmode accepts. Retried like any failed connection, but it lasts until the
     /// config or the database's certificate changes, so the message says which.
@@ -257,6 +261,12 @@ pub trait Store: Send + Sync + 'static {
     /// Returns the generation now stored. A commit without changes writes nothing unless
     /// the source had never committed (the baseline).
     fn commit_poll(&self, commit: PollCommit) -> Result<u64, StoreError>;
+
+    /// A poll that failed between two of its commits (a stored item that does not
+    /// parse) will not make the next: a store that keeps a poll's commits in one open
+    /// transaction (PostgreSQL) ends it now, so its locks do not wait for the source's
+    /// next poll.
+    fn abandon_poll(&self, _source: &str) {}
 
     /// Pending deliveries of `target` with sequence numbers above `after`, oldest first.
     fn pending(

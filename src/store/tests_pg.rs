@@ -2,7 +2,8 @@
 //! connections lost and regained). The behaviour both stores share is in
 //! `tests_contract.rs`.
 
-use super::tests::{all_pending, created, events_commit, seen, NOW_MS};
+use super::tests::{all_pending, created, events_commit, ids, seen, NOW_MS};
+use super::tests_contract::{commit_all, poll_commits};
 use super::throwaway::Server;
 use super::*;
 use super::{Held, Work};
@@ -23,7 +24,8 @@ fn a_commit_is_read_back_by_another_connection_and_instances_migrate_once() {
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let db = url.rsplit('/').next().unwrap();
-    assert_eq!(pg.psql(db, "SELECT count(*) FROM pollhook_schema"), "1");
+    // Both migrations, each once.
+    assert_eq!(pg.psql(db, "SELECT count(*) FROM pollhook_schema"), "2");
     let a = serde_json::json!({"id": "a"});
     let g = opened[0]
         .commit_poll(PollCommit {
@@ -69,6 +71,64 @@ fn a_database_restart_fails_calls_until_it_is_back_then_they_work() {
         }
     };
     assert_eq!(pending.len(), 1);
+}
+
+/// A poll of several commits keeps one transaction from its first chunk to its last.
+/// Lost between them (a database restart), the poll's later commits are refused and
+/// nothing of it shows; the next poll starts over. A poll whose plan failed between two
+/// chunks ends its transaction at once: a forget from another instance does not wait for
+/// the source's next poll.
+#[test]
+fn a_poll_of_several_commits_that_loses_its_transaction_writes_nothing() {
+    let Some(pg) = Server::for_test("a_poll_of_several_commits…") else {
+        return;
+    };
+    let own = Server::start().unwrap();
+    let _ = pg;
+    let url = own.new_database("lost");
+    let store = open(&url);
+    store
+        .commit_poll(events_commit("s", 0, vec![created("s", 1, "a", &["t"])]))
+        .unwrap();
+    let items = ["b1", "b2", "b3", "b4", "b5"];
+    let (p, _) = poll_commits("s", 1, 1, &items, &["t"], 2);
+    let mut p = p.into_iter();
+    assert_eq!(store.commit_poll(p.next().unwrap()).unwrap(), 1);
+    own.restart();
+    // The next chunk fails on the dead connection; the last finds the poll gone.
+    assert!(store.commit_poll(p.next().unwrap()).is_err());
+    let mut last = store.commit_poll(p.next().unwrap());
+    for _ in 0..5 {
+        // A pooled connection that died with the server may fail the first reads.
+        if !matches!(last, Err(StoreError::Postgres { .. })) {
+            break;
+        }
+        let (again, _) = poll_commits("s", 1, 1, &items, &["t"], 2);
+        last = store.commit_poll(again.into_iter().nth(1).unwrap());
+    }
+    match last {
+        Err(StoreError::PollLost { source_name }) => assert_eq!(source_name, "s"),
+        other => panic!("expected the poll to be lost, got {other:?}"),
+    }
+    assert_eq!(ids(&all_pending(&store, "t")).len(), 1);
+    assert_eq!(store.source_state("s").unwrap().generation, 1);
+    // The next poll, from the same state, commits all of its own.
+    let (again, events) = poll_commits("s", 1, 1, &items, &["t"], 2);
+    assert_eq!(commit_all(&store, again).unwrap(), 2);
+    assert_eq!(all_pending(&store, "t").len(), 1 + events.len());
+
+    // A poll stages a chunk and its plan fails (Plan::commit_all abandons it).
+    let (q, _) = poll_commits("s", 2, 6, &["q1", "q2", "q3"], &["t"], 2);
+    assert_eq!(store.commit_poll(q.into_iter().next().unwrap()).unwrap(), 2);
+    store.abandon_poll("s");
+    let other = open(&url);
+    let started = std::time::Instant::now();
+    assert!(other.forget_source("s").unwrap());
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "the forget waited {:?} for the abandoned poll's transaction",
+        started.elapsed()
+    );
 }
 
 /// Fencing: an instance paused past its lease (here: it stops renewing) writes nothing

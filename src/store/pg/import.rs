@@ -247,7 +247,7 @@ async fn write(
     at("locking its tables (is a pollhook instance still writing to it?)".into());
     tx.batch_execute(&format!(
         "SET LOCAL lock_timeout = '{LOCK_LIMIT}'; SET LOCAL statement_timeout = '{STATEMENT_LIMIT}';
-         LOCK TABLE pollhook_meta, pollhook_sources, pollhook_items, pollhook_outbox, pollhook_dead, pollhook_stage IN EXCLUSIVE MODE"
+         LOCK TABLE pollhook_meta, pollhook_sources, pollhook_items, pollhook_outbox, pollhook_dead IN EXCLUSIVE MODE"
     ))
     .await?;
     at("checking that no instance runs on it and that it is empty".into());
@@ -363,8 +363,7 @@ async fn refuse_unless_empty(tx: &Transaction<'_>, db: &str) -> Result<(), Fail>
     let row = tx
         .query_one(
             "SELECT (SELECT count(*) FROM pollhook_sources), (SELECT count(*) FROM pollhook_items), \
-             (SELECT count(*) FROM pollhook_outbox), (SELECT count(*) FROM pollhook_dead), \
-             (SELECT count(*) FROM pollhook_stage)",
+             (SELECT count(*) FROM pollhook_outbox), (SELECT count(*) FROM pollhook_dead)",
             &[],
         )
         .await?;
@@ -373,7 +372,6 @@ async fn refuse_unless_empty(tx: &Transaction<'_>, db: &str) -> Result<(), Fail>
         ("stored item", "stored items"),
         ("pending delivery", "pending deliveries"),
         ("dead delivery", "dead deliveries"),
-        ("staged event", "staged events"),
     ];
     let holds: Vec<String> = what
         .iter()

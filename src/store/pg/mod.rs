@@ -2,16 +2,16 @@
 //! instances sharing one database.
 //!
 //! Each operation is one transaction, run on the store's own runtime under a time
-//! limit (`conn.rs`). A poll's commit writes its items, its state and its deliveries in
-//! one transaction (DESIGN invariant 1), checking the generation it read with the
-//! source's row locked, and draws the deliveries' sequence numbers last, from one row
-//! whose lock it holds until it commits: so sequence order is commit order, and a
-//! target worker that loads "everything above the last sequence I have" never misses a
-//! delivery that commits later under a lower number. A poll of several commits stages
-//! its events in `pollhook_stage` and its last commit moves them to the outbox in the
-//! same transaction as the snapshot, so nothing of a poll that never committed is
-//! delivered and no recovery step is needed after a crash.
+//! limit (`conn.rs`). A poll's commit is one transaction too, however many chunks the
+//! poll commits (`commit.rs`): its items, its state and its deliveries (DESIGN invariant
+//! 1), with the source's row locked and the generation it read checked, and the
+//! deliveries' sequence numbers drawn last, from one row whose lock it holds until it
+//! commits. So sequence order is commit order, and a target worker that loads
+//! "everything above the last sequence I have" never misses a delivery that commits
+//! later under a lower number; and nothing of a poll that never made its last commit
+//! is delivered, with no recovery step after a crash.
 
+mod commit;
 mod conn;
 mod import;
 mod lease;
@@ -34,6 +34,7 @@ use super::{
 use crate::config::{PostgresConfig, SslMode};
 use crate::diff::Seen;
 use crate::extract::Collection;
+use commit::OpenPolls;
 use conn::{Pool, Runner};
 pub use import::{ImportReport, ImportedSource, ImportedTarget};
 use lease::{fence, Member};
@@ -68,6 +69,8 @@ pub struct PgStore {
     runner: Runner,
     /// This instance in the cluster, once it joined (see [`PgStore::join`]).
     member: Option<Arc<Member>>,
+    /// Polls between their chunks, each inside its transaction (`commit.rs`).
+    open: Arc<OpenPolls>,
 }
 
 const DELIVERY_COLUMNS: &str =
@@ -147,6 +150,7 @@ impl PgStore {
         let store = PgStore {
             runner,
             member: None,
+            open: Arc::default(),
         };
         store.runner.run(
             || "creating or upgrading its tables".into(),
@@ -209,7 +213,11 @@ fn state(row: &Row, source: &str) -> Result<SourceState, StoreError> {
     })
 }
 
-async fn read_state(c: &impl GenericClient, source: &str, lock: bool) -> Result<SourceState, Fail> {
+pub(super) async fn read_state(
+    c: &impl GenericClient,
+    source: &str,
+    lock: bool,
+) -> Result<SourceState, Fail> {
     let sql = if lock {
         "SELECT generation, initialized, items, collection FROM pollhook_sources WHERE name = $1 FOR UPDATE"
     } else {
@@ -223,7 +231,7 @@ async fn read_state(c: &impl GenericClient, source: &str, lock: bool) -> Result<
 
 /// Draws `n` consecutive sequence numbers; the row stays locked until the transaction
 /// ends, so no other commit draws (and commits) numbers in between.
-async fn draw_seqs(c: &impl GenericClient, n: usize) -> Result<i64, Fail> {
+pub(super) async fn draw_seqs(c: &impl GenericClient, n: usize) -> Result<i64, Fail> {
     let row = c
         .query_one(
             "UPDATE pollhook_meta SET value = value + $1 WHERE key = 'next_seq' RETURNING value - $1",
@@ -235,7 +243,7 @@ async fn draw_seqs(c: &impl GenericClient, n: usize) -> Result<i64, Fail> {
 
 /// The columns of new deliveries, one entry per delivery.
 #[derive(Default)]
-struct NewDeliveries {
+pub(super) struct NewDeliveries {
     target: Vec<String>,
     seq: Vec<i64>,
     event_id: Vec<String>,
@@ -250,7 +258,7 @@ struct NewDeliveries {
 }
 
 impl NewDeliveries {
-    fn push(&mut self, d: Delivery) {
+    pub(super) fn push(&mut self, d: Delivery) {
         self.target.push(d.target);
         self.seq.push(d.seq as i64);
         self.event_id.push(d.event_id);
@@ -264,7 +272,7 @@ impl NewDeliveries {
         self.body.push(d.body);
     }
 
-    async fn insert(&self, c: &impl GenericClient, table: &str) -> Result<(), Fail> {
+    pub(super) async fn insert(&self, c: &impl GenericClient, table: &str) -> Result<(), Fail> {
         if self.seq.is_empty() {
             return Ok(());
         }
@@ -290,184 +298,6 @@ impl NewDeliveries {
         .await?;
         Ok(())
     }
-}
-
-/// Queues the events staged for `source` (in detection order) and then `c`'s own,
-/// under sequence numbers drawn now; deletes the stage.
-async fn enqueue(tx: &impl GenericClient, c: &PollCommit, staged: bool) -> Result<(), Fail> {
-    let mut rows = NewDeliveries::default();
-    let mut events = 0;
-    if staged {
-        let staged = tx
-            .query(
-                "SELECT chunk, pos, target, event_id, event_type, item_id, created_ms, body FROM pollhook_stage WHERE source = $1 ORDER BY chunk, pos, target",
-                &[&c.source],
-            )
-            .await?;
-        let mut last = None;
-        for r in &staged {
-            let at: (i32, i32) = (r.get(0), r.get(1));
-            if last != Some(at) {
-                events += 1;
-                last = Some(at);
-            }
-            let created_ms: i64 = r.get(6);
-            rows.push(Delivery {
-                target: r.get(2),
-                seq: events as u64 - 1,
-                event_id: r.get(3),
-                event_type: r.get(4),
-                source: c.source.clone(),
-                item_id: r.get(5),
-                attempts: 0,
-                next_at_ms: created_ms,
-                created_ms,
-                last_error: None,
-                body: r.get(7),
-            });
-        }
-        tx.execute("DELETE FROM pollhook_stage WHERE source = $1", &[&c.source])
-            .await?;
-    }
-    for (event, targets) in &c.events {
-        for target in targets.iter() {
-            rows.push(new_delivery(target, events as u64, event, c.now_ms));
-        }
-        events += 1;
-    }
-    if events == 0 {
-        return Ok(());
-    }
-    // Last, so the sequence row is locked for as short a time as the commit allows.
-    let base = draw_seqs(tx, events).await?;
-    for s in &mut rows.seq {
-        *s += base;
-    }
-    rows.insert(tx, "pollhook_outbox").await
-}
-
-fn new_delivery(target: &str, seq: u64, event: &crate::event::Event, now_ms: i64) -> Delivery {
-    Delivery {
-        target: target.to_string(),
-        seq,
-        event_id: event.id.clone(),
-        event_type: event.event_type.clone(),
-        source: event.source.clone(),
-        item_id: event.item_id.clone(),
-        attempts: 0,
-        next_at_ms: now_ms,
-        created_ms: now_ms,
-        last_error: None,
-        body: event.body.clone(),
-    }
-}
-
-async fn write_snapshot(tx: &impl GenericClient, c: &PollCommit) -> Result<(), Fail> {
-    if !c.removals.is_empty() {
-        tx.execute(
-            "DELETE FROM pollhook_items WHERE source = $1 AND id = ANY($2)",
-            &[&c.source, &c.removals],
-        )
-        .await?;
-    }
-    if !c.upserts.is_empty() {
-        let ids: Vec<&str> = c.upserts.iter().map(|(id, _)| id.as_str()).collect();
-        let hashes: Vec<&[u8]> = c.upserts.iter().map(|(_, s)| &s.hash[..]).collect();
-        let raws: Vec<&[u8]> = c.upserts.iter().map(|(_, s)| s.raw.as_slice()).collect();
-        tx.execute(
-            "INSERT INTO pollhook_items (source, id, hash, raw) SELECT $1, * FROM unnest($2::text[], $3::bytea[], $4::bytea[]) ON CONFLICT (source, id) DO UPDATE SET hash = excluded.hash, raw = excluded.raw",
-            &[&c.source, &ids, &hashes, &raws],
-        )
-        .await?;
-    }
-    Ok(())
-}
-
-async fn commit(pool: Arc<Pool>, member: Option<Arc<Member>>, c: PollCommit) -> Result<u64, Fail> {
-    let mut conn = pool.conn().await?;
-    let tx = conn.transaction().await?;
-    fence(&tx, member.as_deref(), Work::Source, &c.source).await?;
-    // Creates the row of a source never seen, so that it can be locked.
-    tx.execute(
-        "INSERT INTO pollhook_sources (name) VALUES ($1) ON CONFLICT DO NOTHING",
-        &[&c.source],
-    )
-    .await?;
-    let current = read_state(&tx, &c.source, true).await?;
-    if current.generation != c.expected_generation {
-        return Err(Fail::Store(StoreError::Conflict {
-            source_name: c.source.clone(),
-            expected: c.expected_generation,
-            found: current.generation,
-        }));
-    }
-    let staging = c.events_only || c.chunk > 0;
-    let changed = !(c.upserts.is_empty() && c.removals.is_empty() && c.events.is_empty());
-    if !changed && current.initialized && !staging {
-        // An unchanged poll writes nothing (the row exists: the source committed).
-        drop(tx);
-        conn.done();
-        return Ok(current.generation);
-    }
-    if c.chunk == 0 {
-        // Chunks a poll that never committed left behind.
-        tx.execute("DELETE FROM pollhook_stage WHERE source = $1", &[&c.source])
-            .await?;
-    }
-    if c.events_only {
-        stage_chunk(&tx, &c).await?;
-        tx.commit().await?;
-        conn.done();
-        return Ok(current.generation);
-    }
-    write_snapshot(&tx, &c).await?;
-    let generation = if changed {
-        current.generation + 1
-    } else {
-        current.generation
-    };
-    let collection = c
-        .collection
-        .or(current.collection)
-        .map(|c| serde_json::to_string(&c).unwrap_or_default());
-    tx.execute(
-        "UPDATE pollhook_sources SET generation = $2, initialized = true, items = $3, collection = $4 WHERE name = $1",
-        &[&c.source, &(generation as i64), &(c.item_count as i64), &collection],
-    )
-    .await?;
-    enqueue(&tx, &c, staging).await?;
-    tx.commit().await?;
-    conn.done();
-    Ok(generation)
-}
-
-/// Stages `c`'s events, one row per event and target.
-async fn stage_chunk(tx: &impl GenericClient, c: &PollCommit) -> Result<(), Fail> {
-    let mut pos = Vec::new();
-    let mut target = Vec::new();
-    let mut id = Vec::new();
-    let mut ty = Vec::new();
-    let mut item = Vec::new();
-    let mut body: Vec<&[u8]> = Vec::new();
-    for (i, (event, targets)) in c.events.iter().enumerate() {
-        for t in targets.iter() {
-            pos.push(i as i32);
-            target.push(t.as_str());
-            id.push(event.id.as_str());
-            ty.push(event.event_type.as_str());
-            item.push(event.item_id.as_str());
-            body.push(&event.body);
-        }
-    }
-    if pos.is_empty() {
-        return Ok(());
-    }
-    tx.execute(
-        "INSERT INTO pollhook_stage (source, chunk, created_ms, pos, target, event_id, event_type, item_id, body) SELECT $1, $2, $3, * FROM unnest($4::int4[], $5::text[], $6::text[], $7::text[], $8::text[], $9::bytea[])",
-        &[&c.source, &(c.chunk as i32), &c.now_ms, &pos, &target, &id, &ty, &item, &body],
-    )
-    .await?;
-    Ok(())
 }
 
 /// Deliveries of `table`, optionally of one target, in (target, seq) order.
@@ -561,8 +391,13 @@ impl Store for PgStore {
         let source = c.source.clone();
         self.run(
             || format!("committing a poll of source {source}"),
-            |pool| commit(pool, self.member.clone(), c),
+            |pool| commit::commit(pool, self.member.clone(), self.open.clone(), c),
         )
+    }
+
+    fn abandon_poll(&self, source: &str) {
+        // Its connection closes, and the database rolls the transaction back.
+        drop(self.open.take(source));
     }
 
     fn pending(
@@ -583,13 +418,21 @@ impl Store for PgStore {
         self.run(
             || format!("reading pending deliveries of target {target}"),
             |pool| async move {
-                let c = pool.conn().await?;
-                let rows = c
+                let mut c = pool.conn().await?;
+                let tx = c.transaction().await?;
+                // Without fresh statistics (an outbox a large commit has just filled,
+                // before autovacuum analyzes it) the planner expects a few rows, reads
+                // every pending one and sorts them on disk: 150 ms for 100,000, per read.
+                // The primary key already yields this order.
+                tx.batch_execute("SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off")
+                    .await?;
+                let rows = tx
                     .query(
                         &format!("SELECT {DELIVERY_COLUMNS} FROM pollhook_outbox WHERE target = $1 AND seq > $2 ORDER BY seq LIMIT $3"),
                         &[&t, &after, &limit],
                     )
                     .await?;
+                tx.commit().await?;
                 c.done();
                 Ok(rows.iter().map(delivery).collect())
             },
@@ -758,11 +601,22 @@ impl Store for PgStore {
 
     fn forget_source(&self, source: &str) -> Result<bool, StoreError> {
         let s = source.to_string();
+        // A poll of this process between its chunks ends here (its transaction rolls
+        // back), and its next chunk must find the generation moved on, even at the
+        // source's first poll, before it has a committed row.
+        let polling = self.open.take(source).is_some();
         self.run(
             || format!("forgetting source {source}"),
             |pool| async move {
                 let mut c = pool.conn().await?;
                 let tx = c.transaction().await?;
+                if polling {
+                    tx.execute(
+                        "INSERT INTO pollhook_sources (name) VALUES ($1) ON CONFLICT DO NOTHING",
+                        &[&s],
+                    )
+                    .await?;
+                }
                 let had = tx
                     .query_opt(
                         "UPDATE pollhook_sources SET generation = generation + 1, initialized = false, items = 0, collection = NULL WHERE name = $1 RETURNING 1",
@@ -771,7 +625,6 @@ impl Store for PgStore {
                     .await?
                     .is_some();
                 tx.execute("DELETE FROM pollhook_items WHERE source = $1", &[&s]).await?;
-                tx.execute("DELETE FROM pollhook_stage WHERE source = $1", &[&s]).await?;
                 tx.commit().await?;
                 c.done();
                 Ok(had)

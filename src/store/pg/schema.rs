@@ -100,6 +100,12 @@ CREATE TABLE pollhook_leases (
     PRIMARY KEY (kind, name)
 );
 "#,
+    // 2: a poll of several commits keeps its chunks in a temporary table of its one
+    // transaction. A row left here by an older release belongs to a poll that never
+    // made its last commit: the next poll of its source detects its changes again.
+    r#"
+DROP TABLE pollhook_stage;
+"#,
 ];
 
 /// Brings the database's tables to this release's version; returns that version.
