@@ -411,6 +411,12 @@ async fn throughput(n: usize) -> Result<()> {
                 n as f64 / secs,
                 cpu * 100.0
             );
+            let total = started.elapsed().as_secs_f64();
+            println!(
+                "{:<34}{total:.2}s poll begun to last 2xx, {:.0} events/s",
+                "pollhook end to end",
+                n as f64 / total
+            );
             baseline_rates.push(-(n as f64 / secs));
         }
     }
@@ -745,9 +751,10 @@ async fn many_sources(k: usize, secs: u64) -> Result<()> {
 
 async fn latency(secs: u64) -> Result<()> {
     let items = 1000;
-    // Each poll marks a window of 5 items and un-marks the previous window's 5: 10
-    // changes per poll, a poll every 10 ms, 1,000 changes per second.
-    let per_poll = 5;
+    // A poll every 10 ms at most. Each marks a window of items and un-marks the previous
+    // window, the window as wide as keeps the changes at 1,000 a second since the start
+    // however long each poll takes (a poll's changes are the two windows).
+    const RATE: f64 = 1000.0;
     let doc = Doc::default();
     doc.set(items_doc(items, 0, |_| false));
     let doc_addr = doc.serve().await?;
@@ -762,15 +769,18 @@ async fn latency(secs: u64) -> Result<()> {
     let mut committed: HashMap<String, Instant> = HashMap::new();
     let started = Instant::now();
     let mut rev = 0u64;
+    let (mut first, mut width, mut produced) = (0usize, 0usize, 0usize);
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     while started.elapsed() < Duration::from_secs(secs) {
         tick.tick().await;
         rev += 1;
-        let first = (rev as usize * per_poll) % items;
-        doc.set(items_doc(items, rev, |i| {
-            i >= first && i < first + per_poll
-        }));
+        let want = (started.elapsed().as_secs_f64() * RATE) as usize;
+        first = (first + width) % items;
+        width = want.saturating_sub(produced + width).clamp(1, items / 4);
+        let (start, w) = (first, width);
+        doc.set(items_doc(items, rev, |i| (i + items - start) % items < w));
         let (ids, at) = bridge.poll().await?;
+        produced += ids.len();
         for id in ids {
             committed.insert(id, at);
         }
