@@ -30,6 +30,8 @@ pub(super) struct Cluster {
     /// What the last round found beyond this instance's share: stopped since, handed
     /// back by the next round.
     releasing: Held,
+    /// The outbox's next sequence number when the workers were last woken.
+    woken_at: Option<i64>,
 }
 
 impl Cluster {
@@ -42,12 +44,30 @@ impl Cluster {
             store: store.clone(),
             every: pg.lease / TICKS,
             releasing: Held::default(),
+            woken_at: None,
         };
         Ok((cluster, store))
     }
 
     pub(super) fn instance(&self) -> &str {
         self.store.instance().unwrap_or("-")
+    }
+
+    /// Whether any instance queued deliveries since the last call that said so: the
+    /// outbox's next sequence number moved (or it could not be read: the workers' own
+    /// reads then say what failed). One round trip, where every worker reading its
+    /// outbox every [`WAKE`] would be three each, idle or not.
+    pub(super) async fn committed_elsewhere(&mut self) -> bool {
+        let store = self.store.clone();
+        let now = tokio::task::spawn_blocking(move || store.next_seq()).await;
+        match now {
+            Ok(Ok(seq)) if Some(seq) == self.woken_at => false,
+            Ok(Ok(seq)) => {
+                self.woken_at = Some(seq);
+                true
+            }
+            _ => true,
+        }
     }
 
     /// One lease round for the sources and targets of `config`.

@@ -265,8 +265,16 @@ impl Daemon {
                     }
                 }
                 _ = cluster::tick(&mut wake) => {
-                    for name in self.running.targets.keys() {
-                        self.running.handle.wakes.of(name).notify_one();
+                    let Some(c) = &mut self.cluster else { continue };
+                    let moved = tokio::select! {
+                        biased;
+                        _ = stop.cancelled() => break,
+                        moved = c.committed_elsewhere() => moved,
+                    };
+                    if moved {
+                        for name in self.running.targets.keys() {
+                            self.running.handle.wakes.of(name).notify_one();
+                        }
                     }
                 }
                 _ = reload.notified() => {
@@ -274,6 +282,11 @@ impl Daemon {
                     let status = self.running.reload().await;
                     if self.health.failure().is_none() {
                         notifier.ready(&status);
+                    }
+                    // A source or target the reload added is claimed now, not up to a
+                    // quarter lease later.
+                    if let Some(r) = &mut round {
+                        r.reset_immediately();
                     }
                 }
             }
