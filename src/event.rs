@@ -46,10 +46,13 @@ pub fn event_id(
     h.update(generation.to_be_bytes());
     h.update(version);
     let digest = h.finalize();
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut id = String::with_capacity(36);
     id.push_str("evt_");
+    // By hand: a `format!` per byte was a fifth of building 100,000 events.
     for b in &digest[..16] {
-        id.push_str(&format!("{b:02x}"));
+        id.push(char::from(HEX[usize::from(b >> 4)]));
+        id.push(char::from(HEX[usize::from(b & 0xf)]));
     }
     id
 }
@@ -132,6 +135,9 @@ mod tests {
         let base = event_id("s", 1, "42", ChangeKind::Updated, &v);
         assert_eq!(base, event_id("s", 1, "42", ChangeKind::Updated, &v));
         assert!(base.starts_with("evt_") && base.len() == 36);
+        // The same as every release gave (computed apart, with Python's hashlib): an
+        // upgrade gives a change detected again the id it had.
+        assert_eq!(base, "evt_efde8943595270dc12477bfea5d9028a");
         assert_ne!(base, event_id("t", 1, "42", ChangeKind::Updated, &v));
         assert_ne!(base, event_id("s", 2, "42", ChangeKind::Updated, &v));
         assert_ne!(base, event_id("s", 1, "43", ChangeKind::Updated, &v));
