@@ -95,8 +95,10 @@ fn a_poll_of_several_commits_that_loses_its_transaction_writes_nothing() {
     let mut p = p.into_iter();
     assert_eq!(store.commit_poll(p.next().unwrap()).unwrap(), 1);
     own.restart();
-    // The next chunk fails on the dead connection; the last finds the poll gone.
-    assert!(store.commit_poll(p.next().unwrap()).is_err());
+    // The next chunk fails on the dead connection, or it is written while the poll
+    // builds the last, whose commit then fails with its error; a later one finds the
+    // poll gone.
+    let _ = store.commit_poll(p.next().unwrap());
     let mut last = store.commit_poll(p.next().unwrap());
     for _ in 0..5 {
         // A pooled connection that died with the server may fail the first reads.

@@ -19,6 +19,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use tokio::task::JoinHandle;
 use tokio_postgres::GenericClient;
 
 use super::conn::{Conn, Pool};
@@ -32,7 +33,11 @@ pub(super) struct OpenPolls(Mutex<HashMap<String, OpenPoll>>);
 
 /// A poll between two of its chunks: its connection, inside its transaction.
 pub(super) struct OpenPoll {
-    conn: Conn,
+    /// The connection; with the write under way while a chunk is being written.
+    conn: Option<Conn>,
+    /// The last chunk, written while the poll builds the next: it hands the connection
+    /// back, or fails the poll's next commit with its error.
+    writing: Option<JoinHandle<Result<Conn, Fail>>>,
     /// The chunk that comes next.
     next_chunk: u32,
     /// The generation the poll read, checked at its first chunk.
@@ -41,6 +46,38 @@ pub(super) struct OpenPoll {
     staged: usize,
     /// Items the source held when the poll began.
     held: u64,
+}
+
+impl OpenPoll {
+    /// Waits for the chunk being written, if any; its error is the poll's.
+    async fn settle(&mut self) -> Result<(), Fail> {
+        if let Some(write) = self.writing.take() {
+            let conn = write.await.map_err(|error| {
+                Fail::Store(StoreError::Stopped {
+                    task: "chunk write",
+                    error,
+                })
+            })??;
+            self.conn = Some(conn);
+        }
+        Ok(())
+    }
+
+    /// The connection, once no chunk is being written.
+    fn take_conn(&mut self) -> Conn {
+        self.conn
+            .take()
+            .expect("an open poll has its connection or a chunk write under way")
+    }
+}
+
+impl Drop for OpenPoll {
+    /// An abandoned poll's chunk write stops at once, and its connection closes with it.
+    fn drop(&mut self) {
+        if let Some(write) = &self.writing {
+            write.abort();
+        }
+    }
 }
 
 impl OpenPolls {
@@ -82,15 +119,22 @@ pub(super) async fn commit(
             other => return Err(lost(&pool, &c, other).await),
         }
     };
+    poll.settle().await?;
+    let conn = poll.take_conn();
     if c.events_only {
-        stage(&poll.conn, &c, poll.staged).await?;
+        // Written while the poll builds its next chunk; an error shows at that commit.
+        let (source, generation, before) = (c.source.clone(), c.expected_generation, poll.staged);
         poll.staged += c.events.len();
         poll.next_chunk += 1;
-        open.put(c.source.clone(), poll);
-        return Ok(c.expected_generation);
+        poll.writing = Some(tokio::spawn(async move {
+            stage(&conn, &c, before).await?;
+            Ok(conn)
+        }));
+        open.put(source, poll);
+        return Ok(generation);
     }
-    let generation = finish(&poll, &c).await?;
-    poll.conn.done();
+    let generation = finish(&conn, &poll, &c).await?;
+    conn.done();
     Ok(generation)
 }
 
@@ -132,7 +176,8 @@ async fn begin(
         .await?;
     }
     Ok(Some(OpenPoll {
-        conn,
+        conn: Some(conn),
+        writing: None,
         next_chunk: 0,
         generation: current.generation,
         staged: 0,
@@ -197,8 +242,8 @@ async fn stage(conn: &Conn, c: &PollCommit, before: usize) -> Result<(), Fail> {
 
 /// The poll's last commit: its snapshot changes and state, then every staged event and
 /// its own, under sequence numbers drawn now; commits.
-async fn finish(poll: &OpenPoll, c: &PollCommit) -> Result<u64, Fail> {
-    let conn = &*poll.conn;
+async fn finish(conn: &Conn, poll: &OpenPoll, c: &PollCommit) -> Result<u64, Fail> {
+    let conn = &**conn;
     write_snapshot(conn, c, poll.held == 0).await?;
     // A staged poll's last commit carries its snapshot changes, so it changed too.
     let changed = !(c.upserts.is_empty() && c.removals.is_empty() && c.events.is_empty());
