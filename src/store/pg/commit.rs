@@ -116,7 +116,11 @@ pub(super) async fn commit(
     } else {
         match open.take(&c.source) {
             Some(p) if p.next_chunk == c.chunk && p.generation == c.expected_generation => p,
-            other => return Err(lost(&pool, &c, other).await),
+            // A poll out of turn (a chunk of another poll) ends too.
+            other => {
+                drop(other);
+                return Err(lost(&pool, &c).await);
+            }
         }
     };
     poll.settle().await?;
@@ -187,9 +191,7 @@ async fn begin(
 
 /// Why a chunk after the first found no open poll: the source moved on (another poll
 /// or a forget committed: a conflict), or the transaction ended with its connection.
-async fn lost(pool: &Arc<Pool>, c: &PollCommit, open: Option<OpenPoll>) -> Fail {
-    // One of another poll (a chunk out of turn) ends too.
-    drop(open);
+async fn lost(pool: &Arc<Pool>, c: &PollCommit) -> Fail {
     let found = async {
         let conn = pool.conn().await?;
         let state = read_state(&*conn, &c.source, false).await?;
