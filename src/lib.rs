@@ -74,6 +74,7 @@ pub mod metrics;
 pub mod notify;
 pub mod poll;
 pub mod redact;
+pub mod route;
 pub mod running;
 pub mod schedule;
 pub mod sign;

@@ -472,6 +472,30 @@ mod config_loader {
                 strs(&["missing.pem", "secret.txt"]),
                 strs(&["", "${UNSET}"]),
             ),
+            "types" => (
+                str_list(&["*", "s.*", "*.deleted", "github.issue.created"]),
+                odd_list(&["", "s.[ab]", "{a,b}", "s?", "é"]),
+            ),
+            "filter" => (
+                strs(&[
+                    ".type == \"s.created\"",
+                    "true",
+                    ".data.object | has(\"id\")",
+                ]),
+                strs(&[".data |", "{a: }", "((", "$undefined"]),
+            ),
+            "body" => (
+                strs(&["{text: .type}", ".type", "\"\\(.type): \\(.data.id)\""]),
+                strs(&["{text: }", "[.[", "undefined_filter(1)"]),
+            ),
+            "content_type" => (
+                strs(&[
+                    "text/plain",
+                    "application/json",
+                    "text/markdown; charset=utf-8",
+                ]),
+                strs(&["", "a\u{1}b", "\u{e9}"]),
+            ),
             // Misspelled and unknown keys: any value is wrong.
             _ => (arb_toml().boxed(), arb_toml().boxed()),
         }
@@ -504,7 +528,17 @@ mod config_loader {
     };
     const TARGET_KEYS: Keys = Keys {
         required: &[&["url"], &["secret", "secret", "secret_env", "secret_file"]],
-        optional: &["signature", "timeout", "retry", "headers", "max_in_flight"],
+        optional: &[
+            "signature",
+            "timeout",
+            "retry",
+            "headers",
+            "max_in_flight",
+            "types",
+            "filter",
+            "body",
+            "content_type",
+        ],
         wrong: &["urll", "secret_env", "secret_file", "Secret", "ca_file"],
     };
     const SOURCE_KEYS: Keys = Keys {

@@ -26,6 +26,8 @@ mod faults;
 mod flow;
 #[path = "it/migrate.rs"]
 mod migrate;
+#[path = "it/shaping.rs"]
+mod shaping;
 // Some of its helpers serve only the modules left out.
 #[allow(dead_code)]
 #[path = "it/process.rs"]

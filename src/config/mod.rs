@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use reqwest::header::HeaderMap;
+use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::Url;
 
 use crate::diff::ChangeKind;
@@ -143,6 +143,10 @@ pub struct Target {
     pub ca_file: Option<PathBuf>,
     /// The certificates read from `ca_file`, trusted in addition to the built-in roots.
     pub ca: CaBundle,
+    /// The events it takes (`types`, `filter`) and the body it is sent (`body`).
+    pub accepts: crate::route::Accepts,
+    /// The `Content-Type` of every request (`content_type`, default application/json).
+    pub content_type: HeaderValue,
 }
 
 /// An API to poll and how to read its items.
@@ -184,6 +188,8 @@ pub struct Source {
     pub events: Vec<ChangeKind>,
     /// Names of the targets that receive this source's events.
     pub targets: Vec<String>,
+    /// Those targets with the events each takes and the body each is sent.
+    pub routes: crate::route::Routes,
     /// First poll records silently.
     pub baseline: bool,
     /// An empty list after a non-empty one is accepted.
@@ -243,6 +249,8 @@ impl fmt::Debug for Target {
             .field("max_in_flight", &self.max_in_flight)
             .field("ca_file", &self.ca_file)
             .field("ca_certificates", &self.ca.len())
+            .field("accepts", &self.accepts)
+            .field("content_type", &self.content_type)
             .finish()
     }
 }
@@ -267,6 +275,7 @@ impl fmt::Debug for Source {
             .field("ignore", &self.ignore)
             .field("events", &self.events)
             .field("targets", &self.targets)
+            .field("routes", &self.routes)
             .field("baseline", &self.baseline)
             .field("allow_empty", &self.allow_empty)
             .field("deletion_guard", &self.deletion_guard)

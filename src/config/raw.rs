@@ -77,6 +77,10 @@ pub struct RawTarget {
     pub headers: BTreeMap<String, String>,
     pub max_in_flight: Option<i64>,
     pub ca_file: Option<String>,
+    pub types: Option<Vec<String>>,
+    pub filter: Option<String>,
+    pub body: Option<String>,
+    pub content_type: Option<String>,
 }
 
 #[derive(Deserialize)]

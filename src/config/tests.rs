@@ -880,3 +880,57 @@ fn max_items_must_be_at_least_one() {
     let text = "[targets.t]\nurl = \"http://127.0.0.1:1/h\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n\n[sources.s]\nurl = \"http://127.0.0.1:1/s\"\ninterval = \"1m\"\nmax_items = 1_000_000\n";
     assert_eq!(parse(text).unwrap().sources["s"].max_items, 1_000_000);
 }
+
+#[test]
+fn a_targets_types_filter_body_and_content_type_are_checked_with_their_lines() {
+    let text = r#"
+[targets.a]
+url = "https://hooks.example.com/a"
+secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+types = ["github.issue.*", "github.{a,b}"]
+filter = ".data |"
+body = "{text: }"
+content_type = "text/plain\u0001"
+headers = { Content-Type = "text/plain" }
+
+[targets.b]
+url = "https://hooks.example.com/b"
+secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+types = []
+
+[sources.s]
+url = "https://api.example.com/s"
+interval = "1m"
+"#;
+    let e = parse(text).unwrap_err();
+    let find = |key: &str| {
+        e.problems()
+            .iter()
+            .find(|p| p.key == key)
+            .unwrap_or_else(|| panic!("no problem at {key}: {e}"))
+            .clone()
+    };
+    let glob = find("targets.a.types[1]");
+    assert_eq!(glob.line, Some(5));
+    assert!(
+        glob.message.contains("no other wildcards"),
+        "{}",
+        glob.message
+    );
+    assert_eq!(find("targets.a.filter").line, Some(6));
+    assert!(find("targets.a.filter")
+        .message
+        .contains("not a valid jq program"));
+    assert_eq!(find("targets.a.body").line, Some(7));
+    assert_eq!(find("targets.a.content_type").line, Some(8));
+    assert!(find("targets.a.headers")
+        .message
+        .contains("use content_type"));
+    assert!(find("targets.b.types")
+        .message
+        .contains("nothing would be sent"));
+    assert!(
+        !e.problems().iter().any(|p| p.key == "targets.a.types[0]"),
+        "{e}"
+    );
+}

@@ -116,7 +116,10 @@ impl Validator<'_> {
         for (name, s) in raw.sources {
             let key = root.key("sources").key(&name);
             self.name(&key, &name);
-            if let Some(s) = self.source(&key, &name, s, &target_names) {
+            if let Some(mut s) = self.source(&key, &name, s, &target_names) {
+                s.routes = crate::route::Routes::new(&s.targets, |t| {
+                    targets.get(t).map(|t: &Arc<Target>| &t.accepts)
+                });
                 sources.insert(name, Arc::new(s));
             }
         }
@@ -459,6 +462,7 @@ impl Validator<'_> {
                 DEFAULT_MAX_IN_FLIGHT
             }
         };
+        let (accepts, content_type) = self.accepts(key, &t, &headers);
         let url = url?;
         Some(Target {
             name: name.to_string(),
@@ -472,7 +476,65 @@ impl Validator<'_> {
             max_in_flight,
             ca_file,
             ca,
+            accepts,
+            content_type,
         })
+    }
+
+    /// A target's `types`, `filter`, `body` and `content_type`.
+    fn accepts(
+        &mut self,
+        key: &KeyPath,
+        t: &RawTarget,
+        headers: &HeaderMap,
+    ) -> (crate::route::Accepts, HeaderValue) {
+        let mut types = Vec::new();
+        if let Some(list) = &t.types {
+            if list.is_empty() {
+                self.problem(
+                    &key.key("types"),
+                    "lists no event types, so nothing would be sent; remove the key to take every type",
+                );
+            }
+            for (i, glob) in list.iter().enumerate() {
+                match crate::route::TypeGlob::new(glob) {
+                    Ok(g) => types.push(g),
+                    Err(e) => self.problem(&key.key("types").index(i), e),
+                }
+            }
+        }
+        let mut program = |name: &str, text: Option<&str>| {
+            let program = text?;
+            crate::transform::Transform::compile(program)
+                .map_err(|e| self.problem(&key.key(name), format!("not a valid jq program: {e}")))
+                .ok()
+        };
+        let filter = program("filter", t.filter.as_deref());
+        let body = program("body", t.body.as_deref());
+        let text = t.content_type.as_deref().unwrap_or("application/json");
+        let content_type = match HeaderValue::from_str(text) {
+            Ok(v) if !text.trim().is_empty() => v,
+            _ => {
+                self.problem(
+                    &key.key("content_type"),
+                    "not a valid Content-Type value (e.g. \"application/json\" or \"text/plain; charset=utf-8\")",
+                );
+                HeaderValue::from_static("application/json")
+            }
+        };
+        if headers.contains_key(reqwest::header::CONTENT_TYPE) {
+            self.problem(
+                &key.key("headers"),
+                "sets Content-Type, which pollhook sets from content_type; use content_type = \"...\" instead",
+            );
+        }
+        let accepts = crate::route::Accepts {
+            types,
+            filter,
+            body,
+            json: crate::route::is_json_content_type(text),
+        };
+        (accepts, content_type)
     }
 
     pub(super) fn pointer(&mut self, key: &KeyPath, p: &str) {

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::Utc;
-use reqwest::header::{HeaderValue, CONTENT_TYPE, USER_AGENT};
+use reqwest::header::{CONTENT_TYPE, USER_AGENT};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep};
@@ -333,7 +333,7 @@ impl Attempt {
             .client
             .post(t.url.clone())
             .headers(t.headers.clone())
-            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .header(CONTENT_TYPE, t.content_type.clone())
             .header(USER_AGENT, user_agent());
         // Every attempt gets a fresh timestamp and signature.
         for (name, value) in t.signer.headers(event_id, Utc::now().timestamp(), &body) {

@@ -111,6 +111,12 @@ pub enum PollError {
     /// More items than the source's `max_items`.
     #[error("{url}: the response holds more than max_items = {limit} items, and a poll holds memory for each (about 3 KB an item: see \"Memory\" in the README); refusing the poll, nothing changed. If the source really has that many, raise max_items on it, with the memory that takes")]
     TooManyItems { url: String, limit: u64 },
+    #[error("source {source_name}: {error}")]
+    Route {
+        source_name: String,
+        #[source]
+        error: Box<crate::route::RouteError>,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }

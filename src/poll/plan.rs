@@ -24,6 +24,7 @@ use crate::config::{Mode, Source};
 use crate::diff::{parse_seen, Change, ChangeKind, DiffError, Differ, Seen};
 use crate::event::{self, Event};
 use crate::extract::{extract_each, Collection, EachError, Kind, Kinds};
+use crate::route::Routes;
 use crate::store::{PollCommit, SourceState};
 
 /// Changes (items written or removed) per commit of a large poll. A commit holds its
@@ -52,7 +53,8 @@ pub struct Plan {
     emit: Vec<ChangeKind>,
     source: String,
     event_type: String,
-    targets: Arc<[String]>,
+    /// The targets of the source's events, and what each takes.
+    routes: Routes,
     /// The generation the poll read: every commit of the plan expects it.
     expected: u64,
     /// Items held after the poll.
@@ -82,7 +84,7 @@ impl Plan {
             emit: Vec::new(),
             source: String::new(),
             event_type: String::new(),
-            targets: Arc::from(Vec::new()),
+            routes: Routes::default(),
             expected: 0,
             item_count: 0,
             collection: None,
@@ -114,24 +116,48 @@ impl Plan {
     /// carries the remaining events and every snapshot change. A source's first poll
     /// commits even without changes (the baseline is recorded).
     pub fn next_commit(&mut self) -> Result<Option<PollCommit>, PollError> {
+        self.next_commit_routed(true)
+    }
+
+    /// As [`Plan::next_commit`]; with `route` false, each event once as its envelope,
+    /// whatever its targets take (a dry run shows the events, not the deliveries).
+    fn next_commit_routed(&mut self, route: bool) -> Result<Option<PollCommit>, PollError> {
         if !self.writes() {
             return Ok(None);
         }
         let mut events = Vec::new();
-        while events.len() < CHUNK && self.next_upsert < self.upserts.len() {
+        let (routes, source) = (self.routes.clone(), self.source.clone());
+        let mut built = 0;
+        // Chunks count events built, not entries queued (an event may queue one per
+        // target with a body of its own, or none).
+        let queue = |event: Event, events: &mut Vec<_>| -> Result<(), PollError> {
+            if route {
+                routes
+                    .route(event, events)
+                    .map_err(|error| PollError::Route {
+                        source_name: source.clone(),
+                        error: Box::new(error),
+                    })?;
+            } else {
+                events.push((event, Arc::from(Vec::new())));
+            }
+            Ok(())
+        };
+        while built < CHUNK && self.next_upsert < self.upserts.len() {
             let i = self.next_upsert;
             self.next_upsert += 1;
             if let Some(kind) = self.kinds[i].filter(|k| self.emit.contains(k)) {
-                let event = self.upsert_event(i, kind)?;
-                events.push((event, self.targets.clone()));
+                built += 1;
+                queue(self.upsert_event(i, kind)?, &mut events)?;
             }
         }
-        while events.len() < CHUNK && self.next_removal < self.removals.len() {
+        while built < CHUNK && self.next_removal < self.removals.len() {
             let i = self.next_removal;
             self.next_removal += 1;
             if self.emit.contains(&ChangeKind::Deleted) {
                 if let Some(event) = self.removal_event(i)? {
-                    events.push((event, self.targets.clone()));
+                    built += 1;
+                    queue(event, &mut events)?;
                 }
             }
         }
@@ -220,7 +246,7 @@ impl Plan {
             if failed {
                 return None;
             }
-            match self.next_commit() {
+            match self.next_commit_routed(false) {
                 Ok(Some(commit)) => chunk = commit.events.into_iter(),
                 Ok(None) => return None,
                 Err(e) => {
@@ -381,8 +407,7 @@ fn plan_with(
         emit,
         source: source.name.clone(),
         event_type: source.event_type.clone(),
-        // Every event of a poll goes to the same targets: one shared list.
-        targets: source.targets.clone().into(),
+        routes: source.routes.clone(),
         expected: state.generation,
         item_count,
         collection: collection.or(state.collection),

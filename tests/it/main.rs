@@ -14,6 +14,8 @@
 //! - `sources`: pagination, conditional requests, auth, feeds, transforms, commands,
 //!   Retry-After, backoff and per-host limits, against `shaped_api`.
 //! - `reload`: a new config applied to a running daemon.
+//! - `shaping`: each target's `types`, `filter` and `body`; the README's chat recipes
+//!   against receivers that check what each service documents.
 //! - `lifecycle`: start-up order, shutdown bounds (after reload bursts, a stuck flush, a
 //!   second SIGTERM), a failed store stopping the daemon, paths relative to the config.
 //! - `migrate`: `migrate-store` moving a sled installation into PostgreSQL (runs in
@@ -40,6 +42,7 @@ mod process;
 mod reload;
 mod service;
 mod shaped_api;
+mod shaping;
 mod sources;
 mod systemd;
 mod tls;

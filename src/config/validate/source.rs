@@ -57,6 +57,8 @@ impl Validator<'_> {
             ignore: s.ignore,
             events,
             targets,
+            // Set once every target is known (`Validator::config`).
+            routes: crate::route::Routes::default(),
             baseline: s.baseline.unwrap_or(true),
             allow_empty: s.allow_empty.unwrap_or(false),
             deletion_guard,
