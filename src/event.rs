@@ -18,7 +18,6 @@ pub struct Event {
     pub id: String,
     /// `<source>.created`, `<source>.updated` or `<source>.deleted`.
     pub event_type: String,
-    pub kind: ChangeKind,
     pub source: String,
     pub item_id: String,
     /// The JSON envelope; these bytes are sent on every attempt to every target.
@@ -45,7 +44,26 @@ pub fn event_id(
     }
     h.update(generation.to_be_bytes());
     h.update(version);
-    let digest = h.finalize();
+    hex_id(&h.finalize())
+}
+
+/// The id of one of pollhook's own events (see `health`): the same for the same
+/// transition of the same episode of a source or target, so a transition recorded twice
+/// (a retry of its write) queues one id. Kept apart from change ids by a prefix no
+/// length-prefixed source name begins with.
+pub fn health_event_id(subject: &str, episode: u64, event_type: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(b"pollhook.health\0");
+    for part in [subject.as_bytes(), event_type.as_bytes()] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    h.update(episode.to_be_bytes());
+    hex_id(&h.finalize())
+}
+
+/// `evt_` and the first 16 bytes of `digest` in hex.
+fn hex_id(digest: &[u8]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut id = String::with_capacity(36);
     id.push_str("evt_");
@@ -105,7 +123,6 @@ pub fn build(
     Event {
         id,
         event_type,
-        kind: change.kind,
         source: source.to_string(),
         item_id: change.id.clone(),
         body,

@@ -67,6 +67,7 @@ pub mod error;
 pub mod event;
 pub mod extract;
 pub mod feed;
+pub mod health;
 pub mod http;
 pub mod jitter;
 pub mod limits;

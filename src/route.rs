@@ -150,6 +150,25 @@ impl Routes {
         &self.all
     }
 
+    /// These routes to `names` only (those of them it has), each with its rules.
+    pub fn only(&self, names: &[String]) -> Routes {
+        let kept: Vec<String> = self
+            .all
+            .iter()
+            .filter(|t| names.contains(t))
+            .cloned()
+            .collect();
+        Routes::new(&kept, |n| {
+            self.rules.iter().find(|(m, _)| m == n).map(|(_, a)| a)
+        })
+    }
+
+    /// These routes without `name`.
+    pub fn without(&self, name: &str) -> Routes {
+        let kept: Vec<String> = self.all.iter().filter(|t| *t != name).cloned().collect();
+        self.only(&kept)
+    }
+
     /// Queues `event` in `out`: once with the targets that take its envelope as it is,
     /// and once more for each target with a `body` that takes it, with that target's
     /// bytes (so the stores need not know about bodies: each entry is an event and its
@@ -246,7 +265,6 @@ pub fn is_json_content_type(content_type: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::diff::ChangeKind;
 
     fn glob(g: &str) -> TypeGlob {
         TypeGlob::new(g).unwrap()
@@ -294,7 +312,6 @@ mod tests {
         Event {
             id: "evt_1".into(),
             event_type: ty.into(),
-            kind: ChangeKind::Created,
             source: "s".into(),
             item_id: "1".into(),
             body,

@@ -472,6 +472,10 @@ mod config_loader {
                 strs(&["missing.pem", "secret.txt"]),
                 strs(&["", "${UNSET}"]),
             ),
+            "fail_after" => (
+                ints(&[1, 3, 1_000_000]),
+                ints(&[0, -1, 1_000_001, i64::MAX]),
+            ),
             "types" => (
                 str_list(&["*", "s.*", "*.deleted", "github.issue.created"]),
                 odd_list(&["", "s.[ab]", "{a,b}", "s?", "é"]),
@@ -555,6 +559,7 @@ mod config_loader {
             "targets",
             "baseline",
             "allow_empty",
+            "fail_after",
         ],
         wrong: &["Interval", "cron", "interval", "urls", "ca_file"],
     };

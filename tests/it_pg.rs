@@ -24,6 +24,8 @@ mod delivery;
 mod faults;
 #[path = "it/flow.rs"]
 mod flow;
+#[path = "it/health.rs"]
+mod health;
 #[path = "it/migrate.rs"]
 mod migrate;
 #[path = "it/shaping.rs"]

@@ -194,7 +194,6 @@ mod tests {
         let e = crate::event::Event {
             id: format!("evt_{n}"),
             event_type: "s.created".into(),
-            kind: crate::diff::ChangeKind::Created,
             source: "s".into(),
             item_id: n.to_string(),
             body: format!(r#"{{"id":"evt_{n}"}}"#).into_bytes(),

@@ -91,7 +91,23 @@ pub struct Config {
     pub max_per_host: usize,
     pub targets: BTreeMap<String, Arc<Target>>,
     pub sources: BTreeMap<String, Arc<Source>>,
+    /// `[health]`: where pollhook's own events go.
+    pub health: Health,
 }
+
+/// `[health]`, defaults filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Health {
+    /// The targets of health events (none by default), with what each takes.
+    pub routes: crate::route::Routes,
+    /// Failed polls in a row before a source counts as failing, unless it sets its own.
+    pub fail_after: u32,
+    /// How old a target's oldest pending delivery may be before it counts as failing.
+    pub target_alert_after: Duration,
+}
+
+pub const DEFAULT_FAIL_AFTER: u32 = 3;
+pub const DEFAULT_TARGET_ALERT_AFTER: Duration = Duration::from_secs(3600);
 
 /// The admin API's address unless `[admin] listen` says otherwise.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9187";
@@ -190,6 +206,9 @@ pub struct Source {
     pub targets: Vec<String>,
     /// Those targets with the events each takes and the body each is sent.
     pub routes: crate::route::Routes,
+    /// Failed polls in a row before it counts as failing (`fail_after`, else
+    /// `[health] fail_after`).
+    pub fail_after: u32,
     /// First poll records silently.
     pub baseline: bool,
     /// An empty list after a non-empty one is accepted.
@@ -276,6 +295,7 @@ impl fmt::Debug for Source {
             .field("events", &self.events)
             .field("targets", &self.targets)
             .field("routes", &self.routes)
+            .field("fail_after", &self.fail_after)
             .field("baseline", &self.baseline)
             .field("allow_empty", &self.allow_empty)
             .field("deletion_guard", &self.deletion_guard)

@@ -39,6 +39,7 @@ pub struct RawConfig {
     pub max_per_host: Option<i64>,
     pub admin: Option<RawAdmin>,
     pub store: Option<RawStore>,
+    pub health: Option<RawHealth>,
     #[serde(default)]
     pub targets: BTreeMap<String, RawTarget>,
     #[serde(default)]
@@ -50,6 +51,14 @@ pub struct RawConfig {
 pub struct RawAdmin {
     pub listen: Option<String>,
     pub allowed_hosts: Option<Vec<String>>,
+}
+
+/// `[health]`: where pollhook's own events go, and when a source or target is failing.
+#[derive(Deserialize, Default)]
+pub struct RawHealth {
+    pub targets: Option<Vec<String>>,
+    pub fail_after: Option<i64>,
+    pub target_alert_after: Option<String>,
 }
 
 /// `[store]`: sled in state_dir without a postgres key, else PostgreSQL.
@@ -117,6 +126,7 @@ pub struct RawSource {
     pub event_type: Option<String>,
     pub timezone: Option<String>,
     pub deletion_guard: Option<RawDeletionGuard>,
+    pub fail_after: Option<i64>,
 }
 
 /// `[sources.<name>.deletion_guard]`: how many deletions a poll may commit unconfirmed.

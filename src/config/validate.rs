@@ -112,6 +112,7 @@ impl Validator<'_> {
                 targets.insert(name, Arc::new(t));
             }
         }
+        let health = self.health(raw.health, &target_names, &targets);
         let mut sources = BTreeMap::new();
         for (name, s) in raw.sources {
             let key = root.key("sources").key(&name);
@@ -120,6 +121,9 @@ impl Validator<'_> {
                 s.routes = crate::route::Routes::new(&s.targets, |t| {
                     targets.get(t).map(|t: &Arc<Target>| &t.accepts)
                 });
+                if s.fail_after == 0 {
+                    s.fail_after = health.fail_after;
+                }
                 sources.insert(name, Arc::new(s));
             }
         }
@@ -134,6 +138,57 @@ impl Validator<'_> {
             max_per_host,
             targets,
             sources,
+            health,
+        }
+    }
+
+    /// `[health]`: its targets must be configured ones.
+    fn health(
+        &mut self,
+        raw: Option<raw::RawHealth>,
+        target_names: &[String],
+        targets: &BTreeMap<String, Arc<Target>>,
+    ) -> super::Health {
+        let raw = raw.unwrap_or_default();
+        let key = KeyPath::root().key("health");
+        let mut names: Vec<String> = Vec::new();
+        for (i, t) in raw.targets.unwrap_or_default().into_iter().enumerate() {
+            if !target_names.contains(&t) {
+                self.problem(
+                    &key.key("targets").index(i),
+                    format!(
+                        "unknown target {t:?} (known targets: {}); health events go to configured targets",
+                        target_names.join(", ")
+                    ),
+                );
+            } else if !names.contains(&t) {
+                names.push(t);
+            }
+        }
+        let fail_after = match raw.fail_after {
+            None => super::DEFAULT_FAIL_AFTER,
+            Some(n) if (1..=1_000_000).contains(&n) => n as u32,
+            Some(_) => {
+                self.problem(
+                    &key.key("fail_after"),
+                    "must be between 1 and 1000000 (failed polls in a row)",
+                );
+                super::DEFAULT_FAIL_AFTER
+            }
+        };
+        let alert_key = key.key("target_alert_after");
+        let target_alert_after = self.duration(
+            &alert_key,
+            raw.target_alert_after.as_deref(),
+            super::DEFAULT_TARGET_ALERT_AFTER,
+        );
+        if target_alert_after < Duration::from_secs(1) {
+            self.problem(&alert_key, "must be at least 1s");
+        }
+        super::Health {
+            routes: crate::route::Routes::new(&names, |t| targets.get(t).map(|t| &t.accepts)),
+            fail_after,
+            target_alert_after,
         }
     }
 

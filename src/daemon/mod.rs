@@ -206,6 +206,11 @@ impl Daemon {
         // Stops with `stop`: a failed store ends the pings at once, so a service manager
         // restarts pollhook even if its shutdown hangs.
         tracker.spawn(notifier.clone().run_watchdog(stop.child_token()));
+        // Each target's health: failing when its oldest pending delivery is too old.
+        tracker.spawn(crate::health::watch_targets(
+            handle.clone(),
+            stop.child_token(),
+        ));
         let mut running = Running {
             handle: handle.clone(),
             tracker,

@@ -17,6 +17,7 @@ use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Source;
+use crate::health::SourceHealth;
 use crate::jitter::random_unit;
 use crate::metrics::PollOutcome;
 use crate::poll::{Conditions, PollError, PollReport, Poller};
@@ -38,6 +39,7 @@ impl SourceLoop {
         let mut scheduled = s.schedule.first(Utc::now(), random_unit());
         let mut conditions: Option<Conditions> = None;
         let mut failures: u32 = 0;
+        let mut health = SourceHealth::default();
         loop {
             self.handle
                 .update_status(&s.name, |st| st.next_poll = Some(scheduled));
@@ -61,6 +63,15 @@ impl SourceLoop {
                 _ = self.stop.cancelled() => return,
                 result = self.poll_once(conditions.as_ref()) => result,
             };
+            // As logged and shown in the status: a source's errors are redacted where
+            // they are made.
+            let error = result
+                .as_ref()
+                .err()
+                .map(|e| crate::error::chain(e).to_string());
+            health
+                .after_poll(&self.handle, &s.name, s.fail_after, error.as_deref())
+                .await;
             let now = Utc::now();
             let wait_at_least = match &result {
                 Ok((_, found)) => {

@@ -73,6 +73,33 @@ impl Store for Watched {
         self.inner.abandon_poll(source)
     }
 
+    fn health(&self, subject: &str) -> Result<crate::health::HealthRecord, StoreError> {
+        self.check(self.inner.health(subject), || {
+            format!("reading the health of {subject}")
+        })
+    }
+
+    fn update_health(
+        &self,
+        subject: &str,
+        read: &crate::health::HealthRecord,
+        next: &crate::health::HealthRecord,
+        events: Vec<(crate::event::Event, std::sync::Arc<[String]>)>,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        self.check(
+            self.inner
+                .update_health(subject, read, next, events, now_ms),
+            || format!("recording the health of {subject}"),
+        )
+    }
+
+    fn oldest_pending(&self, target: &str) -> Result<Option<i64>, StoreError> {
+        self.check(self.inner.oldest_pending(target), || {
+            format!("reading the oldest pending delivery of target {target}")
+        })
+    }
+
     fn pending(
         &self,
         target: &str,

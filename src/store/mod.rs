@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 use crate::diff::Seen;
 use crate::event::Event;
+use crate::health::HealthRecord;
 
 pub use pg::{
     throwaway, ClusterView, Held, ImportReport, ImportedSource, ImportedTarget, Instance, Lease,
@@ -355,6 +356,28 @@ pub trait Store: Send + Sync + 'static {
     /// instead of writing a partial snapshot. Pending and dead deliveries of the source
     /// are not touched. Atomic and flushed. Returns whether the source had any state.
     fn forget_source(&self, source: &str) -> Result<bool, StoreError>;
+
+    /// The health record of `subject` (a [`crate::health::Subject`] key); the default
+    /// (healthy) when none is stored.
+    fn health(&self, subject: &str) -> Result<HealthRecord, StoreError>;
+
+    /// Replaces `subject`'s health record `read` with `next` and queues `events` (each
+    /// with its targets, as a poll's commit does) in one atomic, durable write. Writes
+    /// nothing and returns false if the stored record is no longer `read`: whoever wrote
+    /// it meanwhile (another instance, after a takeover) decided, and the caller reads
+    /// again. So one transition queues its event once, whoever sees it.
+    fn update_health(
+        &self,
+        subject: &str,
+        read: &HealthRecord,
+        next: &HealthRecord,
+        events: Vec<(Event, Arc<[String]>)>,
+        now_ms: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// When `target`'s first pending delivery in outbox order was detected (unix ms);
+    /// None when nothing is pending. One read.
+    fn oldest_pending(&self, target: &str) -> Result<Option<i64>, StoreError>;
 
     /// Every source with stored state, sorted by name.
     fn sources(&self) -> Result<Vec<(String, SourceState)>, StoreError>;

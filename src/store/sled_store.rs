@@ -15,6 +15,7 @@ use super::sled_snapshot::SnapshotWrite;
 use super::state_dir;
 use super::{Delivery, DeliveryStatus, PollCommit, SourceState, Store, StoreError, TargetStats};
 use crate::diff::Seen;
+use crate::health::HealthRecord;
 
 /// Dead deliveries moved back to the outbox per transaction by `replay_dead`. Each batch
 /// is atomic; sled holds a transaction's writes in memory until it commits, so a replay of
@@ -45,6 +46,8 @@ pub struct SledStore {
     pub(super) dead: sled::Tree,
     /// Events of a large poll on their way to the outbox (see `commit_poll`).
     pub(super) stage: sled::Tree,
+    /// Health records (see `health`), by subject key.
+    pub(super) health: sled::Tree,
     /// Held from drawing outbox sequence numbers until the transaction that uses them
     /// has committed. A target's worker loads the deliveries above the last sequence it
     /// has; without this, two commits racing could land a lower sequence after the
@@ -147,6 +150,7 @@ impl SledStore {
             outbox: tree("outbox-v1")?,
             dead: tree("dead-v1")?,
             stage: tree("stage-v1")?,
+            health: tree("health-v1")?,
             meta,
             enqueue: std::sync::Mutex::new(()),
             path: db_dir.clone(),
@@ -207,13 +211,26 @@ impl SledStore {
     /// The deliveries a commit that does not stage queues: one per event and target,
     /// under sequence numbers drawn now. The caller holds `enqueue` until they commit.
     fn outbox_batch(&self, c: &PollCommit, staging: bool) -> Result<sled::Batch, StoreError> {
+        match staging {
+            true => Ok(sled::Batch::default()),
+            false => self.deliveries(&c.events, c.now_ms),
+        }
+    }
+
+    /// One delivery per event and target, under sequence numbers drawn now. The caller
+    /// holds `enqueue` until they commit.
+    fn deliveries(
+        &self,
+        events: &[(crate::event::Event, std::sync::Arc<[String]>)],
+        now_ms: i64,
+    ) -> Result<sled::Batch, StoreError> {
         let mut outbox = sled::Batch::default();
-        for (event, targets) in c.events.iter().filter(|_| !staging) {
+        for (event, targets) in events {
             // Ids from generate_id increase across restarts, so outbox keys keep detection
             // order; gaps after a crash are harmless.
             let seq = self.db.generate_id().map_err(db_err)?;
             // Encoded once; every target's key shares the bytes.
-            let record = sled::IVec::from(encode_new_delivery(event, c.now_ms));
+            let record = sled::IVec::from(encode_new_delivery(event, now_ms));
             for target in targets.iter() {
                 outbox.insert(delivery_key(target, seq), record.clone());
             }
@@ -540,6 +557,55 @@ impl Store for SledStore {
             out.push((name.to_string(), read_state(Some(v), name)?));
         }
         Ok(out)
+    }
+
+    fn health(&self, subject: &str) -> Result<HealthRecord, StoreError> {
+        match self.health.get(subject.as_bytes()).map_err(db_err)? {
+            Some(v) => HealthRecord::decode(subject, &v),
+            None => Ok(HealthRecord::default()),
+        }
+    }
+
+    fn update_health(
+        &self,
+        subject: &str,
+        read: &HealthRecord,
+        next: &HealthRecord,
+        events: Vec<(crate::event::Event, std::sync::Arc<[String]>)>,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let (read, next) = (read.encode(), next.encode());
+        let healthy = HealthRecord::default().encode();
+        // Held until the transaction has committed (see `enqueue`).
+        let enqueue = self.enqueue.lock().unwrap_or_else(|e| e.into_inner());
+        let outbox = self.deliveries(&events, now_ms)?;
+        let result = (&self.health, &self.outbox).transaction(|(health, outbox_tx)| {
+            let stored = health.get(subject.as_bytes())?;
+            let current = stored.as_deref().unwrap_or(&healthy);
+            if current != read.as_slice() {
+                return Ok(false);
+            }
+            health.insert(subject.as_bytes(), next.as_slice())?;
+            outbox_tx.apply_batch(&outbox)?;
+            Ok(true)
+        });
+        drop(enqueue);
+        let written = result.map_err(tx_err)?;
+        if written {
+            // Durable before anyone may deliver, as a poll's commit.
+            self.db.flush().map_err(db_err)?;
+        }
+        Ok(written)
+    }
+
+    fn oldest_pending(&self, target: &str) -> Result<Option<i64>, StoreError> {
+        match self.outbox.scan_prefix(prefix(target)).next() {
+            None => Ok(None),
+            Some(kv) => {
+                let (k, v) = kv.map_err(db_err)?;
+                Ok(Some(decode_record(&k, &v)?.created_ms()))
+            }
+        }
     }
 
     fn target_stats(&self) -> Result<BTreeMap<String, TargetStats>, StoreError> {

@@ -58,6 +58,7 @@ macro_rules! on_both_stores {
     };
 }
 
+mod health;
 mod outbox;
 mod polls;
 mod staged;

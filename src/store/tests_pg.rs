@@ -25,7 +25,7 @@ fn a_commit_is_read_back_by_another_connection_and_instances_migrate_once() {
     });
     let db = url.rsplit('/').next().unwrap();
     // Both migrations, each once.
-    assert_eq!(pg.psql(db, "SELECT count(*) FROM pollhook_schema"), "2");
+    assert_eq!(pg.psql(db, "SELECT count(*) FROM pollhook_schema"), "3");
     let a = serde_json::json!({"id": "a"});
     let g = opened[0]
         .commit_poll(PollCommit {

@@ -236,3 +236,107 @@ async fn an_instance_started_before_its_database_waits_for_it() {
         .await;
     d.signal(libc::SIGKILL);
 }
+
+/// In a cluster, each failing source is reported once, not once per instance, and a
+/// takeover of a failing source neither repeats its `failing` nor forgets it: the
+/// `recovered` comes, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_source_is_reported_once_by_the_cluster_and_recovers_once_after_a_takeover() {
+    if !on_postgres() {
+        return;
+    }
+    let h = harness!();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let ops = pollhook::demo::receiver::Receiver::start(
+        pollhook::sign::Scheme::Standard,
+        vec![crate::support::SECRET.into()],
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    let store = PgStore::open(&h.pg.as_ref().unwrap().1, "the test database").unwrap();
+    let mut daemons = BTreeMap::new();
+    for name in ["a", "b"] {
+        let path = h.dir.path().join(format!("{name}.toml"));
+        let text = config(&h, name) + &crate::health::ops(&ops, "fail_after = 2");
+        std::fs::write(&path, text).unwrap();
+        let log = h.dir.path().join(format!("{name}.log"));
+        daemons.insert(name, Daemon::start(&path, &log, &[]));
+    }
+    let split = |m: &BTreeMap<String, (BTreeSet<String>, BTreeSet<String>)>| {
+        m.len() == 2 && m.values().all(|(s, _)| s.len() == 2)
+    };
+    wait_until("the work is split", LEASE * 5, || split(&holders(&store))).await;
+    h.polls(8).await;
+    h.api.set_fault(pollhook::demo::api::Fault::Status(500));
+    let per_source = |t: &str| -> BTreeMap<String, usize> {
+        let mut n = BTreeMap::new();
+        for r in ops
+            .received()
+            .iter()
+            .filter(|r| r.status == 200 && r.event_type == t)
+        {
+            *n.entry(r.body["data"]["source"].as_str().unwrap().to_string())
+                .or_default() += 1;
+        }
+        n
+    };
+    wait_until(
+        "every source reported failing",
+        Duration::from_secs(20),
+        || per_source("pollhook.source.failing").len() == 4,
+    )
+    .await;
+    // The holder of s dies; the other takes s over, still failing.
+    let (victim, _) = holders(&store)
+        .into_iter()
+        .find(|(_, (s, _))| s.contains("s"))
+        .unwrap();
+    let victim = if victim == "a" { "a" } else { "b" };
+    let survivor = if victim == "a" { "b" } else { "a" };
+    daemons[victim].signal(libc::SIGKILL);
+    wait_until("the survivor holds every source", LEASE * 3, || {
+        holders(&store)
+            .get(survivor)
+            .is_some_and(|(s, _)| s.len() == 4)
+    })
+    .await;
+    h.polls(8).await;
+    h.api.set_fault(pollhook::demo::api::Fault::None);
+    wait_until(
+        "every source reported recovered",
+        Duration::from_secs(20),
+        || per_source("pollhook.source.recovered").len() == 4,
+    )
+    .await;
+    h.polls(8).await;
+    let failing = per_source("pollhook.source.failing");
+    let recovered = per_source("pollhook.source.recovered");
+    let logs: String = daemons
+        .iter()
+        .map(|(n, d)| format!("--- {n}\n{}", d.log()))
+        .collect();
+    // Event ids are stable: a delivery the killed instance sent but had not recorded
+    // may come again (at least once), under the same id; count ids, not arrivals.
+    let ids = |t: &str| -> BTreeSet<String> {
+        ops.received()
+            .iter()
+            .filter(|r| r.event_type == t)
+            .map(|r| r.id.clone())
+            .collect()
+    };
+    assert_eq!(
+        ids("pollhook.source.failing").len(),
+        4,
+        "{failing:?}\n{logs}"
+    );
+    assert_eq!(
+        ids("pollhook.source.recovered").len(),
+        4,
+        "{recovered:?}\n{logs}"
+    );
+    for (_, d) in daemons.iter_mut() {
+        d.signal(libc::SIGKILL);
+    }
+    stop.cancel();
+}

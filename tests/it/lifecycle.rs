@@ -59,6 +59,26 @@ impl Breakable {
 }
 
 impl Store for Breakable {
+    fn health(&self, subject: &str) -> Result<pollhook::health::HealthRecord, StoreError> {
+        self.gate()?;
+        self.inner.health(subject)
+    }
+    fn update_health(
+        &self,
+        subject: &str,
+        read: &pollhook::health::HealthRecord,
+        next: &pollhook::health::HealthRecord,
+        events: Vec<(pollhook::event::Event, std::sync::Arc<[String]>)>,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        self.gate()?;
+        self.inner
+            .update_health(subject, read, next, events, now_ms)
+    }
+    fn oldest_pending(&self, target: &str) -> Result<Option<i64>, StoreError> {
+        self.gate()?;
+        self.inner.oldest_pending(target)
+    }
     fn source_state(&self, source: &str) -> Result<SourceState, StoreError> {
         self.gate()?;
         self.inner.source_state(source)

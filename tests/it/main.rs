@@ -7,6 +7,8 @@
 //! - `admin_hostile`: the admin API against hostile clients: bad names, web pages,
 //!   idle connections, its own errors, concurrent dry runs.
 //! - `flow`: baseline, created/updated/deleted, ignored fields, event filters.
+//! - `health`: health events: a failing source and a target not accepting, reported
+//!   once each and their recoveries, across a restart.
 //! - `delivery`: retries keep one id, per-item order, isolation, 410, dead letters.
 //! - `faults`: failed polls change nothing (no false deletions), body cap.
 //! - `service`: the binary under a service manager: notify protocol, SIGHUP, JSON logs,
@@ -36,6 +38,7 @@ mod admin_hostile;
 mod delivery;
 mod faults;
 mod flow;
+mod health;
 mod lifecycle;
 mod migrate;
 mod process;

@@ -59,6 +59,17 @@ impl Validator<'_> {
             targets,
             // Set once every target is known (`Validator::config`).
             routes: crate::route::Routes::default(),
+            fail_after: match s.fail_after {
+                None => 0,
+                Some(n) if (1..=1_000_000).contains(&n) => n as u32,
+                Some(_) => {
+                    self.problem(
+                        &key.key("fail_after"),
+                        "must be between 1 and 1000000 (failed polls in a row)",
+                    );
+                    0
+                }
+            },
             baseline: s.baseline.unwrap_or(true),
             allow_empty: s.allow_empty.unwrap_or(false),
             deletion_guard,

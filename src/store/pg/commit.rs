@@ -291,7 +291,12 @@ async fn finish(conn: &Conn, poll: &OpenPoll, c: &PollCommit) -> Result<u64, Fai
     Ok(generation)
 }
 
-fn new_delivery(target: &str, seq: u64, event: &crate::event::Event, now_ms: i64) -> Delivery {
+pub(super) fn new_delivery(
+    target: &str,
+    seq: u64,
+    event: &crate::event::Event,
+    now_ms: i64,
+) -> Delivery {
     Delivery {
         target: target.to_string(),
         seq,

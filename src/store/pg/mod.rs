@@ -35,6 +35,7 @@ use super::{
 use crate::config::{PostgresConfig, SslMode};
 use crate::diff::Seen;
 use crate::extract::Collection;
+use crate::health::HealthRecord;
 use commit::OpenPolls;
 use conn::{Pool, Runner};
 pub use import::{ImportReport, ImportedSource, ImportedTarget};
@@ -679,6 +680,104 @@ impl Store for PgStore {
                     out.push((name, state));
                 }
                 Ok(out)
+            },
+        )
+    }
+
+    fn health(&self, subject: &str) -> Result<HealthRecord, StoreError> {
+        let key = subject.to_string();
+        let bytes: Option<Vec<u8>> = self.run(
+            || format!("reading the health of {subject}"),
+            |pool| async move {
+                let c = pool.conn().await?;
+                let row = c
+                    .query_opt(
+                        "SELECT record FROM pollhook_health WHERE subject = $1",
+                        &[&key],
+                    )
+                    .await?;
+                c.done();
+                Ok(row.map(|r| r.get(0)))
+            },
+        )?;
+        match bytes {
+            Some(b) => HealthRecord::decode(subject, &b),
+            None => Ok(HealthRecord::default()),
+        }
+    }
+
+    fn update_health(
+        &self,
+        subject: &str,
+        read: &HealthRecord,
+        next: &HealthRecord,
+        events: Vec<(crate::event::Event, Arc<[String]>)>,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let key = subject.to_string();
+        let healthy = *read == HealthRecord::default();
+        let (read, next) = (read.encode(), next.encode());
+        self.run(
+            || format!("recording the health of {subject}"),
+            |pool| async move {
+                let mut c = pool.conn().await?;
+                let tx = c.transaction().await?;
+                // Replaced only if it is still the record read: the row is locked by the
+                // update (or the insert) until the commit, so of two writers who read the
+                // same record one writes and the other finds it changed.
+                let written = if healthy {
+                    tx.execute(
+                        "INSERT INTO pollhook_health (subject, record) VALUES ($1, $3) \
+                         ON CONFLICT (subject) DO UPDATE SET record = excluded.record WHERE pollhook_health.record = $2",
+                        &[&key, &read, &next],
+                    )
+                    .await?
+                } else {
+                    tx.execute(
+                        "UPDATE pollhook_health SET record = $3 WHERE subject = $1 AND record = $2",
+                        &[&key, &read, &next],
+                    )
+                    .await?
+                };
+                if written == 0 {
+                    tx.rollback().await?;
+                    c.done();
+                    return Ok(false);
+                }
+                let mut rows = NewDeliveries::default();
+                for (i, (event, targets)) in events.iter().enumerate() {
+                    for target in targets.iter() {
+                        rows.push(commit::new_delivery(target, i as u64, event, now_ms));
+                    }
+                }
+                if !events.is_empty() {
+                    let base = draw_seqs(&tx, events.len()).await?;
+                    for s in &mut rows.seq {
+                        *s += base;
+                    }
+                    rows.insert(&tx, "pollhook_outbox").await?;
+                }
+                tx.commit().await?;
+                c.done();
+                Ok(true)
+            },
+        )
+    }
+
+    fn oldest_pending(&self, target: &str) -> Result<Option<i64>, StoreError> {
+        let t = target.to_string();
+        self.run(
+            || format!("reading the oldest pending delivery of target {target}"),
+            |pool| async move {
+                let c = pool.conn().await?;
+                let row = c
+                    .query_opt(
+                        "SELECT created_ms FROM pollhook_outbox WHERE target = $1 ORDER BY seq LIMIT 1",
+                        &[&t],
+                    )
+                    .await?;
+                c.done();
+                Ok(row.map(|r| r.get(0)))
             },
         )
     }

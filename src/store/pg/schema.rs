@@ -106,6 +106,14 @@ CREATE TABLE pollhook_leases (
     r#"
 DROP TABLE pollhook_stage;
 "#,
+    // 3: health records (see `health`): one per source or target that ever failed,
+    // replaced only if still the one its writer read.
+    r#"
+CREATE TABLE pollhook_health (
+    subject text COLLATE "C" PRIMARY KEY,
+    record bytea NOT NULL
+);
+"#,
 ];
 
 /// Brings the database's tables to this release's version; returns that version.
