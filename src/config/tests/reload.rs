@@ -147,6 +147,7 @@ const SOURCE_CASES: &[(&str, &str, &str)] = &[
     ("allow_empty", "", "allow_empty = true"),
     ("ca_file", "ca_file = 'ca-1.pem'", "ca_file = 'ca-2.pem'"),
     ("max_backoff", "", "max_backoff = '5m'"),
+    ("fail_after", "", "fail_after = 5"),
     ("format", "", "format = 'feed'"),
     ("transform", "transform = '.'", "transform = '.data'"),
     ("mode", "", "mode = 'document'"),
