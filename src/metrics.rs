@@ -101,6 +101,7 @@ pub struct Metrics {
     polls: Family<PollLabels, Counter>,
     poll_duration: Histograms<SourceLabel>,
     items: Family<SourceLabel, Gauge>,
+    source_failing: Family<SourceLabel, Gauge>,
     changes: Family<ChangeLabels, Counter>,
     held_back: Family<SourceLabel, Counter>,
     deliveries: Family<DeliveryLabels, Counter>,
@@ -108,6 +109,7 @@ pub struct Metrics {
     pending: Family<TargetLabel, Gauge>,
     oldest_pending: Family<TargetLabel, Gauge<f64, AtomicU64>>,
     dead: Family<TargetLabel, Gauge>,
+    target_failing: Family<TargetLabel, Gauge>,
     cluster_instances: Gauge,
     leases_held: Family<KindLabel, Gauge>,
     lease_rounds_failed: Counter,
@@ -135,6 +137,7 @@ impl Metrics {
             polls: Family::default(),
             poll_duration: Family::new_with_constructor(duration_histogram as fn() -> Histogram),
             items: Family::default(),
+            source_failing: Family::default(),
             changes: Family::default(),
             held_back: Family::default(),
             deliveries: Family::default(),
@@ -144,6 +147,7 @@ impl Metrics {
             pending: Family::default(),
             oldest_pending: Family::default(),
             dead: Family::default(),
+            target_failing: Family::default(),
             cluster_instances: Gauge::default(),
             leases_held: Family::default(),
             lease_rounds_failed: Counter::default(),
@@ -172,6 +176,11 @@ impl Metrics {
             "source_items",
             "Items each source held after its last successful poll",
             m.items.clone(),
+        );
+        r.register(
+            "source_failing",
+            "1 while the source counts as failing (health.fail_after failed polls in a row), else 0",
+            m.source_failing.clone(),
         );
         r.register(
             "changes",
@@ -207,6 +216,11 @@ impl Metrics {
             "dead_deliveries",
             "Deliveries that ran out of retries and wait for a replay, by target",
             m.dead.clone(),
+        );
+        r.register(
+            "target_failing",
+            "1 while the target's oldest pending delivery is older than health.target_alert_after, else 0",
+            m.target_failing.clone(),
         );
         r.register(
             "cluster_instances",
@@ -291,13 +305,41 @@ impl Metrics {
             .set(items as i64);
     }
 
-    /// A source left the config: its series go, so dashboards do not show it as stuck.
+    /// Whether `source` counts as failing now (see `pollhook_source_failing`).
+    pub fn set_source_failing(&self, source: &str, failing: bool) {
+        self.source_failing
+            .get_or_create(&SourceLabel {
+                source: source.to_string(),
+            })
+            .set(failing.into());
+    }
+
+    /// Whether `target` counts as failing now (see `pollhook_target_failing`).
+    pub fn set_target_failing(&self, target: &str, failing: bool) {
+        self.target_failing
+            .get_or_create(&TargetLabel {
+                target: target.to_string(),
+            })
+            .set(failing.into());
+    }
+
+    /// A source left the config (or this instance): its series go, so dashboards do not
+    /// show it as stuck and a failing one stops alerting where nobody polls it.
     pub fn forget_source(&self, source: &str) {
         let label = SourceLabel {
             source: source.to_string(),
         };
         self.items.remove(&label);
         self.poll_duration.remove(&label);
+        self.source_failing.remove(&label);
+    }
+
+    /// A target left the config (or this instance): its health series goes, so a target
+    /// removed while failing does not alert for ever. Counters and histograms stay.
+    pub fn forget_target(&self, target: &str) {
+        self.target_failing.remove(&TargetLabel {
+            target: target.to_string(),
+        });
     }
 
     /// A delivery attempt ended with `outcome` (`delivered`, `failed` or `dead`).
@@ -370,6 +412,11 @@ mod tests {
         m.poll_done("github", 0.1, PollOutcome::Error);
         m.attempt_done("app", 0.05, "delivered");
         m.attempt_done("app", 0.05, "failed");
+        m.set_source_failing("github", true);
+        m.set_source_failing("gitlab", true);
+        m.set_source_failing("gitlab", false);
+        m.set_target_failing("app", true);
+        m.set_target_failing("idle", false);
         let stats = BTreeMap::from([(
             "app".to_string(),
             TargetStats {
@@ -393,10 +440,49 @@ mod tests {
             "pollhook_oldest_pending_age_seconds{target=\"app\"} 60.0",
             "pollhook_dead_deliveries{target=\"app\"} 1",
             "pollhook_build_info{version=\"",
+            "# TYPE pollhook_source_failing gauge",
+            "pollhook_source_failing{source=\"github\"} 1",
+            "pollhook_source_failing{source=\"gitlab\"} 0",
+            "# TYPE pollhook_target_failing gauge",
+            "pollhook_target_failing{target=\"app\"} 1",
+            "pollhook_target_failing{target=\"idle\"} 0",
         ] {
             assert!(text.contains(line), "missing {line:?} in:\n{text}");
         }
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn a_forgotten_source_or_target_leaves_no_series_that_could_alert() {
+        let m = Metrics::new();
+        for source in ["gone", "kept"] {
+            m.set_items(source, 3);
+            m.set_source_failing(source, true);
+            m.poll_done(source, 0.1, PollOutcome::Error);
+        }
+        for target in ["gone", "kept"] {
+            m.set_target_failing(target, true);
+        }
+        m.forget_source("gone");
+        m.forget_target("gone");
+        let text = m.encode(&[], &BTreeMap::new(), 0);
+        for line in [
+            "pollhook_source_items{source=\"kept\"} 3",
+            "pollhook_source_failing{source=\"kept\"} 1",
+            "pollhook_target_failing{target=\"kept\"} 1",
+            // Counters stay: a rate over them must not jump back to zero.
+            "pollhook_polls_total{source=\"gone\",outcome=\"error\"} 1",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in:\n{text}");
+        }
+        for gone in [
+            "pollhook_source_items{source=\"gone\"}",
+            "pollhook_source_failing{source=\"gone\"}",
+            "pollhook_poll_duration_seconds_count{source=\"gone\"}",
+            "pollhook_target_failing{target=\"gone\"}",
+        ] {
+            assert!(!text.contains(gone), "{gone:?} still in:\n{text}");
+        }
     }
 
     #[test]

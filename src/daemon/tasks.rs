@@ -138,6 +138,7 @@ impl Running {
                     tracing::info!(target_name = %name, "target removed: its worker stops after in-flight deliveries; pending ones wait until it is configured again");
                 }
                 old.stop.cancel();
+                handle.metrics.forget_target(&name);
             }
         }
         for (name, target) in wanted {
