@@ -3,6 +3,7 @@
 //! series `/metrics` serves, selected by labels it has (and by values it uses, for the
 //! fixed words of `outcome` and `kind`); and the dashboard is one Grafana imports as is.
 //! A metric renamed in `src/metrics.rs` fails here, not silently in someone's Grafana.
+//! And the Debian package ships both files.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -374,4 +375,33 @@ fn the_dashboard_is_one_grafana_imports_as_is() {
         }
     }
     assert!(shown > 10, "{shown} panels with queries");
+}
+
+#[test]
+fn the_debian_package_ships_the_dashboard_and_the_rules() {
+    let manifest: toml::Table =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+            .unwrap()
+            .parse()
+            .unwrap();
+    let assets = manifest["package"]["metadata"]["deb"]["assets"]
+        .as_array()
+        .expect("[package.metadata.deb] assets");
+    let assets: Vec<(&str, &str)> = assets
+        .iter()
+        .map(|a| (a[0].as_str().unwrap(), a[1].as_str().unwrap()))
+        .collect();
+    for file in ["grafana-dashboard.json", "alerts.yml"] {
+        let from = format!("examples/monitoring/{file}");
+        let to = format!("usr/share/doc/pollhook/examples/monitoring/{file}");
+        assert!(
+            assets.contains(&(&from, &to)),
+            "{from} -> {to} in {assets:?}"
+        );
+    }
+    // Every asset but the binary (built by cargo deb) is a file of the repository.
+    for (from, _) in assets.iter().filter(|(f, _)| !f.starts_with("target/")) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(from);
+        assert!(path.is_file(), "asset {from} is not a file");
+    }
 }
