@@ -73,7 +73,7 @@ fn samples(text: &str) -> BTreeMap<String, Vec<Labels>> {
         let labels = match rest.strip_prefix('{') {
             Some(r) => matchers(&r[..r.find('}').expect("a closed label set")])
                 .into_iter()
-                .map(|(k, _, v)| (k, v))
+                .map(|m| (m.label, m.value))
                 .collect(),
             None => Labels::new(),
         };
@@ -82,8 +82,16 @@ fn samples(text: &str) -> BTreeMap<String, Vec<Labels>> {
     out
 }
 
-/// `k="v", k2=~"a|b"` as (label, operator, value). Values here hold no `,` or `"`.
-fn matchers(set: &str) -> Vec<(String, String, String)> {
+/// One label matcher of a selector: `outcome=~"failed|dead"`.
+struct Matcher {
+    label: String,
+    /// `=`, `!=`, `=~` or `!~`.
+    op: String,
+    value: String,
+}
+
+/// `k="v", k2=~"a|b"` as matchers. Values here hold no `,` or `"`.
+fn matchers(set: &str) -> Vec<Matcher> {
     set.split(',')
         .map(str::trim)
         .filter(|m| !m.is_empty())
@@ -96,18 +104,18 @@ fn matchers(set: &str) -> Vec<(String, String, String)> {
                 .find('"')
                 .unwrap_or_else(|| panic!("no value in {m:?}"));
             let (op, value) = rest.split_at(value_at);
-            (
-                key.trim().to_string(),
-                op.trim().to_string(),
-                value.trim_matches('"').to_string(),
-            )
+            Matcher {
+                label: key.trim().to_string(),
+                op: op.trim().to_string(),
+                value: value.trim_matches('"').to_string(),
+            }
         })
         .collect()
 }
 
 /// Every `pollhook_…` metric named in `text`, with the label matchers written right
 /// after it (`pollhook_polls_total{outcome="error"}`), if any.
-fn references(text: &str) -> Vec<(String, Vec<(String, String, String)>)> {
+fn references(text: &str) -> Vec<(String, Vec<Matcher>)> {
     let mut out = Vec::new();
     let bytes = text.as_bytes();
     let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
@@ -154,7 +162,12 @@ fn unknown_metrics(
             problems.push(format!("{what}: {name} is not a series pollhook exports"));
             continue;
         };
-        for (key, op, value) in selector {
+        for Matcher {
+            label: key,
+            op,
+            value,
+        } in selector
+        {
             if SCRAPE_LABELS.contains(&key.as_str()) {
                 continue;
             }
