@@ -166,13 +166,14 @@ pub struct RawOAuth2 {
     pub scopes: Vec<String>,
 }
 
-/// `[sources.<name>.paginate]`: one style (next, cursor or page) and its settings.
+/// `[sources.<name>.paginate]`: one style (next, cursor, page or offset) and its settings.
 #[derive(Deserialize)]
 pub struct RawPaginate {
     pub next: Option<String>,
     pub cursor: Option<String>,
     pub param: Option<String>,
     pub page: Option<String>,
+    pub offset: Option<String>,
     pub start: Option<i64>,
     pub size: Option<String>,
     pub size_value: Option<i64>,

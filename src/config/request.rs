@@ -1,5 +1,6 @@
 //! What a source asks for and how: its HTTP request (query, body, auth) or command,
-//! its pagination, and how its response becomes items (format, transform, mode).
+//! its pagination (`paginate`), and how its response becomes items (format, transform,
+//! mode).
 //! The types here are validated settings; `impl Validator` below builds them from
 //! the raw file, reporting every problem with its key.
 
@@ -9,11 +10,15 @@ use std::time::Duration;
 use reqwest::header::HeaderMap;
 use reqwest::{Method, Url};
 
-use super::raw::{RawAuth, RawPaginate, RawSource};
+use super::raw::{RawAuth, RawSource};
 use super::validate::Validator;
 use super::KeyPath;
 use crate::redact::Redactor;
 use crate::transform::Transform;
+
+mod paginate;
+
+pub use paginate::{PageStyle, Pagination, DEFAULT_MAX_PAGES};
 
 /// Where a source's document comes from.
 // One per source, built once: the size of the HTTP variant costs nothing.
@@ -94,32 +99,6 @@ impl fmt::Debug for Origin {
     }
 }
 
-/// `[sources.<name>.paginate]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Pagination {
-    pub style: PageStyle,
-    /// Pages fetched at most in one poll; a walk cut short emits no deletions.
-    pub max_pages: u32,
-}
-
-/// How the next page is found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PageStyle {
-    /// The RFC 8288 `Link: <…>; rel="next"` header.
-    Link,
-    /// A JSON Pointer to the next page's URL in the body.
-    NextUrl(String),
-    /// A JSON Pointer to a cursor, passed as query parameter `param`.
-    Cursor { pointer: String, param: String },
-    /// Page numbers in query parameter `param` from `start`, optionally with a page
-    /// size parameter; ends at the first page without items.
-    Page {
-        param: String,
-        start: u64,
-        size: Option<(String, u64)>,
-    },
-}
-
 /// `format`: how the response body is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Format {
@@ -138,8 +117,6 @@ pub enum Mode {
     Document,
 }
 
-/// Default pages per walk.
-pub const DEFAULT_MAX_PAGES: u32 = 100;
 /// Default cap on the backoff of a failing source.
 pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(3600);
 
@@ -200,21 +177,18 @@ impl Validator<'_> {
                 ("document", Mode::Document, "the whole document is one item"),
             ],
         );
-        if transform.is_some()
-            && matches!(
-                pagination,
-                Some(Pagination {
-                    style: PageStyle::Page { .. },
-                    ..
-                })
-            )
-        {
-            // The walk ends at the first page without items; a transform that filters
-            // could empty a page in the middle and cut the walk short, turning the
-            // items of later pages into false deletions.
+        let counted = pagination.as_ref().and_then(|p| match p.style {
+            PageStyle::Page { .. } => Some("page-number pagination, whose walk ends at the first page without items (a filtering transform could empty a page in the middle)"),
+            PageStyle::Offset { .. } => Some("offset pagination, whose walk counts the items of each page to find the next offset and ends at a page with fewer than size_value (a filtering transform would skip items and end the walk early)"),
+            _ => None,
+        });
+        if let (Some(_), Some(why)) = (&transform, counted) {
+            // These walks read the end (and the offset) from the items a page held; a
+            // transform that filters would change that count and cut the walk short,
+            // turning the items of later pages into false deletions.
             self.problem(
                 &key.key("transform"),
-                "cannot be combined with page-number pagination, whose walk ends at the first page without items (a filtering transform could empty a page in the middle); use next or cursor pagination, or ignore/events to filter",
+                format!("cannot be combined with {why}; use next or cursor pagination, or ignore/events to filter"),
             );
         }
         if mode == Mode::Document && pagination.is_some() {
@@ -453,74 +427,5 @@ impl Validator<'_> {
             client_secret: client_secret?,
             scopes: o.scopes.clone(),
         }))
-    }
-
-    fn pagination(&mut self, key: &KeyPath, p: &RawPaginate) -> Option<Pagination> {
-        let max_pages = match p.max_pages {
-            None => DEFAULT_MAX_PAGES,
-            Some(n) if (1..=100_000).contains(&n) => n as u32,
-            Some(_) => {
-                self.problem(&key.key("max_pages"), "must be between 1 and 100000");
-                DEFAULT_MAX_PAGES
-            }
-        };
-        let styles = [p.next.is_some(), p.cursor.is_some(), p.page.is_some()];
-        if styles.iter().filter(|s| **s).count() != 1 {
-            self.problem(key, "set exactly one of next = \"link\" (or a JSON Pointer to the next URL), cursor = \"<pointer>\" with param, or page = \"<query parameter>\"");
-            return None;
-        }
-        let unused = |v: &mut Self, what: &str, set: bool, style: &str| {
-            if set {
-                v.problem(&key.key(what), format!("is not used with {style}"));
-            }
-        };
-        let style = if let Some(next) = &p.next {
-            unused(self, "param", p.param.is_some(), "next");
-            if next == "link" {
-                PageStyle::Link
-            } else {
-                self.pointer(&key.key("next"), next);
-                PageStyle::NextUrl(next.clone())
-            }
-        } else if let Some(cursor) = &p.cursor {
-            self.pointer(&key.key("cursor"), cursor);
-            let Some(param) = p.param.clone().filter(|p| !p.is_empty()) else {
-                self.problem(
-                    &key.key("param"),
-                    "missing: the query parameter that takes the cursor, e.g. param = \"cursor\"",
-                );
-                return None;
-            };
-            PageStyle::Cursor {
-                pointer: cursor.clone(),
-                param,
-            }
-        } else {
-            let param = p.page.clone().unwrap_or_default();
-            if param.is_empty() {
-                self.problem(
-                    &key.key("page"),
-                    "names the query parameter of the page number, e.g. page = \"page\"",
-                );
-            }
-            let start = match p.start {
-                None => 1,
-                Some(n) if n >= 0 => n as u64,
-                Some(_) => {
-                    self.problem(&key.key("start"), "must be 0 or more");
-                    1
-                }
-            };
-            let size = match (&p.size, p.size_value) {
-                (None, None) => None,
-                (Some(name), Some(v)) if v > 0 => Some((name.clone(), v as u64)),
-                _ => {
-                    self.problem(&key.key("size"), "set both size (the query parameter) and size_value (a positive number), or neither");
-                    None
-                }
-            };
-            PageStyle::Page { param, start, size }
-        };
-        Some(Pagination { style, max_pages })
     }
 }

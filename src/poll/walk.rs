@@ -55,9 +55,9 @@ impl Poller {
             let style = p.style.clone();
             let page = cpu(source, move || read_page(&s, &body, Some(&style))).await?;
             collection = collection.or(page.collection);
-            let empty = page.items.is_empty();
+            let held = page.items.len();
             items.extend(page.items);
-            let next = (at.next(&p.style, next, page.token, empty)).map_err(|error| {
+            let next = (at.next(&p.style, next, page.token, held)).map_err(|error| {
                 PollError::NextUrl {
                     url: source.location(),
                     page: pages,
@@ -90,7 +90,7 @@ impl Poller {
 }
 
 /// Where a walk is: the URL of the page to fetch next and, for `page` pagination, its
-/// number.
+/// number, for `offset` pagination, the offset of its first item.
 #[derive(Debug)]
 struct Position {
     url: Url,
@@ -98,36 +98,44 @@ struct Position {
 }
 
 impl Position {
-    /// The first page: the source's URL, with the start page (and size) for `page`
-    /// pagination.
+    /// The first page: the source's URL, with the start page or offset (and size) for
+    /// `page` and `offset` pagination.
     fn first(url: &Url, style: &PageStyle) -> Position {
         let mut url = url.clone();
-        let mut number = 0;
-        if let PageStyle::Page { param, start, size } = style {
-            number = *start;
-            set_param(&mut url, param, &number.to_string());
-            if let Some((name, value)) = size {
-                set_param(&mut url, name, &value.to_string());
-            }
+        let (param, start, size) = match style {
+            PageStyle::Page { param, start, size } => (param, *start, size.as_ref()),
+            PageStyle::Offset { param, start, size } => (param, *start, Some(size)),
+            _ => return Position { url, number: 0 },
+        };
+        set_param(&mut url, param, &start.to_string());
+        if let Some((name, value)) = size {
+            set_param(&mut url, name, &value.to_string());
         }
-        Position { url, number }
+        Position { url, number: start }
     }
 
     /// The page after the one just read (None: it was the last), given its `Link`
-    /// header's next URL, the token its body held (see [`read_page`]) and whether it had
-    /// no items. Err: a next URL that is not one.
+    /// header's next URL, the token its body held (see [`read_page`]) and how many
+    /// items it held. Err: a next URL that is not one.
     fn next(
         &mut self,
         style: &PageStyle,
         link: Option<Url>,
         token: Option<String>,
-        empty: bool,
+        held: usize,
     ) -> Result<Option<Url>, url::ParseError> {
         Ok(match style {
             PageStyle::Link => link,
             PageStyle::NextUrl(_) => next_url(&self.url, token)?,
             PageStyle::Cursor { param, .. } => next_cursor(&self.url, param, token),
-            PageStyle::Page { param, .. } => next_number(&self.url, param, &mut self.number, empty),
+            PageStyle::Page { param, .. } => {
+                next_number(&self.url, param, &mut self.number, held == 0)
+            }
+            PageStyle::Offset {
+                param,
+                size: (_, size),
+                ..
+            } => next_offset(&self.url, param, &mut self.number, held, *size),
         })
     }
 }
@@ -152,6 +160,24 @@ fn next_number(current: &Url, param: &str, number: &mut u64, empty: bool) -> Opt
         *number += 1;
         let mut u = current.clone();
         set_param(&mut u, param, &number.to_string());
+        u
+    })
+}
+
+/// `offset`: the offset after this page's items, until a page holds fewer than the
+/// `size` it was asked for (an empty page included). An API that sends more than it was
+/// asked for is followed by what it sent, so no item is skipped.
+fn next_offset(
+    current: &Url,
+    param: &str,
+    offset: &mut u64,
+    held: usize,
+    size: u64,
+) -> Option<Url> {
+    ((held as u64) >= size).then(|| {
+        *offset += held as u64;
+        let mut u = current.clone();
+        set_param(&mut u, param, &offset.to_string());
         u
     })
 }
@@ -255,11 +281,8 @@ mod tests {
     fn a_link_header_is_taken_as_it_is() {
         let mut at = Position::first(&url("http://h/items"), &PageStyle::Link);
         let next = Some(url("http://h/items?page=2"));
-        assert_eq!(
-            at.next(&PageStyle::Link, next.clone(), None, false),
-            Ok(next)
-        );
-        assert_eq!(at.next(&PageStyle::Link, None, None, false), Ok(None));
+        assert_eq!(at.next(&PageStyle::Link, next.clone(), None, 1), Ok(next));
+        assert_eq!(at.next(&PageStyle::Link, None, None, 1), Ok(None));
     }
 
     #[test]
@@ -296,10 +319,44 @@ mod tests {
         };
         let mut at = Position::first(&url("http://h/items?page=9&q=x"), &style);
         assert_eq!(at.url, url("http://h/items?q=x&page=1&per_page=100"));
-        let second = at.next(&style, None, None, false).unwrap().unwrap();
+        let second = at.next(&style, None, None, 2).unwrap().unwrap();
         assert_eq!(second, url("http://h/items?q=x&per_page=100&page=2"));
         at.url = second;
         assert_eq!(at.number, 2);
-        assert_eq!(at.next(&style, None, None, true), Ok(None));
+        assert_eq!(at.next(&style, None, None, 0), Ok(None));
+    }
+
+    #[test]
+    fn offsets_start_where_configured_advance_by_the_items_held_and_stop_at_a_short_page() {
+        let style = PageStyle::Offset {
+            param: "startAt".into(),
+            start: 0,
+            size: ("maxResults".into(), 50),
+        };
+        let mut at = Position::first(&url("http://h/search?startAt=7&jql=x"), &style);
+        assert_eq!(at.url, url("http://h/search?jql=x&startAt=0&maxResults=50"));
+        let second = at.next(&style, None, None, 50).unwrap().unwrap();
+        assert_eq!(
+            second,
+            url("http://h/search?jql=x&maxResults=50&startAt=50")
+        );
+        at.url = second;
+        // More than asked for: the next offset follows what came, skipping nothing.
+        let third = at.next(&style, None, None, 60).unwrap().unwrap();
+        assert_eq!(
+            third,
+            url("http://h/search?jql=x&maxResults=50&startAt=110")
+        );
+        at.url = third;
+        assert_eq!(at.next(&style, None, None, 49), Ok(None), "a short page");
+        assert_eq!(at.next(&style, None, None, 0), Ok(None), "an empty page");
+
+        let from = PageStyle::Offset {
+            param: "offset".into(),
+            start: 10,
+            size: ("limit".into(), 5),
+        };
+        let at = Position::first(&url("http://h/rows"), &from);
+        assert_eq!(at.url, url("http://h/rows?offset=10&limit=5"));
     }
 }

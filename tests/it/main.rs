@@ -20,6 +20,9 @@
 //!   against receivers that check what each service documents.
 //! - `lifecycle`: start-up order, shutdown bounds (after reload bursts, a stuck flush, a
 //!   second SIGTERM), a failed store stopping the daemon, paths relative to the config.
+//! - `monitoring`: the Grafana dashboard and the Prometheus alert rules of
+//!   `examples/monitoring` name only metrics and labels pollhook exports; the dashboard
+//!   imports as is.
 //! - `migrate`: `migrate-store` moving a sled installation into PostgreSQL (runs in
 //!   `it_pg` only).
 //! - `process`: the binary: restart after kill -9, clean SIGTERM, secrets never logged,
@@ -41,6 +44,7 @@ mod flow;
 mod health;
 mod lifecycle;
 mod migrate;
+mod monitoring;
 mod process;
 mod reload;
 mod service;

@@ -1,5 +1,5 @@
 //! An API on 127.0.0.1 that behaves like the awkward real ones, for `sources.rs`:
-//! paginated in each style, conditional (ETag / Last-Modified, counting 304s),
+//! paginated in each style (offsets as PostgREST and Jira take them), conditional (ETag / Last-Modified, counting 304s),
 //! authenticated (bearer, basic, OAuth2 with a token endpoint whose tokens expire fast),
 //! rate limited (429 with Retry-After), feeds, POST bodies, redirects, a 401 that echoes
 //! the credentials it got, JSON behind a byte order mark, and a request log to check
@@ -169,6 +169,14 @@ fn uri_port(headers: &HeaderMap) -> String {
         .to_string()
 }
 
+/// Query parameter `name` as a number, `default` when absent or not one.
+fn number_or(query: &BTreeMap<String, String>, name: &str, default: usize) -> usize {
+    query
+        .get(name)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 fn json_response(v: Value) -> Response {
     (
         [(axum::http::header::CONTENT_TYPE, "application/json")],
@@ -281,6 +289,26 @@ async fn route(
             let end = start + items.len();
             let next = (end < s.items.len()).then(|| format!("c-{end}"));
             json_response(json!({"results": items, "meta": {"next_cursor": next}}))
+        }
+        // Item offsets, as PostgREST (`offset` and `limit`, a bare array) and Jira
+        // (`startAt` and `maxResults`, the page in an object with the total) take them.
+        "/rows" | "/search" => {
+            let (offset, limit) = match path.as_str() {
+                "/rows" => ("offset", "limit"),
+                _ => ("startAt", "maxResults"),
+            };
+            let start = number_or(&query, offset, 0);
+            let limit = number_or(&query, limit, s.per_page).max(1);
+            if s.fail_page == Some(start / limit + 1) {
+                return (StatusCode::INTERNAL_SERVER_ERROR, "page failed").into_response();
+            }
+            let items: Vec<Value> = s.items.iter().skip(start).take(limit).cloned().collect();
+            if path == "/rows" {
+                return json_response(json!(items));
+            }
+            json_response(json!({
+                "startAt": start, "maxResults": limit, "total": s.items.len(), "issues": items
+            }))
         }
         "/etag" => {
             let etag = format!("\"v{}\"", s.version);

@@ -1,5 +1,5 @@
 //! Every kind of API users poll, against `shaped_api` on loopback: pagination in each
-//! style (and a walk failing on page 3), conditional requests, auth (bearer, basic,
+//! style (and a walk failing on page 3; offsets as PostgREST and Jira take them), conditional requests, auth (bearer, basic,
 //! OAuth2 with expiring tokens), POST bodies and queries, feeds, jq transforms,
 //! document mode, event types, command sources, Retry-After, backoff, per-host limits.
 
@@ -167,6 +167,114 @@ async fn a_walk_cut_short_by_max_pages_updates_what_it_saw_and_deletes_nothing()
         "{r:?}"
     );
     assert!(ids(&store).contains("i0"), "kept: its page was not fetched");
+}
+
+/// The offsets `path` was asked for since request `from` of the API's log, with the
+/// page size asked each time.
+fn offsets_asked(api: &ShapedApi, from: usize, path: &str) -> Vec<(String, String)> {
+    let (offset, limit) = match path {
+        "/rows" => ("offset", "limit"),
+        _ => ("startAt", "maxResults"),
+    };
+    api.log()[from..]
+        .iter()
+        .filter(|r| r.path == path)
+        .map(|r| (r.query[offset].clone(), r.query[limit].clone()))
+        .collect()
+}
+
+#[tokio::test]
+async fn offset_pagination_walks_to_a_short_or_empty_page_and_a_failed_walk_deletes_nothing() {
+    let apis = [
+        (
+            "/rows",
+            "items = \"\"\n[sources.s.paginate]\noffset = \"offset\"\nsize = \"limit\"\nsize_value = 2",
+        ),
+        (
+            "/search",
+            "items = \"/issues\"\n[sources.s.paginate]\noffset = \"startAt\"\nsize = \"maxResults\"\nsize_value = 2",
+        ),
+    ];
+    let asked = |offsets: &[&str]| -> Vec<(String, String)> {
+        offsets
+            .iter()
+            .map(|o| (o.to_string(), "2".into()))
+            .collect()
+    };
+    for (path, table) in apis {
+        let s = setup().await;
+        let c = config(
+            &s.h,
+            &format!("url = \"http://{}{path}\"\n{table}", s.api.addr),
+        );
+        let store: SharedStore = Arc::new(SledStore::open(&s.h.state_dir()).unwrap());
+
+        // Five items, two a page: the short third page (one item) is the last one asked.
+        s.api.set_items(0..5, 1);
+        let from = s.api.log().len();
+        let r = poll(&c, &store).await.unwrap();
+        assert_eq!(
+            (r.items, r.pages, r.truncated),
+            (5, 3, false),
+            "{path}: {r:?}"
+        );
+        assert_eq!(
+            offsets_asked(&s.api, from, path),
+            asked(&["0", "2", "4"]),
+            "{path}"
+        );
+        assert_eq!(ids(&store), expect_ids(0..5), "{path}");
+
+        // Four items fill two pages; the empty third page ends the walk, and the item
+        // gone is a deletion since the walk was complete.
+        s.api.set_items([0, 1, 3, 4], 1);
+        let from = s.api.log().len();
+        let r = poll(&c, &store).await.unwrap();
+        assert_eq!((r.items, r.pages, r.deleted), (4, 3, 1), "{path}: {r:?}");
+        assert_eq!(
+            offsets_asked(&s.api, from, path),
+            asked(&["0", "2", "4"]),
+            "{path}"
+        );
+        assert_eq!(
+            ids(&store),
+            BTreeSet::from(["i0", "i1", "i3", "i4"].map(String::from))
+        );
+
+        // A failed middle page fails the poll: of pages [i0 i1] [i2 i5] [i6], the
+        // second answers 500, and nothing is updated, created or deleted.
+        s.api.set_items([0, 1, 2, 5, 6], 2);
+        s.api.fail_page(Some(2));
+        let before = store.snapshot("s").unwrap();
+        let err = poll(&c, &store).await.unwrap_err();
+        assert!(err.contains("500"), "{path}: {err}");
+        assert_eq!(store.snapshot("s").unwrap(), before, "{path}");
+        s.api.fail_page(None);
+    }
+}
+
+#[tokio::test]
+async fn an_offset_walk_cut_short_by_max_pages_updates_what_it_saw_and_deletes_nothing() {
+    let s = setup().await;
+    s.api.set_items(0..6, 1);
+    let table = format!(
+        "url = \"http://{}/rows\"\nitems = \"\"\n[sources.s.paginate]\noffset = \"offset\"\nsize = \"limit\"\nsize_value = 2\nmax_pages = 2",
+        s.api.addr
+    );
+    let c = config(&s.h, &table);
+    let store: SharedStore = Arc::new(SledStore::open(&s.h.state_dir()).unwrap());
+    let r = poll(&c, &store).await.unwrap();
+    assert_eq!((r.items, r.pages, r.truncated), (4, 2, true), "{r:?}");
+    // i0 is gone and the rest changed: pages 1-2 now hold i1-i4, three updates and a
+    // creation; i0's absence is not a deletion, since the walk did not reach the end.
+    s.api.set_items(1..6, 2);
+    let r = poll(&c, &store).await.unwrap();
+    assert_eq!(
+        (r.updated, r.created, r.deleted, r.truncated),
+        (3, 1, 0, true),
+        "{r:?}"
+    );
+    assert!(ids(&store).contains("i0"), "kept: the walk was cut short");
 }
 
 #[tokio::test]

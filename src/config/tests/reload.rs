@@ -238,6 +238,11 @@ const SOURCE_CASES: &[(&str, &str, &str)] = &[
         "paginate = { page = 'p' }",
     ),
     (
+        "paginate.offset",
+        "paginate = { offset = 'offset', size = 'limit', size_value = 10 }",
+        "paginate = { offset = 'startAt', size = 'limit', size_value = 10 }",
+    ),
+    (
         "paginate.start",
         "paginate = { page = 'page' }",
         "paginate = { page = 'page', start = 0 }",
