@@ -77,6 +77,12 @@ pub struct RawTarget {
     pub headers: BTreeMap<String, String>,
     pub max_in_flight: Option<i64>,
     pub ca_file: Option<String>,
+    // How the target is reached: its proxy and its client certificate.
+    pub proxy: Option<String>,
+    pub proxy_env: Option<String>,
+    pub proxy_file: Option<String>,
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -113,6 +119,12 @@ pub struct RawSource {
     pub event_type: Option<String>,
     pub timezone: Option<String>,
     pub deletion_guard: Option<RawDeletionGuard>,
+    // How the source is reached: its proxy and its client certificate.
+    pub proxy: Option<String>,
+    pub proxy_env: Option<String>,
+    pub proxy_file: Option<String>,
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
 }
 
 /// `[sources.<name>.deletion_guard]`: how many deletions a poll may commit unconfirmed.
