@@ -1,6 +1,8 @@
 //! The HTTP words the poll path and the delivery path share: the `User-Agent` of every
-//! request, a transport error in words (with advice for a certificate that is not
-//! trusted), and the `Retry-After` header, read and classified in one place.
+//! request, how a client reaches a source's or target's server (trusted CAs, proxy,
+//! client certificate), a transport error in words (with advice for a certificate that
+//! is not trusted, or a client certificate asked for or refused), and the
+//! `Retry-After` header, read and classified in one place.
 
 use std::path::Path;
 use std::time::Duration;
@@ -8,40 +10,86 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 
+use crate::config::{CaBundle, ClientIdentity, ProxySetting, Source, Target};
+
 /// The `User-Agent` of every request pollhook makes.
 pub fn user_agent() -> &'static str {
     concat!("pollhook/", env!("CARGO_PKG_VERSION"))
 }
 
-/// Which end of pollhook a request went to, for the advice in its error message.
+/// Which end of pollhook a request went to, and how it was set up to reach it, for the
+/// advice in its error message.
 #[derive(Debug, Clone, Copy)]
-pub enum Peer<'a> {
-    Source {
-        ca_file: Option<&'a Path>,
-    },
-    /// A target, with its secrets to take out of the message.
-    Target {
-        ca_file: Option<&'a Path>,
-        secrets: &'a crate::redact::Redactor,
-    },
+pub struct Peer<'a> {
+    /// `"source"` or `"target"`.
+    what: &'static str,
+    ca_file: Option<&'a Path>,
+    /// `client_cert`, if one is configured.
+    client_cert: Option<&'a Path>,
+    /// The configured proxy, without credentials; `None` without one (the
+    /// environment's, if any, is not known here).
+    proxy: Option<&'a str>,
+    /// A target's secrets, to take out of the message (a source's errors are redacted
+    /// whole where they are made).
+    secrets: Option<&'a crate::redact::Redactor>,
 }
 
-/// How rustls words a server certificate it rejected: `invalid peer certificate: <why>`.
-///
-/// This is matched as text because the typed way is closed to us: rustls is not a direct
-/// dependency (reqwest does not re-export it), and a downcast to `rustls::Error` would
-/// need one pinned to exactly the rustls reqwest uses. The wording has been the same since
-/// rustls 0.20; tests/it/tls.rs fails if a reqwest or rustls upgrade changes it.
-const REJECTED_CERTIFICATE: &str = "invalid peer certificate: ";
+impl<'a> Peer<'a> {
+    pub fn source(source: &'a Source) -> Peer<'a> {
+        Peer {
+            what: "source",
+            ca_file: source.ca_file.as_deref(),
+            client_cert: source
+                .client_identity
+                .as_ref()
+                .map(|c| c.cert_file.as_path()),
+            proxy: source.proxy.url().map(|p| p.shown()),
+            secrets: None,
+        }
+    }
+
+    pub fn target(target: &'a Target) -> Peer<'a> {
+        Peer {
+            what: "target",
+            ca_file: target.ca_file.as_deref(),
+            client_cert: target
+                .client_identity
+                .as_ref()
+                .map(|c| c.cert_file.as_path()),
+            proxy: target.proxy.url().map(|p| p.shown()),
+            secrets: Some(&target.redactor),
+        }
+    }
+}
+
+/// `builder` with what a source or target configures of how it reaches its server:
+/// the CAs of its `ca_file`, trusted in addition to the built-in roots (not instead of
+/// them); its `proxy` (else the environment's); its client certificate.
+pub fn reaching(
+    builder: reqwest::ClientBuilder,
+    ca: &CaBundle,
+    proxy: &ProxySetting,
+    identity: Option<&ClientIdentity>,
+) -> reqwest::ClientBuilder {
+    let mut builder = proxy.apply(builder);
+    for cert in ca.iter() {
+        builder = builder.add_root_certificate(cert.clone());
+    }
+    match identity {
+        Some(id) => builder.identity(id.identity()),
+        None => builder,
+    }
+}
 
 /// A transport error in words, without the URL (it may carry a token) and, for a
 /// target, without its secrets (a source's errors are redacted whole where they are
-/// made). A server certificate that is not trusted says so first and names the fix.
+/// made). A server certificate that is not trusted, and a server that wants a client
+/// certificate or refuses the one it was shown, say so first and name the fix.
 pub fn describe_send_error(e: &reqwest::Error, timeout: Duration, peer: Peer<'_>) -> String {
     let text = describe_unredacted(e, timeout, peer);
-    match peer {
-        Peer::Target { secrets, .. } => secrets.redact(&text),
-        Peer::Source { .. } => text,
+    match peer.secrets {
+        Some(secrets) => secrets.redact(&text),
+        None => text,
     }
 }
 
@@ -53,25 +101,25 @@ fn describe_unredacted(e: &reqwest::Error, timeout: Duration, peer: Peer<'_>) ->
         );
     }
     let kind = if e.is_connect() {
-        "connection failed"
+        match peer.proxy {
+            Some(proxy) => format!("connection through proxy {proxy} failed"),
+            None => "connection failed".to_string(),
+        }
     } else if e.is_body() || e.is_decode() {
-        "response body failed"
+        "response body failed".to_string()
     } else {
-        "request failed"
+        "request failed".to_string()
     };
     let mut chain = Vec::new();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
+        if let Some(advice) = tls_error(s).and_then(|tls| tls_advice(tls, peer)) {
+            return format!("{kind}: {advice}");
+        }
         chain.push(s.to_string());
         source = s.source();
     }
-    if let Some(why) = chain
-        .iter()
-        .find_map(|s| s.strip_prefix(REJECTED_CERTIFICATE))
-    {
-        return format!("{kind}: {}", certificate_advice(why, peer));
-    }
-    let mut msg = kind.to_string();
+    let mut msg = kind;
     for s in chain {
         msg.push_str(": ");
         msg.push_str(&s);
@@ -79,26 +127,67 @@ fn describe_unredacted(e: &reqwest::Error, timeout: Duration, peer: Peer<'_>) ->
     msg
 }
 
-/// What a rejected server certificate means and what to do, for an operator who has
-/// just been paged. `why` is rustls's reason.
-fn certificate_advice(why: &str, peer: Peer<'_>) -> String {
-    let (what, ca_file) = match peer {
-        Peer::Source { ca_file } => ("source", ca_file),
-        Peer::Target { ca_file, .. } => ("target", ca_file),
-    };
-    // UnknownIssuer: no chain to a trusted root. Other reasons (expired, wrong name,
-    // revoked) are not fixed by trusting another CA, so they get no ca_file advice.
-    if !why.starts_with("UnknownIssuer") {
-        return format!("TLS certificate rejected: {why}");
+/// The rustls error `e` is or wraps: rustls hands its errors to the I/O layer inside an
+/// `io::Error` (which reqwest's connector wraps in another), whose `source()` skips
+/// them, so they are looked for inside. (One rustls is built, reqwest's and ours;
+/// tests/it/tls.rs fails if that changes and these errors stop being found.)
+fn tls_error<'e>(e: &'e (dyn std::error::Error + 'static)) -> Option<&'e rustls::Error> {
+    let mut e = e;
+    loop {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        e = e.downcast_ref::<std::io::Error>()?.get_ref()?;
     }
-    let fix = match ca_file {
-        None => format!("set ca_file for this {what} to the PEM file of the CA that signed the server's certificate"),
-        Some(path) => format!(
-            "ca_file {} is set but does not hold the CA that signed the server's certificate",
-            path.display()
-        ),
-    };
-    format!("TLS certificate not trusted (self-signed or unknown CA): {fix} ({REJECTED_CERTIFICATE}{why})")
+}
+
+/// What a TLS failure means and what to do, for an operator who has just been paged;
+/// `None` for failures that advice would not help.
+fn tls_advice(e: &rustls::Error, peer: Peer<'_>) -> Option<String> {
+    use rustls::{AlertDescription as Alert, CertificateError};
+    let what = peer.what;
+    match e {
+        // No chain to a trusted root. Other reasons (expired, wrong name, revoked) are
+        // not fixed by trusting another CA, so they get no ca_file advice.
+        rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
+            let fix = match peer.ca_file {
+                None => format!("set ca_file for this {what} to the PEM file of the CA that signed the server's certificate"),
+                Some(path) => format!(
+                    "ca_file {} is set but does not hold the CA that signed the server's certificate",
+                    path.display()
+                ),
+            };
+            Some(format!("TLS certificate not trusted (self-signed or unknown CA): {fix} ({e})"))
+        }
+        rustls::Error::InvalidCertificate(why) => {
+            Some(format!("TLS certificate rejected: {why}"))
+        }
+        // The server's verdict on the client certificate, sent as an alert: TLS 1.3's
+        // "certificate required" when none was sent, and the alerts a server sends for
+        // one it does not accept (RFC 8446 §6.2).
+        rustls::Error::AlertReceived(
+            alert @ (Alert::CertificateRequired
+            | Alert::BadCertificate
+            | Alert::UnsupportedCertificate
+            | Alert::CertificateRevoked
+            | Alert::CertificateExpired
+            | Alert::CertificateUnknown
+            | Alert::UnknownCA
+            | Alert::AccessDenied),
+        ) => Some(match (peer.client_cert, alert) {
+            (None, Alert::CertificateRequired) => format!(
+                "the server requires a client certificate (mutual TLS) and this {what} has none: set client_cert and client_key to a certificate the server trusts and its key (TLS alert {alert:?})"
+            ),
+            (None, _) => format!(
+                "the server refused the TLS connection (alert {alert:?}); if it requires a client certificate (mutual TLS), set client_cert and client_key for this {what}"
+            ),
+            (Some(cert), _) => format!(
+                "the server refused the client certificate in {} (TLS alert {alert:?}): check that it is signed by a CA the server trusts, has not expired, and is the one the server expects for this {what}",
+                cert.display()
+            ),
+        }),
+        _ => None,
+    }
 }
 
 /// A response's `Retry-After` header as written, if it has one that is text.

@@ -27,8 +27,9 @@
 //! - [`config`]: the TOML file, validated completely at load, and every key's default.
 //! - [`schedule`]: intervals with jitter, cron with crontab(5) semantics in a time zone.
 //! - [`jitter`]: the random number jitter is drawn from, for schedules and retries.
-//! - [`http`]: what sources and targets share of HTTP: the `User-Agent`, transport
-//!   errors in words (with certificate advice), `Retry-After` read and classified.
+//! - [`http`]: what sources and targets share of HTTP: the `User-Agent`, a client's
+//!   trusted CAs, proxy and client certificate, transport errors in words (with advice
+//!   for certificates, the server's and the client's), `Retry-After` read and classified.
 //! - [`source`]: getting a document: HTTP pages (query, body, auth incl. OAuth2,
 //!   conditional requests, per-host turns, timeouts, a body cap) or a command's output.
 //! - [`transform`]: the `transform` option, a jq program run on the response before

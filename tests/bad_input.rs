@@ -94,6 +94,7 @@ mod config_loader {
     fn env(name: &str) -> Option<String> {
         match name {
             "SET" | "GITHUB_TOKEN" => Some(ENV_SECRET.to_string()),
+            "PROXY_URL" => Some(format!("http://user:{ENV_SECRET}@proxy.example:3128")),
             "GOOD_SECRET" => Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_string()),
             "EMPTY" => Some(String::new()),
             _ => None,
@@ -105,6 +106,11 @@ mod config_loader {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("secret.txt"), format!("{FILE_SECRET}\n")).unwrap();
         std::fs::write(dir.path().join("empty.txt"), "  \n").unwrap();
+        std::fs::write(
+            dir.path().join("proxy.txt"),
+            format!("http://user:{FILE_SECRET}@proxy.example:3128\n"),
+        )
+        .unwrap();
         let path = dir.path().join("config.toml");
         (dir, path)
     }
@@ -500,6 +506,37 @@ mod config_loader {
                 ]),
                 strs(&["", "a\u{1}b", "\u{e9}"]),
             ),
+            // A proxy URL's password is a secret: no problem may quote it.
+            "proxy" => (
+                strs(&[
+                    "http://127.0.0.1:3128",
+                    "none",
+                    "https://proxy.example",
+                    "http://user:env-secret-marker@proxy.example:3128",
+                    "http://user:${SET}@proxy.example:3128",
+                ]),
+                strs(&[
+                    "socks5://user:env-secret-marker@proxy.example:1080",
+                    "ftp://proxy.example",
+                    "proxy.example:3128",
+                    "http://user:env-secret-marker@proxy.example:99999",
+                    "http://proxy.example:1/p?token=env-secret-marker",
+                    "http://",
+                    "None",
+                    "${UNSET}",
+                    "",
+                ]),
+            ),
+            "proxy_env" => (strs(&["PROXY_URL"]), strs(&["SET", "UNSET", "EMPTY", ""])),
+            "proxy_file" => (
+                strs(&["proxy.txt"]),
+                strs(&["secret.txt", "empty.txt", "missing.txt", "${UNSET}", ""]),
+            ),
+            // As for ca_file: only ever a wrong file here (missing, or not PEM).
+            "client_cert" | "client_key" => (
+                strs(&["missing.pem", "secret.txt"]),
+                strs(&["", "${UNSET}", "empty.txt"]),
+            ),
             // Misspelled and unknown keys: any value is wrong.
             _ => (arb_toml().boxed(), arb_toml().boxed()),
         }
@@ -542,8 +579,19 @@ mod config_loader {
             "filter",
             "body",
             "content_type",
+            "proxy",
         ],
-        wrong: &["urll", "secret_env", "secret_file", "Secret", "ca_file"],
+        wrong: &[
+            "urll",
+            "secret_env",
+            "secret_file",
+            "Secret",
+            "ca_file",
+            "proxy_env",
+            "proxy_file",
+            "client_cert",
+            "client_key",
+        ],
     };
     const SOURCE_KEYS: Keys = Keys {
         required: &[&["url"], &["interval", "interval", "cron"]],
@@ -560,8 +608,19 @@ mod config_loader {
             "baseline",
             "allow_empty",
             "fail_after",
+            "proxy",
         ],
-        wrong: &["Interval", "cron", "interval", "urls", "ca_file"],
+        wrong: &[
+            "Interval",
+            "cron",
+            "interval",
+            "urls",
+            "ca_file",
+            "proxy_env",
+            "proxy_file",
+            "client_cert",
+            "client_key",
+        ],
     };
 
     /// The members of one table; duplicate keys are dropped (they are a TOML error

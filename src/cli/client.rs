@@ -54,7 +54,10 @@ impl AdminClient {
             ip => ip,
         };
         let base = format!("http://{}", std::net::SocketAddr::new(ip, addr.port()));
+        // The admin API is this machine's (or the listen address the config names),
+        // never behind the forward proxy HTTP_PROXY may name for the APIs pollhook polls.
         let http = reqwest::Client::builder()
+            .no_proxy()
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(600))
             .user_agent(crate::http::user_agent())

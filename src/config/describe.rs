@@ -2,11 +2,11 @@
 
 use chrono::Utc;
 
-use super::{Config, StoreConfig};
+use super::{ClientIdentity, Config, ProxySetting, StoreConfig};
 
 /// What `pollhook check` prints for a valid config. Never includes secrets: URLs are
-/// redacted (the store's by [`super::PostgresConfig::display`]), secrets and header
-/// values are not shown.
+/// redacted (the store's by [`super::PostgresConfig::display`], a proxy's without user
+/// and password), secrets and header values are not shown.
 pub fn describe(config: &Config) -> String {
     use std::fmt::Write;
     let mut out = String::new();
@@ -48,6 +48,9 @@ pub fn describe(config: &Config) -> String {
             .map(|t| s.schedule.format_time(*t))
             .collect();
         let _ = writeln!(out, "    next polls: {}", next.join(", "));
+        if let Some(reach) = reach(&s.proxy, s.client_identity.as_ref()) {
+            let _ = writeln!(out, "    {reach}");
+        }
     }
     let _ = writeln!(out, "\ntargets ({}):", config.targets.len());
     for t in config.targets.values() {
@@ -65,6 +68,26 @@ pub fn describe(config: &Config) -> String {
             humantime::format_duration(t.timeout),
             retry.join(", ")
         );
+        if let Some(reach) = reach(&t.proxy, t.client_identity.as_ref()) {
+            let _ = writeln!(out, "    {reach}");
+        }
     }
     out
+}
+
+/// A source's or target's proxy and client certificate in words (the proxy without
+/// credentials), or `None` when it has neither setting.
+fn reach(proxy: &ProxySetting, identity: Option<&ClientIdentity>) -> Option<String> {
+    let parts: Vec<String> = proxy
+        .describe()
+        .into_iter()
+        .chain(identity.map(|id| {
+            format!(
+                "client certificate {} (key {})",
+                id.cert_file.display(),
+                id.key_file.display()
+            )
+        }))
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(", "))
 }

@@ -7,7 +7,9 @@
 
 mod ca;
 mod describe;
+mod identity;
 mod locate;
+mod proxy;
 mod raw;
 mod request;
 mod secrets;
@@ -30,7 +32,9 @@ use crate::sign::Signer;
 
 pub use ca::CaBundle;
 pub use describe::describe;
+pub use identity::ClientIdentity;
 pub use locate::{KeyPath, Locator};
+pub use proxy::{ProxySetting, ProxyUrl};
 use raw::RawConfig;
 pub use request::{
     Auth, Format, HttpRequest, Mode, OAuth2, Origin, PageStyle, Pagination, DEFAULT_MAX_BACKOFF,
@@ -163,6 +167,11 @@ pub struct Target {
     pub accepts: crate::route::Accepts,
     /// The `Content-Type` of every request (`content_type`, default application/json).
     pub content_type: HeaderValue,
+    /// `proxy`: the environment's proxy variables (the default), none, or this proxy.
+    pub proxy: ProxySetting,
+    /// `client_cert` and `client_key`, read and checked at load, for servers that ask
+    /// for a client certificate (mutual TLS).
+    pub client_identity: Option<ClientIdentity>,
 }
 
 /// An API to poll and how to read its items.
@@ -219,6 +228,10 @@ pub struct Source {
     pub ca_file: Option<PathBuf>,
     /// The certificates read from `ca_file`, trusted in addition to the built-in roots.
     pub ca: CaBundle,
+    /// `proxy`, as for targets; its OAuth2 token requests go the same way.
+    pub proxy: ProxySetting,
+    /// `client_cert` and `client_key`, as for targets; shown to the token endpoint too.
+    pub client_identity: Option<ClientIdentity>,
 }
 
 /// `[sources.<name>.deletion_guard]`: a poll that would delete more than `share` of the
@@ -255,7 +268,8 @@ impl DeletionGuard {
     }
 }
 
-// Debug never shows secrets: URLs lose credentials and query, headers show names only.
+// Debug never shows secrets: URLs lose credentials and query (the proxy's too), headers
+// show names only, a client certificate its files.
 impl fmt::Debug for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Target")
@@ -270,6 +284,8 @@ impl fmt::Debug for Target {
             .field("ca_certificates", &self.ca.len())
             .field("accepts", &self.accepts)
             .field("content_type", &self.content_type)
+            .field("proxy", &self.proxy)
+            .field("client_identity", &self.client_identity)
             .finish()
     }
 }
@@ -301,6 +317,8 @@ impl fmt::Debug for Source {
             .field("deletion_guard", &self.deletion_guard)
             .field("ca_file", &self.ca_file)
             .field("ca_certificates", &self.ca.len())
+            .field("proxy", &self.proxy)
+            .field("client_identity", &self.client_identity)
             .finish()
     }
 }

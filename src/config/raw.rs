@@ -90,6 +90,12 @@ pub struct RawTarget {
     pub filter: Option<String>,
     pub body: Option<String>,
     pub content_type: Option<String>,
+    // How the target is reached: its proxy and its client certificate.
+    pub proxy: Option<String>,
+    pub proxy_env: Option<String>,
+    pub proxy_file: Option<String>,
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -127,6 +133,12 @@ pub struct RawSource {
     pub timezone: Option<String>,
     pub deletion_guard: Option<RawDeletionGuard>,
     pub fail_after: Option<i64>,
+    // How the source is reached: its proxy and its client certificate.
+    pub proxy: Option<String>,
+    pub proxy_env: Option<String>,
+    pub proxy_file: Option<String>,
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
 }
 
 /// `[sources.<name>.deletion_guard]`: how many deletions a poll may commit unconfirmed.

@@ -237,6 +237,11 @@ impl Validator<'_> {
             ("json", s.json.is_some()),
             ("auth", s.auth.is_some()),
             ("ca_file", s.ca_file.is_some()),
+            ("proxy", s.proxy.is_some()),
+            ("proxy_env", s.proxy_env.is_some()),
+            ("proxy_file", s.proxy_file.is_some()),
+            ("client_cert", s.client_cert.is_some()),
+            ("client_key", s.client_key.is_some()),
         ] {
             if set {
                 self.problem(

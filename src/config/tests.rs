@@ -1,6 +1,7 @@
 use super::*;
 use crate::sign::Scheme;
 
+mod network;
 mod paginate;
 mod reload;
 mod store;

@@ -20,6 +20,7 @@ use super::{
 };
 use crate::sign::{Scheme, Signer};
 
+mod network;
 mod source;
 mod store;
 
@@ -509,6 +510,7 @@ impl Validator<'_> {
         };
         let headers = self.headers(&key.key("headers"), &t.headers);
         let (ca_file, ca) = self.ca_file(&key.key("ca_file"), t.ca_file.as_deref());
+        let reach = self.reach(key, network::RawReach::of_target(&t));
         let max_in_flight = match t.max_in_flight {
             None => DEFAULT_MAX_IN_FLIGHT,
             Some(n) if (1..=1024).contains(&n) => n as usize,
@@ -522,7 +524,8 @@ impl Validator<'_> {
         Some(Target {
             name: name.to_string(),
             display_url: super::display_url(t.url.as_deref().unwrap_or_default(), &url),
-            redactor: super::secrets::target_redactor(&t, &url, &headers, &signing, self.env),
+            redactor: super::secrets::target_redactor(&t, &url, &headers, &signing, self.env)
+                .with(&reach.secrets),
             url,
             signer: signer?,
             timeout,
@@ -533,6 +536,8 @@ impl Validator<'_> {
             ca,
             accepts,
             content_type,
+            proxy: reach.proxy,
+            client_identity: reach.client_identity,
         })
     }
 

@@ -26,7 +26,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Target;
-use crate::http::{describe_send_error, retry_after_value, user_agent, Peer};
+use crate::http::{describe_send_error, reaching, retry_after_value, user_agent, Peer};
 use crate::jitter::random_unit;
 use crate::metrics::Metrics;
 use crate::sign::Scheme;
@@ -73,16 +73,20 @@ impl TargetWorker {
         shutdown: CancellationToken,
         grace: Duration,
     ) -> Result<TargetWorker, reqwest::Error> {
-        let mut builder = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(target.timeout.min(Duration::from_secs(10)))
             .timeout(target.timeout)
             .pool_max_idle_per_host(target.max_in_flight);
-        // `ca_file`: trusted in addition to the built-in roots, not instead of them.
-        for cert in target.ca.iter() {
-            builder = builder.add_root_certificate(cert.clone());
-        }
-        let client = builder.build()?;
+        // `ca_file`, `proxy`, `client_cert`: built into the client, so a change of any
+        // of them is a changed target, whose worker a reload restarts with a new one.
+        let client = reaching(
+            builder,
+            &target.ca,
+            &target.proxy,
+            target.client_identity.as_ref(),
+        )
+        .build()?;
         Ok(TargetWorker {
             target,
             store,
@@ -350,14 +354,7 @@ impl Attempt {
                 Utc::now(),
             ),
             Err(e) => Outcome::Failed {
-                error: describe_send_error(
-                    &e,
-                    t.timeout,
-                    Peer::Target {
-                        ca_file: t.ca_file.as_deref(),
-                        secrets: &t.redactor,
-                    },
-                ),
+                error: describe_send_error(&e, t.timeout, Peer::target(t)),
                 retry_after: None,
             },
         }

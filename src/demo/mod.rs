@@ -85,13 +85,17 @@ shutdown_grace = "2s"
 [admin]
 listen = "127.0.0.1:0"
 
+# Both ends run in this process: a proxy from the environment (HTTP_PROXY) must not
+# carry their requests.
 [targets.receiver]
 url = "{receiver}"
 secret = "{DEMO_SECRET}"
 retry = ["1s", "2s", "5s"]
+proxy = "none"
 
 [sources.demo]
 url = "{api}"
+proxy = "none"
 interval = "2s"
 items = "/items"
 id = "/id"

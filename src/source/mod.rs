@@ -36,8 +36,10 @@ use reqwest::header::{
 use reqwest::{StatusCode, Url};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::config::{redact_url, Format, HttpRequest, Source, DEFAULT_MAX_PER_HOST};
-use crate::http::{describe_send_error, retry_after, retry_after_value, user_agent, Peer};
+use crate::config::{redact_url, Format, HttpRequest, ProxySetting, Source, DEFAULT_MAX_PER_HOST};
+use crate::http::{
+    describe_send_error, reaching, retry_after, retry_after_value, user_agent, Peer,
+};
 use crate::redact::Redactor;
 use auth::Tokens;
 
@@ -157,13 +159,14 @@ pub enum Page {
 }
 
 /// The HTTP clients sources are polled with: one shared by every source that trusts
-/// only the built-in roots, and one for each source with a `ca_file`, since a client's
-/// trusted roots are fixed when it is built.
+/// only the built-in roots, uses the environment's proxy and has no client
+/// certificate, and one for each other source, since a client's roots, proxy and
+/// identity are fixed when it is built.
 #[derive(Clone)]
 pub struct Fetcher {
     client: reqwest::Client,
-    /// Per source name, for the sources that have a `ca_file`.
-    with_ca: Arc<HashMap<String, reqwest::Client>>,
+    /// Per source name, for the sources with a `ca_file`, a `proxy` or a `client_cert`.
+    own: Arc<HashMap<String, reqwest::Client>>,
     shared: Shared,
     max_per_host: usize,
 }
@@ -180,16 +183,19 @@ pub struct Shared {
 impl Fetcher {
     /// Builds the clients for `sources`, once, before any poll.
     pub fn new(sources: &BTreeMap<String, Arc<Source>>) -> Result<Fetcher, reqwest::Error> {
-        let mut with_ca = HashMap::new();
-        for source in sources.values().filter(|s| !s.ca.is_empty()) {
-            let builder = source.ca.iter().fold(client_builder(), |b, cert| {
-                b.add_root_certificate(cert.clone())
-            });
-            with_ca.insert(source.name.clone(), builder.build()?);
+        let mut own = HashMap::new();
+        for source in sources.values().filter(|s| needs_own_client(s)) {
+            let builder = reaching(
+                client_builder(),
+                &source.ca,
+                &source.proxy,
+                source.client_identity.as_ref(),
+            );
+            own.insert(source.name.clone(), builder.build()?);
         }
         Ok(Fetcher {
             client: client_builder().build()?,
-            with_ca: Arc::new(with_ca),
+            own: Arc::new(own),
             shared: Shared::default(),
             max_per_host: DEFAULT_MAX_PER_HOST,
         })
@@ -208,9 +214,10 @@ impl Fetcher {
         self
     }
 
-    /// The client for `source`: its own if it has a `ca_file`, else the shared one.
+    /// The client for `source`: its own if it has one (see [`needs_own_client`]), else
+    /// the shared one. Its OAuth2 token requests take the same client.
     fn client(&self, source: &Source) -> &reqwest::Client {
-        self.with_ca.get(&source.name).unwrap_or(&self.client)
+        self.own.get(&source.name).unwrap_or(&self.client)
     }
 
     /// Waits for a turn at `source`'s host; the poll holds it until it has its pages.
@@ -357,13 +364,15 @@ impl Fetcher {
 /// A transport error of a request of `source` in words ([`describe_send_error`]), with
 /// the advice for a source.
 fn send_error(e: &reqwest::Error, source: &Source) -> String {
-    describe_send_error(
-        e,
-        source.timeout,
-        Peer::Source {
-            ca_file: source.ca_file.as_deref(),
-        },
-    )
+    describe_send_error(e, source.timeout, Peer::source(source))
+}
+
+/// Whether `source` reaches its server otherwise than the shared client does: other
+/// roots, another proxy, a client certificate.
+fn needs_own_client(source: &Source) -> bool {
+    !source.ca.is_empty()
+        || source.proxy != ProxySetting::Environment
+        || source.client_identity.is_some()
 }
 
 /// How `url` is shown: the config's template for the request's own URL, else (a
@@ -503,8 +512,9 @@ fn split_links(text: &str) -> Vec<&str> {
     out
 }
 
-/// Every source client has the same settings; only the trusted roots differ. The
-/// OAuth2 token requests use the same clients, so the same redirect rule.
+/// Every source client has the same settings; only the trusted roots, the proxy and the
+/// client certificate differ. The OAuth2 token requests use the same clients, so the
+/// same redirect rule (and proxy, and certificate).
 fn client_builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))

@@ -30,7 +30,10 @@
 //! - `systemd`: the unit file: `systemd-analyze verify` and `security` (skipped where
 //!   `systemd-analyze` is missing), the stop timeout, the directories systemd hands over.
 //! - `tls`: server certificates verified by default for sources and targets; `ca_file`
-//!   for a private CA.
+//!   for a private CA; client certificates for servers that require them (mutual TLS).
+//! - `proxy`: `proxy` on sources and targets (HTTP forwarding, HTTPS through CONNECT,
+//!   credentials kept out of the logs), the environment's proxy variables and
+//!   `proxy = "none"`, against `forward_proxy`, a recording test proxy.
 
 // First, so that its `harness!` is in scope in every module after it.
 #[macro_use]
@@ -41,11 +44,13 @@ mod admin_hostile;
 mod delivery;
 mod faults;
 mod flow;
+mod forward_proxy;
 mod health;
 mod lifecycle;
 mod migrate;
 mod monitoring;
 mod process;
+mod proxy;
 mod reload;
 mod service;
 mod shaped_api;

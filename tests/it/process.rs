@@ -11,6 +11,19 @@ use crate::support::{accepted, pending, summary, wait_for, Harness, SECRET, WAIT
 
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_pollhook");
 
+/// The proxy variables reqwest reads: removed from every daemon the tests start, whose
+/// servers are all on loopback, unless the test sets them (tests/it/proxy.rs).
+pub(crate) const PROXY_VARIABLES: [&str; 8] = [
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+    "NO_PROXY",
+    "no_proxy",
+];
+
 pub(crate) struct Daemon {
     child: Child,
     log: PathBuf,
@@ -31,6 +44,9 @@ impl Daemon {
     ) -> Daemon {
         let file = std::fs::File::create(log).unwrap();
         let mut cmd = Command::new(BIN);
+        for var in PROXY_VARIABLES {
+            cmd.env_remove(var);
+        }
         cmd.args(["run", "--config"])
             .arg(config)
             .env("RUST_LOG", "debug")

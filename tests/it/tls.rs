@@ -1,6 +1,9 @@
 //! TLS (issue 3): server certificates are verified by default, for sources and targets
 //! alike; a server whose certificate no public CA signed is refused with an error that
 //! says what is wrong and what to set, unless the config names its CA in `ca_file`.
+//! Client certificates (mutual TLS): a server that requires one refuses a source or
+//! target without `client_cert`, with an error that says so, and accepts it with one,
+//! also when a reload adds it.
 //!
 //! Each test makes a fresh CA and a server certificate for 127.0.0.1 and localhost with
 //! rcgen, and puts a TLS front on 127.0.0.1 before the demo's sample API or receiver: the
@@ -13,6 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use pollhook::config::Config;
+use pollhook::daemon::Options;
 use pollhook::poll::Poller;
 use pollhook::source::Fetcher;
 use pollhook::store::{SharedStore, Store};
@@ -22,8 +26,10 @@ use rcgen::{
 };
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
 use tokio_rustls::rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
-use tokio_rustls::rustls::{crypto::ring, ServerConfig};
+use tokio_rustls::rustls::server::WebPkiClientVerifier;
+use tokio_rustls::rustls::{crypto::ring, RootCertStore, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -33,14 +39,26 @@ use crate::support::{wait_for, Harness, WAIT};
 const NOT_TRUSTED: &str = "TLS certificate not trusted (self-signed or unknown CA)";
 
 /// A private CA: its certificate in PEM (what `ca_file` holds), and a server certificate
-/// it signed for 127.0.0.1 and localhost, ready to serve.
-struct TestCa {
-    pem: String,
+/// it signed for 127.0.0.1 and localhost, ready to serve, with or without asking the
+/// client for a certificate this CA signed.
+pub(crate) struct TestCa {
+    pub(crate) pem: String,
     server: Arc<ServerConfig>,
+    /// The same server certificate, requiring a client certificate from this CA.
+    mutual: Arc<ServerConfig>,
+    cert: rcgen::Certificate,
+    key: KeyPair,
+}
+
+/// A client certificate in PEM and its private key, what `client_cert` and
+/// `client_key` name.
+pub(crate) struct ClientCert {
+    pub(crate) cert: String,
+    pub(crate) key: String,
 }
 
 impl TestCa {
-    fn new(name: &str) -> TestCa {
+    pub(crate) fn new(name: &str) -> TestCa {
         let ca_key = KeyPair::generate().unwrap();
         let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -58,18 +76,46 @@ impl TestCa {
         leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let leaf_cert = leaf.signed_by(&key, &ca_cert, &ca_key).unwrap();
 
-        let server = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
+        let provider = Arc::new(ring::default_provider());
+        let chain = vec![leaf_cert.der().clone()];
+        let server_key = || PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let server = ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_no_client_auth()
-            .with_single_cert(
-                vec![leaf_cert.der().clone()],
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-            )
+            .with_single_cert(chain.clone(), server_key())
+            .unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(ca_cert.der().clone()).unwrap();
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .build()
+                .unwrap();
+        let mutual = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, server_key())
             .unwrap();
         TestCa {
             pem: ca_cert.pem(),
             server: Arc::new(server),
+            mutual: Arc::new(mutual),
+            cert: ca_cert,
+            key: ca_key,
+        }
+    }
+
+    /// A client certificate this CA signed, for a client named `name`.
+    pub(crate) fn client(&self, name: &str) -> ClientCert {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        ClientCert {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
         }
     }
 }
@@ -77,7 +123,21 @@ impl TestCa {
 /// Serves HTTPS on 127.0.0.1 for the plain HTTP server at `plain` (an `http://` URL),
 /// until `shutdown`; returns the same URL with `https` and the front's port. A failed
 /// handshake (the client refused the certificate) ends only that connection.
-async fn https_front(plain: &str, ca: &TestCa, shutdown: CancellationToken) -> String {
+pub(crate) async fn https_front(plain: &str, ca: &TestCa, shutdown: CancellationToken) -> String {
+    tls_front(plain, ca.server.clone(), shutdown).await
+}
+
+/// [`https_front`] that requires a client certificate signed by `ca`: a client without
+/// one, or with one from another CA, fails the handshake and reaches nothing behind.
+pub(crate) async fn mutual_tls_front(
+    plain: &str,
+    ca: &TestCa,
+    shutdown: CancellationToken,
+) -> String {
+    tls_front(plain, ca.mutual.clone(), shutdown).await
+}
+
+async fn tls_front(plain: &str, server: Arc<ServerConfig>, shutdown: CancellationToken) -> String {
     let mut url = reqwest::Url::parse(plain).unwrap();
     let upstream: SocketAddr = format!(
         "{}:{}",
@@ -88,7 +148,7 @@ async fn https_front(plain: &str, ca: &TestCa, shutdown: CancellationToken) -> S
     .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let acceptor = TlsAcceptor::from(ca.server.clone());
+    let acceptor = TlsAcceptor::from(server);
     tokio::spawn(async move {
         loop {
             let tcp = tokio::select! {
@@ -336,4 +396,132 @@ async fn a_target_with_ca_file_gets_its_webhooks() {
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0].event_type, "s.created");
     assert!(got[0].verified, "signature did not verify");
+}
+
+/// What an operator reads when a server requires a client certificate and none is set.
+const NEEDS_CLIENT_CERT: &str = "the server requires a client certificate (mutual TLS)";
+
+/// `client` written beside the config as `<name>.pem` and `<name>.key`; returns the
+/// table lines that name them.
+fn write_client(s: &Setup, name: &str, client: &ClientCert) -> String {
+    std::fs::write(s.h.dir.path().join(format!("{name}.pem")), &client.cert).unwrap();
+    std::fs::write(s.h.dir.path().join(format!("{name}.key")), &client.key).unwrap();
+    format!("client_cert = \"{name}.pem\"\nclient_key = \"{name}.key\"")
+}
+
+/// A source whose API requires a client certificate from the CA: without `client_cert`
+/// the poll fails saying so and what to set, and the API behind sees nothing; with one
+/// the CA signed it polls; with one from another CA the error names the file the
+/// server refused.
+#[tokio::test]
+async fn a_source_polls_a_server_that_requires_a_client_certificate_only_with_one() {
+    let ca = TestCa::new("pollhook test CA");
+    let s = Setup::new(&ca).await;
+    let fronts = CancellationToken::new();
+    let _stop = fronts.clone().drop_guard();
+    let api_mtls = mutual_tls_front(&s.h.api.url(), &ca, fronts.clone()).await;
+    s.write_ca("ca.pem", &ca.pem);
+    let ours = write_client(&s, "ours", &ca.client("pollhook"));
+    let stranger = write_client(
+        &s,
+        "stranger",
+        &TestCa::new("another CA").client("pollhook"),
+    );
+    let table = |name: &str, extra: &str| {
+        format!("[sources.{name}]\nurl = \"{api_mtls}\"\ninterval = \"1m\"\nitems = \"/items\"\nca_file = \"ca.pem\"\n{extra}\n")
+    };
+    let extra = format!(
+        "{}{}",
+        table("certified", &ours),
+        table("stranger", &stranger)
+    );
+    let config = s.config(&s.h.rx.url(), "", &api_mtls, "ca_file = \"ca.pem\"", &extra);
+    let store = s.open_store();
+
+    let results = poll_all(&config, &store).await;
+    let err = results["s"].as_ref().unwrap_err();
+    assert!(err.contains(NEEDS_CLIENT_CERT), "{err}");
+    assert!(err.contains("set client_cert and client_key"), "{err}");
+    let err = results["stranger"].as_ref().unwrap_err();
+    assert!(
+        err.contains("the server refused the client certificate in")
+            && err.contains("stranger.pem"),
+        "{err}"
+    );
+    assert_eq!(results["certified"], Ok(1), "{results:?}");
+    // Only the certified source's request got through the handshake.
+    assert_eq!(s.h.api.requests(), 1);
+    assert!(!store.source_state("s").unwrap().initialized);
+    assert!(store.source_state("certified").unwrap().initialized);
+}
+
+/// A target whose receiver requires a client certificate: without `client_cert` every
+/// attempt fails saying so, and the delivery waits; a reload that adds the certificate
+/// (to the target, and to a source whose API requires one too) takes effect: the
+/// source polls and the webhook is delivered.
+#[tokio::test]
+async fn a_target_without_a_client_certificate_is_refused_until_a_reload_adds_one() {
+    let ca = TestCa::new("pollhook test CA");
+    let s = Setup::new(&ca).await;
+    let fronts = CancellationToken::new();
+    let _stop = fronts.clone().drop_guard();
+    let rx_mtls = mutual_tls_front(&s.h.rx.url(), &ca, fronts.clone()).await;
+    let api_mtls = mutual_tls_front(&s.h.api.url(), &ca, fronts.clone()).await;
+    s.write_ca("ca.pem", &ca.pem);
+    let client = write_client(&s, "client", &ca.client("pollhook"));
+    // A second source, on the plain API, so that there is a delivery before the reload.
+    let plain = format!(
+        "[sources.plain]\nurl = \"{}\"\ninterval = \"200ms\"\nitems = \"/items\"\nbaseline = false\n",
+        s.h.api.url()
+    );
+    let text = |with: &str| {
+        s.h.config_text_for(
+            &rx_mtls,
+            &format!("ca_file = \"ca.pem\"\n{with}"),
+            &api_mtls,
+            &format!("baseline = false\nca_file = \"ca.pem\"\n{with}"),
+            &plain,
+        )
+    };
+    let store = s.open_store();
+    let config = s.h.write_config(&text(""));
+    let reload = Arc::new(Notify::new());
+    let token = CancellationToken::new();
+    let daemon = tokio::spawn(pollhook::daemon::run_with(
+        config,
+        Some(store.clone()),
+        token.clone(),
+        Options {
+            reload: Some(reload.clone()),
+            ..Options::default()
+        },
+    ));
+
+    wait_for(|| last_error(&*store).is_some_and(|e| e.contains(NEEDS_CLIENT_CERT))).await;
+    let err = last_error(&*store).unwrap();
+    assert!(err.contains("set client_cert and client_key"), "{err}");
+    assert!(s.h.rx.received().is_empty(), "{:?}", s.h.rx.received());
+    // The plain source polled; the one behind mutual TLS did not get through.
+    assert!(store.source_state("plain").unwrap().initialized);
+    assert!(!store.source_state("s").unwrap().initialized);
+
+    s.h.write_config(&text(&client));
+    reload.notify_one();
+    let rx = s.h.rx.clone();
+    wait_for(|| {
+        rx.accepted().iter().any(|r| r.event_type == "s.created")
+            && rx
+                .accepted()
+                .iter()
+                .any(|r| r.event_type == "plain.created")
+    })
+    .await;
+    assert!(store.source_state("s").unwrap().initialized);
+    assert!(s.h.rx.accepted().iter().all(|r| r.verified));
+    token.cancel();
+    tokio::time::timeout(WAIT, daemon)
+        .await
+        .expect("daemon did not stop")
+        .unwrap()
+        .unwrap();
 }

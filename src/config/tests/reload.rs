@@ -10,23 +10,35 @@ use super::*;
 const ONE: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const TWO: &str = "whsec_dGhlIG90aGVyIHNlY3JldA==";
 
-/// `SECRET_1` and `SECRET_2`, the same values as the files `secret-1` and `secret-2`.
+/// `SECRET_1` and `SECRET_2`, the same values as the files `secret-1` and `secret-2`;
+/// `PROXY_1` and `PROXY_2` as `proxy-1` and `proxy-2`.
 fn env(name: &str) -> Option<String> {
     match name {
         "SECRET_1" => Some(ONE.into()),
         "SECRET_2" => Some(TWO.into()),
+        "PROXY_1" => Some("http://proxy-1.internal:3128".into()),
+        "PROXY_2" => Some("http://proxy-2.internal:3128".into()),
         _ => None,
     }
 }
 
-/// A directory with the files the cases name: two secrets and two CA files.
+/// A directory with the files the cases name: two secrets, two CA files, two proxy
+/// URLs, two client certificates with their keys, and the first pair in one file.
 fn files() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
+    let (one, two) = (super::network::client_pair(), super::network::client_pair());
     for (name, text) in [
         ("secret-1", ONE.to_string()),
         ("secret-2", TWO.to_string()),
         ("ca-1.pem", super::ca_pem()),
         ("ca-2.pem", super::ca_pem()),
+        ("proxy-1", "http://proxy-1.internal:3128".to_string()),
+        ("proxy-2", "http://proxy-2.internal:3128".to_string()),
+        ("both-1.pem", format!("{}{}", one.cert, one.key)),
+        ("client-1.pem", one.cert),
+        ("client-1.key", one.key),
+        ("client-2.pem", two.cert),
+        ("client-2.key", two.key),
     ] {
         std::fs::write(dir.path().join(name), text).unwrap();
     }
@@ -273,6 +285,23 @@ const SOURCE_CASES: &[(&str, &str, &str)] = &[
         "deletion_guard = { min_items = 5 }",
     ),
     ("deletion_guard.confirm", "", "deletion_guard = { confirm = 3 }"),
+    (
+        "proxy",
+        "proxy = 'http://u:pw-1@proxy.internal:3128'",
+        "proxy = 'http://u:pw-2@proxy.internal:3128'",
+    ),
+    ("proxy_env", "proxy_env = 'PROXY_1'", "proxy_env = 'PROXY_2'"),
+    ("proxy_file", "proxy_file = 'proxy-1'", "proxy_file = 'proxy-2'"),
+    (
+        "client_cert",
+        "client_cert = 'client-1.pem'\nclient_key = 'client-1.key'",
+        "client_cert = 'client-2.pem'\nclient_key = 'client-2.key'",
+    ),
+    (
+        "client_key",
+        "client_cert = 'both-1.pem'\nclient_key = 'both-1.pem'",
+        "client_cert = 'both-1.pem'\nclient_key = 'client-1.key'",
+    ),
 ];
 
 /// (key, its table before, after), as for sources.
@@ -307,6 +336,31 @@ const TARGET_CASES: &[(&str, &str, &str)] = &[
     ("filter", "", "filter = '.type != \"x\"'"),
     ("body", "", "body = '{text: .type}'"),
     ("content_type", "", "content_type = 'text/plain'"),
+    (
+        "proxy",
+        "proxy = 'http://u:pw-1@proxy.internal:3128'",
+        "proxy = 'http://u:pw-2@proxy.internal:3128'",
+    ),
+    (
+        "proxy_env",
+        "proxy_env = 'PROXY_1'",
+        "proxy_env = 'PROXY_2'",
+    ),
+    (
+        "proxy_file",
+        "proxy_file = 'proxy-1'",
+        "proxy_file = 'proxy-2'",
+    ),
+    (
+        "client_cert",
+        "client_cert = 'client-1.pem'\nclient_key = 'client-1.key'",
+        "client_cert = 'client-2.pem'\nclient_key = 'client-2.key'",
+    ),
+    (
+        "client_key",
+        "client_cert = 'both-1.pem'\nclient_key = 'both-1.pem'",
+        "client_cert = 'both-1.pem'\nclient_key = 'client-1.key'",
+    ),
 ];
 
 /// Target keys that decide which events a target is queued and in what bytes: a source
@@ -387,4 +441,24 @@ fn a_file_rewritten_in_place_is_a_change() {
     let c = load(dir.path(), source, target);
     assert_ne!(b.sources["s"], c.sources["s"], "a new secret file");
     assert_ne!(b.targets["t"], c.targets["t"], "a new secret file");
+
+    // A client certificate renewed in place (new certificate, new key, same paths).
+    let reach = "client_cert = 'client-1.pem'\nclient_key = 'client-1.key'\nproxy_file = 'proxy-1'";
+    let d = load(dir.path(), reach, reach);
+    let renewed = super::network::client_pair();
+    std::fs::write(dir.path().join("client-1.pem"), renewed.cert).unwrap();
+    std::fs::write(dir.path().join("client-1.key"), renewed.key).unwrap();
+    let e = load(dir.path(), reach, reach);
+    assert_ne!(
+        d.sources["s"], e.sources["s"],
+        "a renewed client certificate"
+    );
+    assert_ne!(
+        d.targets["t"], e.targets["t"],
+        "a renewed client certificate"
+    );
+    std::fs::write(dir.path().join("proxy-1"), "http://elsewhere.internal:3128").unwrap();
+    let f = load(dir.path(), reach, reach);
+    assert_ne!(e.sources["s"], f.sources["s"], "a new proxy file");
+    assert_ne!(e.targets["t"], f.targets["t"], "a new proxy file");
 }

@@ -5,10 +5,11 @@
 
 use std::time::Duration;
 
+use super::network::RawReach;
 use super::Validator;
 use crate::config::raw::{self, RawSource};
 use crate::config::{
-    parse_duration, parse_size, DeletionGuard, KeyPath, Source, DEFAULT_MAX_BODY,
+    parse_duration, parse_size, DeletionGuard, KeyPath, Origin, Source, DEFAULT_MAX_BODY,
     DEFAULT_MAX_ITEMS, DEFAULT_SOURCE_TIMEOUT,
 };
 use crate::diff::ChangeKind;
@@ -35,13 +36,19 @@ impl Validator<'_> {
         let schedule = self.schedule(key, &s);
         let limits = self.source_limits(key, &s);
         let (ca_file, ca) = self.ca_file(&key.key("ca_file"), s.ca_file.as_deref());
+        let reach = self.reach(key, RawReach::of_source(&s));
         let deletion_guard = self.deletion_guard(&key.key("deletion_guard"), s.deletion_guard);
         let (items, id) = self.extraction(key, s.items, s.id, &s.ignore);
         let events = self.events(&key.key("events"), s.events);
         let targets = self.source_targets(&key.key("targets"), s.targets, target_names);
+        let mut origin = shape.origin?;
+        if let Origin::Http(request) = &mut origin {
+            // The proxy's credentials are the request's secrets too: they go with it.
+            request.redactor = request.redactor.with(&reach.secrets);
+        }
         Some(Source {
             name: name.to_string(),
-            origin: shape.origin?,
+            origin,
             pagination: shape.pagination,
             format: shape.format,
             transform: shape.transform,
@@ -75,6 +82,8 @@ impl Validator<'_> {
             deletion_guard,
             ca_file,
             ca,
+            proxy: reach.proxy,
+            client_identity: reach.client_identity,
         })
     }
 
