@@ -71,8 +71,43 @@ pub fn describe(config: &Config) -> String {
         if let Some(reach) = reach(&t.proxy, t.client_identity.as_ref()) {
             let _ = writeln!(out, "    {reach}");
         }
+        if let Some(takes) = takes(&t.accepts, &t.content_type) {
+            let _ = writeln!(out, "    {takes}");
+        }
     }
+    let h = &config.health;
+    let _ = writeln!(
+        out,
+        "\nhealth: events to {}; a source fails after {} failed polls in a row (unless it sets fail_after), a target when its oldest pending delivery is older than {}",
+        match h.routes.targets() {
+            [] => "no target".to_string(),
+            t => t.join(", "),
+        },
+        h.fail_after,
+        humantime::format_duration(h.target_alert_after)
+    );
     out
+}
+
+/// What a target takes and the body it is sent, in words; `None` for every event as
+/// its envelope.
+fn takes(a: &crate::route::Accepts, content_type: &reqwest::header::HeaderValue) -> Option<String> {
+    let mut parts = Vec::new();
+    if !a.types.is_empty() {
+        let globs: Vec<&str> = a.types.iter().map(|g| g.as_str()).collect();
+        parts.push(format!("types {}", globs.join(", ")));
+    }
+    if let Some(f) = &a.filter {
+        parts.push(format!("filter {:?}", f.program()));
+    }
+    if let Some(b) = &a.body {
+        parts.push(format!(
+            "body {:?} as {}",
+            b.program(),
+            content_type.to_str().unwrap_or("?")
+        ));
+    }
+    (!parts.is_empty()).then(|| format!("takes {}", parts.join("; ")))
 }
 
 /// A source's or target's proxy and client certificate in words (the proxy without

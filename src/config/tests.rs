@@ -936,3 +936,79 @@ interval = "1m"
         "{e}"
     );
 }
+
+#[test]
+fn health_and_what_each_target_takes_are_checked_and_described() {
+    let text = r#"
+[health]
+targets = ["chat", "nope"]
+fail_after = 0
+target_alert_after = "500ms"
+
+[targets.chat]
+url = "https://hooks.example.com/chat"
+secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+[sources.s]
+url = "https://api.example.com/s"
+interval = "1m"
+fail_after = -2
+"#;
+    let e = parse(text).unwrap_err();
+    let at = |key: &str| {
+        e.problems()
+            .iter()
+            .find(|p| p.key == key)
+            .unwrap_or_else(|| panic!("no problem at {key}: {e}"))
+            .line
+    };
+    assert_eq!(at("health.targets[1]"), Some(3));
+    assert_eq!(at("health.fail_after"), Some(4));
+    assert_eq!(at("health.target_alert_after"), Some(5));
+    assert_eq!(at("sources.s.fail_after"), Some(14));
+
+    let good = r#"
+[health]
+targets = ["chat"]
+fail_after = 4
+
+[targets.chat]
+url = "https://hooks.example.com/chat"
+secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+types = ["pollhook.*", "s.deleted"]
+body = '{text: .type}'
+
+[targets.app]
+url = "https://hooks.example.com/app"
+secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+[sources.s]
+url = "https://api.example.com/s"
+interval = "1m"
+
+[sources.r]
+url = "https://api.example.com/r"
+interval = "1m"
+fail_after = 9
+"#;
+    let c = parse(good).unwrap();
+    assert_eq!(c.health.routes.targets(), ["chat"]);
+    assert_eq!(c.health.fail_after, 4);
+    assert_eq!(
+        c.health.target_alert_after,
+        std::time::Duration::from_secs(3600)
+    );
+    assert_eq!(c.sources["s"].fail_after, 4, "[health]'s by default");
+    assert_eq!(c.sources["r"].fail_after, 9);
+    let shown = describe(&c);
+    assert!(
+        shown.contains(
+            "takes types pollhook.*, s.deleted; body \"{text: .type}\" as application/json"
+        ),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("health: events to chat; a source fails after 4 failed polls"),
+        "{shown}"
+    );
+}
