@@ -628,4 +628,43 @@ mod tests {
             e.id
         );
     }
+
+    #[test]
+    fn the_readmes_chat_body_for_health_events_says_what_failed() {
+        let readme = include_str!("../README.md");
+        let block = &readme[readme.find("[targets.ops-chat]").expect("the recipe")..];
+        let line = block
+            .lines()
+            .map(str::trim)
+            .find(|l| l.starts_with("body = '"))
+            .unwrap();
+        let program = &line["body = '".len()..line.len() - 1];
+        let body = crate::transform::Transform::compile(program).unwrap();
+        let failing = HealthRecord {
+            failures: 3,
+            since_ms: Some(0),
+            failing: true,
+            episode: 1,
+            last_error: Some("status 503".into()),
+        };
+        let text = |e: Event| {
+            let v = body
+                .apply(serde_json::from_slice(&e.body).unwrap())
+                .unwrap();
+            v["text"].as_str().unwrap().to_string()
+        };
+        let e = event(
+            Subject::Source("gh"),
+            &Transition::Failing,
+            &failing,
+            &failing,
+            None,
+            0,
+        );
+        assert_eq!(text(e), "pollhook.source.failing: gh (status 503)");
+        let healthy = HealthRecord::default();
+        let t = Transition::Recovered { since_ms: 0 };
+        let e = event(Subject::Target("app"), &t, &healthy, &failing, None, 0);
+        assert_eq!(text(e), "pollhook.target.recovered: app");
+    }
 }
