@@ -21,8 +21,8 @@ use chrono::{DateTime, Utc};
 
 use super::{Fetched, PollError, PollReport};
 use crate::config::{Mode, Source};
-use crate::diff::{parse_seen, Change, ChangeKind, DiffError, Differ, Seen};
-use crate::event::{self, Event};
+use crate::diff::{check_seen, parse_seen, Change, ChangeKind, DiffError, Differ, Seen};
+use crate::event::{self, Event, Json, Parts};
 use crate::extract::{extract_each, Collection, EachError, Kind, Kinds};
 use crate::route::Routes;
 use crate::store::{PollCommit, SourceState};
@@ -61,6 +61,8 @@ pub struct Plan {
     item_count: u64,
     collection: Option<Collection>,
     now: DateTime<Utc>,
+    /// `now` as the envelopes write it.
+    detected: String,
     /// The commit that writes the snapshot is made.
     done: bool,
     /// Commits made so far.
@@ -89,6 +91,7 @@ impl Plan {
             item_count: 0,
             collection: None,
             now: DateTime::<Utc>::UNIX_EPOCH,
+            detected: String::new(),
             done: true,
             chunks: 0,
             baseline_record: false,
@@ -186,13 +189,32 @@ impl Plan {
 
     fn upsert_event(&self, i: usize, kind: ChangeKind) -> Result<Event, PollError> {
         let (id, seen) = &self.upserts[i];
-        let object = parse_seen(id, seen)?;
-        let previous = match self.previous.get(id) {
-            Some(old) if kind == ChangeKind::Updated => Some(parse_seen(id, old)?),
-            _ => None,
+        let old = match self.previous.get(id) {
+            Some(old) if kind == ChangeKind::Updated => old,
+            // A created item's bytes were written by this poll from its parsed value:
+            // they go into the envelope as they are.
+            _ => {
+                return Ok(self.event(&Parts {
+                    kind,
+                    id,
+                    object: Json::Bytes(&seen.raw),
+                    previous: None,
+                    changes: None,
+                    version: &seen.hash,
+                }))
+            }
         };
-        let change = Change::upserted(kind, id.clone(), object, previous, seen.hash);
-        Ok(self.event(&change))
+        // An update carries the patch from the old item to the new: both parsed.
+        let (object, previous) = (parse_seen(id, seen)?, parse_seen(id, old)?);
+        let change = Change::upserted(kind, id.clone(), object, Some(previous), seen.hash);
+        Ok(self.event(&Parts {
+            kind,
+            id,
+            object: Json::Value(&change.object),
+            previous: change.previous.as_ref().map(Json::Value),
+            changes: change.changes.as_ref(),
+            version: &change.version,
+        }))
     }
 
     fn removal_event(&self, i: usize) -> Result<Option<Event>, PollError> {
@@ -200,8 +222,17 @@ impl Plan {
         let Some(last) = self.previous.get(id) else {
             return Ok(None);
         };
-        let change = Change::deleted(id.clone(), parse_seen(id, last)?, last.hash);
-        Ok(Some(self.event(&change)))
+        // Stored bytes go into the envelope unparsed, but only once they are known to be
+        // JSON (a damaged record fails the poll, as parsing it would).
+        check_seen(id, last)?;
+        Ok(Some(self.event(&Parts {
+            kind: ChangeKind::Deleted,
+            id,
+            object: Json::Bytes(&last.raw),
+            previous: Some(Json::Bytes(&last.raw)),
+            changes: None,
+            version: &last.hash,
+        })))
     }
 
     /// Commits every chunk of the plan to `store`, one after the other, calling
@@ -257,13 +288,13 @@ impl Plan {
         })
     }
 
-    fn event(&self, change: &Change) -> Event {
-        event::build(
+    fn event(&self, parts: &Parts<'_>) -> Event {
+        event::build_parts(
             &self.source,
             &self.event_type,
             self.expected + 1,
-            change,
-            self.now,
+            parts,
+            &self.detected,
         )
     }
 }
@@ -412,6 +443,7 @@ fn plan_with(
         item_count,
         collection: collection.or(state.collection),
         now,
+        detected: event::detected_text(now),
         done: false,
         chunks: 0,
         baseline_record: !state.initialized,
