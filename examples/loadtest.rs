@@ -283,21 +283,37 @@ impl Bridge {
 
     /// Polls once; returns the committed event ids and the instant the commit landed.
     async fn poll(&self) -> Result<(Vec<String>, Instant)> {
+        let (ids, at, _) = self.poll_split().await?;
+        Ok((ids, at))
+    }
+
+    /// A poll, and how long its parts took: fetch + parse + diff, building the events,
+    /// the store's commits.
+    async fn poll_split(&self) -> Result<(Vec<String>, Instant, [Duration; 3])> {
         let source = &self.config.sources["s"];
+        let started = Instant::now();
         let mut plan = self.poller.plan(source, chrono::Utc::now()).await?;
+        let planned = started.elapsed();
         let store = self.store.clone();
-        let ids = tokio::task::spawn_blocking(move || -> Result<Vec<String>> {
-            let mut ids = Vec::new();
-            while let Some(commit) = plan.next_commit()? {
-                ids.extend(commit.events.iter().map(|(e, _)| e.id.clone()));
-                store.commit_poll(commit)?;
-            }
-            Ok(ids)
-        })
-        .await??;
+        let (ids, build, commit) =
+            tokio::task::spawn_blocking(move || -> Result<(Vec<String>, Duration, Duration)> {
+                let mut ids = Vec::new();
+                let (mut build, mut commit) = (Duration::ZERO, Duration::ZERO);
+                loop {
+                    let t = Instant::now();
+                    let Some(c) = plan.next_commit()? else { break };
+                    build += t.elapsed();
+                    ids.extend(c.events.iter().map(|(e, _)| e.id.clone()));
+                    let t = Instant::now();
+                    store.commit_poll(c)?;
+                    commit += t.elapsed();
+                }
+                Ok((ids, build, commit))
+            })
+            .await??;
         let at = Instant::now();
         self.wake.notify_one();
-        Ok((ids, at))
+        Ok((ids, at, [planned, build, commit]))
     }
 }
 
@@ -392,7 +408,7 @@ async fn throughput(n: usize) -> Result<()> {
             )
             .await?;
             let started = Instant::now();
-            let (ids, committed) = bridge.poll().await?;
+            let (ids, committed, [planned, build, commit]) = bridge.poll_split().await?;
             let poll_secs = started.elapsed().as_secs_f64();
             let cpu0 = cpu_ticks(std::process::id());
             counter
@@ -404,6 +420,13 @@ async fn throughput(n: usize) -> Result<()> {
                 "{:<34}{poll_secs:.2}s (fetch, diff, commit of {} events)",
                 "pollhook poll",
                 ids.len()
+            );
+            println!(
+                "{:<34}fetch + parse + diff {:.2}s, building events {:.2}s, store commits {:.2}s",
+                "  of which",
+                planned.as_secs_f64(),
+                build.as_secs_f64(),
+                commit.as_secs_f64()
             );
             println!(
                 "{:<34}{secs:.2}s after the commit, {:.0} events/s, CPU {:.0}% (of 200%)",
