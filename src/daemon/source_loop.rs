@@ -59,16 +59,10 @@ impl SourceLoop {
                 scheduled = s.schedule.next(scheduled, Utc::now(), random_unit());
                 continue;
             }
-            let result = tokio::select! {
+            let (result, error) = tokio::select! {
                 _ = self.stop.cancelled() => return,
-                result = self.poll_once(conditions.as_ref()) => result,
+                done = self.poll_once(conditions.as_ref()) => done,
             };
-            // As logged and shown in the status: a source's errors are redacted where
-            // they are made.
-            let error = result
-                .as_ref()
-                .err()
-                .map(|e| crate::error::chain(e).to_string());
             health
                 .after_poll(&self.handle, &s.name, s.fail_after, error.as_deref())
                 .await;
@@ -110,10 +104,15 @@ impl SourceLoop {
         }
     }
 
+    /// One poll, recorded in the status and metrics; with its error as logged and shown
+    /// (a source's errors are redacted where they are made).
     async fn poll_once(
         &self,
         conditions: Option<&Conditions>,
-    ) -> Result<(PollReport, Option<Conditions>), PollError> {
+    ) -> (
+        Result<(PollReport, Option<Conditions>), PollError>,
+        Option<String>,
+    ) {
         let s = &self.source;
         let started = Instant::now();
         let result = self.poller.poll_conditional(s, conditions).await;
@@ -124,8 +123,8 @@ impl SourceLoop {
             .err()
             .map(|e| crate::error::chain(e).to_string());
         self.handle
-            .record_poll(&s.name, outcome, error, Utc::now(), took);
-        result
+            .record_poll(&s.name, outcome, error.clone(), Utc::now(), took);
+        (result, error)
     }
 }
 

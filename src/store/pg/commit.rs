@@ -259,17 +259,7 @@ async fn finish(conn: &Conn, poll: &OpenPoll, c: &PollCommit) -> Result<u64, Fai
         &[&c.source, &(generation as i64), &(c.item_count as i64), &collection],
     )
     .await?;
-    let mut rows = NewDeliveries::default();
-    for (i, (event, targets)) in c.events.iter().enumerate() {
-        for target in targets.iter() {
-            rows.push(new_delivery(
-                target,
-                (poll.staged + i) as u64,
-                event,
-                c.now_ms,
-            ));
-        }
-    }
+    let mut rows = NewDeliveries::of_events(&c.events, poll.staged, c.now_ms);
     let events = poll.staged + c.events.len();
     if events > 0 {
         // Last, so the sequence row is locked for as short a time as the commit allows.

@@ -280,6 +280,27 @@ pub(super) struct NewDeliveries {
 }
 
 impl NewDeliveries {
+    /// A delivery per event and target, the events numbered from `first` in order (the
+    /// caller adds the base it draws), detected at `now_ms`.
+    pub(super) fn of_events(
+        events: &[(crate::event::Event, Arc<[String]>)],
+        first: usize,
+        now_ms: i64,
+    ) -> NewDeliveries {
+        let mut rows = NewDeliveries::default();
+        for (i, (event, targets)) in events.iter().enumerate() {
+            for target in targets.iter() {
+                rows.push(commit::new_delivery(
+                    target,
+                    (first + i) as u64,
+                    event,
+                    now_ms,
+                ));
+            }
+        }
+        rows
+    }
+
     pub(super) fn push(&mut self, d: Delivery) {
         self.target.push(d.target);
         self.seq.push(d.seq as i64);
@@ -744,12 +765,7 @@ impl Store for PgStore {
                     c.done();
                     return Ok(false);
                 }
-                let mut rows = NewDeliveries::default();
-                for (i, (event, targets)) in events.iter().enumerate() {
-                    for target in targets.iter() {
-                        rows.push(commit::new_delivery(target, i as u64, event, now_ms));
-                    }
-                }
+                let mut rows = NewDeliveries::of_events(&events, 0, now_ms);
                 if !events.is_empty() {
                     let base = draw_seqs(&tx, events.len()).await?;
                     for s in &mut rows.seq {
