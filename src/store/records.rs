@@ -11,13 +11,18 @@
 //!   a 100,000-item baseline as single keys took over 500 MiB. Buckets of about 32 items
 //!   keep the rewrite of a poll that changes 1% of a large source to a few MB, and a
 //!   small source is one key.
-//! - `outbox-v1` and `dead-v1`: target name, 0x00, sequence (u64 big-endian, so keys sort
-//!   in detection order) → u32 big-endian header length, header JSON, event body bytes.
-//! - `stage-v1`: source name, 0x00, chunk (u32 big-endian) → the events of one chunk of a
-//!   poll with more than [`crate::poll::CHUNK`] events, not yet in the outbox: repeated
-//!   `u32 record length, delivery record (as in the outbox), u16 target count, then per
-//!   target u16 length, name`. Written before the poll's snapshot commit and moved to the
-//!   outbox after it (see `SledStore::commit_poll`).
+//! - `dead-v1`: target name, 0x00, sequence (u64 big-endian, so keys sort in detection
+//!   order) → a delivery record: u32 big-endian header length, header JSON, event body
+//!   bytes.
+//! - `outbox-v1`: the same single records, and batches of up to 32 records under one key
+//!   with the state of their later attempts next to it (see `sled_outbox.rs`).
+//! - `stage-v1`: source name, 0x00, chunk (u32 big-endian), part (u32 big-endian) → part
+//!   of the events of one chunk of a poll with more than [`crate::poll::CHUNK`] events,
+//!   not yet in the outbox: repeated `u32 record length, delivery record (as in the
+//!   outbox), u16 target count, then per target u16 length, name`. Written before the
+//!   poll's snapshot commit and moved to the outbox after it (see
+//!   `SledStore::commit_poll`). A release before parts wrote a chunk as one value under
+//!   the chunk's key, which is read the same way.
 //!
 //! A name in a key is escaped so that it holds no 0x00 (0x01 → 0x01 0x02, 0x00 → 0x01
 //! 0x01) and the first 0x00 ends it: no name's keys are a prefix of another name's, so a
@@ -150,7 +155,7 @@ pub(super) fn prefix(name: &str) -> Vec<u8> {
 
 /// The name escaped in `key` before its first 0x00, and the bytes after that 0x00.
 /// None if the escaping is broken or the name is not UTF-8.
-fn split_name(key: &[u8]) -> Option<(Cow<'_, str>, &[u8])> {
+pub(super) fn split_name(key: &[u8]) -> Option<(Cow<'_, str>, &[u8])> {
     let zero = key.iter().position(|b| *b == 0)?;
     let (escaped, rest) = (&key[..zero], &key[zero + 1..]);
     if !escaped.contains(&1) {
@@ -259,12 +264,6 @@ pub(super) fn to_seen((hash, raw): Entry<'_>) -> Seen {
     }
 }
 
-pub(super) fn delivery_key(target: &str, seq: u64) -> Vec<u8> {
-    let mut k = prefix(target);
-    k.extend_from_slice(&seq.to_be_bytes());
-    k
-}
-
 /// Splits a delivery key into target and sequence.
 pub(super) fn split_delivery_key(key: &[u8]) -> Result<(String, u64), StoreError> {
     let (target, seq) = split_delivery_key_ref(key)?;
@@ -325,8 +324,27 @@ pub(super) fn stage_key(source: &str, chunk: u32) -> Vec<u8> {
     bucket_key(source, chunk)
 }
 
-/// A chunk of events detected at `now_ms`, with their targets, as staged.
-pub(super) fn encode_staged(events: &[(Event, std::sync::Arc<[String]>)], now_ms: i64) -> Vec<u8> {
+/// Bytes of one staged part at most (a larger event is a part of its own). sled writes a
+/// leaf page of up to 16 keys larger than a quarter of a log segment to a file of its
+/// own at every rewrite; parts of this size keep a leaf of them under it.
+pub(super) const STAGE_PART_BYTES: usize = 24 * 1024;
+
+/// The key of part `part` of chunk `chunk` of `source`'s staged events: the chunk's key
+/// and the part (u32 big-endian), so a prefix scan of the chunk's key reads its parts in
+/// order.
+pub(super) fn stage_part_key(source: &str, chunk: u32, part: u32) -> Vec<u8> {
+    let mut k = stage_key(source, chunk);
+    k.extend_from_slice(&part.to_be_bytes());
+    k
+}
+
+/// A chunk of events detected at `now_ms`, with their targets, as staged: in parts of
+/// about [`STAGE_PART_BYTES`], each a run of whole events.
+pub(super) fn encode_staged(
+    events: &[(Event, std::sync::Arc<[String]>)],
+    now_ms: i64,
+) -> Vec<Vec<u8>> {
+    let mut parts = Vec::new();
     let mut v = Vec::new();
     for (event, targets) in events {
         let record = encode_new_delivery(event, now_ms);
@@ -338,8 +356,14 @@ pub(super) fn encode_staged(events: &[(Event, std::sync::Arc<[String]>)], now_ms
             v.extend_from_slice(&(t.len() as u16).to_be_bytes());
             v.extend_from_slice(t.as_bytes());
         }
+        if v.len() >= STAGE_PART_BYTES {
+            parts.push(std::mem::take(&mut v));
+        }
     }
-    v
+    if !v.is_empty() {
+        parts.push(v);
+    }
+    parts
 }
 
 /// One staged event: its delivery record (as the outbox stores it) and its targets.
@@ -415,6 +439,13 @@ impl Record<'_> {
         self.header.created_ms
     }
 
+    /// The record as a later failed attempt left it (see `sled_outbox.rs`).
+    pub(super) fn retried(&mut self, retry: &super::sled_outbox::Retry) {
+        self.header.attempts = retry.attempts;
+        self.header.next_at_ms = retry.next_at_ms;
+        self.header.last_error = Some(retry.last_error.clone());
+    }
+
     /// The owned delivery, copying the body.
     pub(super) fn into_delivery(self) -> Delivery {
         let h = self.header;
@@ -437,6 +468,16 @@ impl Record<'_> {
 /// Decodes a delivery record's key and header, borrowing its body from `value`.
 pub(super) fn decode_record<'a>(key: &[u8], value: &'a [u8]) -> Result<Record<'a>, StoreError> {
     let (target, seq) = split_delivery_key(key)?;
+    decode_record_in(target, seq, value)
+}
+
+/// Decodes the header of delivery `seq` of `target` (its record `value`, wherever it is
+/// stored), borrowing its body.
+pub(super) fn decode_record_in(
+    target: String,
+    seq: u64,
+    value: &[u8],
+) -> Result<Record<'_>, StoreError> {
     let corrupt = |reason: String| StoreError::Corrupt {
         key: format!("{target}/{seq}"),
         reason,
@@ -505,9 +546,8 @@ mod tests {
             last_error: Some("HTTP 500".into()),
             body: b"{\"x\":1}".to_vec(),
         };
-        let key = delivery_key("hooks", 258);
+        let key = super::super::sled_outbox::delivery_key("hooks", 258);
         assert_eq!(decode_delivery(&key, &encode_delivery(&d)).unwrap(), d);
-        assert!(delivery_key("hooks", 255) < delivery_key("hooks", 256));
         assert!(decode_delivery(&key, b"\0\0").is_err());
         assert!(decode_delivery(&key, b"\0\0\0\x09{}").is_err());
     }

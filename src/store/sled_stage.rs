@@ -6,7 +6,8 @@
 use sled::transaction::ConflictableTransactionError;
 use sled::Transactional;
 
-use super::records::{decode_staged, delivery_key, stage_key};
+use super::records::{decode_staged, stage_key};
+use super::sled_outbox::OutboxWrite;
 use super::sled_store::{db_err, read_state, tx_err, SledStore};
 use super::{Store, StoreError};
 
@@ -45,25 +46,34 @@ impl SledStore {
     pub(super) fn apply_staged(&self, source: &str) -> Result<(), StoreError> {
         let staged = self.source_state(source)?.staged;
         for chunk in 0..staged {
-            let key = stage_key(source, chunk);
-            let Some(value) = self.stage.get(&key).map_err(db_err)? else {
+            // Its parts, in order (a chunk staged by an earlier release is one value,
+            // under the chunk's key itself).
+            let mut parts = Vec::new();
+            for kv in self.stage.scan_prefix(stage_key(source, chunk)) {
+                parts.push(kv.map_err(db_err)?);
+            }
+            if parts.is_empty() {
                 continue;
-            };
-            let events = decode_staged(&key, &value)?;
+            }
             // Sequence numbers are drawn now, not when the chunk was staged: a target's
             // worker reads the outbox above the last sequence it has (see `enqueue`).
             let enqueue = self.enqueue.lock().unwrap_or_else(|e| e.into_inner());
-            let mut outbox = sled::Batch::default();
-            for (record, targets) in events {
-                let seq = self.db.generate_id().map_err(db_err)?;
-                let record = sled::IVec::from(record);
-                for target in targets {
-                    outbox.insert(delivery_key(target, seq), record.clone());
+            let mut outbox = OutboxWrite::new();
+            for (key, value) in &parts {
+                for (record, targets) in decode_staged(key, value)? {
+                    let seq = self.db.generate_id().map_err(db_err)?;
+                    let record = sled::IVec::from(record);
+                    for target in targets {
+                        outbox.push(target, seq, record.clone());
+                    }
                 }
             }
+            let outbox = outbox.finish();
             let result = (&self.stage, &self.outbox).transaction(|(stage, outbox_tx)| {
                 outbox_tx.apply_batch(&outbox)?;
-                stage.remove(key.as_slice())?;
+                for (key, _) in &parts {
+                    stage.remove(key)?;
+                }
                 Ok(())
             });
             drop(enqueue);

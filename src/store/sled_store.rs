@@ -8,9 +8,10 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
 use super::records::{
-    decode_delivery, decode_record, delivery_key, encode_delivery, encode_new_delivery,
-    encode_staged, prefix, split_delivery_key_ref, stage_key,
+    decode_delivery, decode_record, encode_delivery, encode_staged, prefix, split_delivery_key_ref,
+    stage_part_key,
 };
+use super::sled_outbox::{delivery_key, Retry};
 use super::sled_snapshot::SnapshotWrite;
 use super::state_dir;
 use super::{Delivery, DeliveryStatus, PollCommit, SourceState, Store, StoreError, TargetStats};
@@ -53,6 +54,9 @@ pub struct SledStore {
     /// has; without this, two commits racing could land a lower sequence after the
     /// worker had read past it, and that delivery would wait for the next restart.
     pub(super) enqueue: std::sync::Mutex<()>,
+    /// Held over every read-modify-write of a batch's state (see `sled_outbox.rs`): a
+    /// target's acknowledgements and its failed attempts are written by different tasks.
+    pub(super) batch_states: std::sync::Mutex<()>,
 }
 
 /// sled's error as a [`StoreError`]: I/O errors, corruption and reported bugs leave sled
@@ -75,9 +79,8 @@ pub(super) fn tx_err(e: TransactionError<StoreError>) -> StoreError {
     }
 }
 
-/// Up to `limit` delivery records of `tree` (outbox or dead letters), of one target or
-/// all, in key order.
-fn list(
+/// Up to `limit` dead deliveries, of one target or all, in key order.
+fn list_dead(
     tree: &sled::Tree,
     target: Option<&str>,
     limit: usize,
@@ -120,7 +123,8 @@ impl SledStore {
             .path(&db_dir)
             // sled's default page cache is 1 GiB; pollhook's working set is the outbox
             // head and one source's snapshot at a time, so memory stays bounded.
-            .cache_capacity(64 * 1024 * 1024);
+            .cache_capacity(64 * 1024 * 1024)
+            .segment_size(state_dir::segment_size(&db_dir));
         // The 500 ms background flush stays: commit_poll flushes explicitly where
         // durability matters, acks may be repeated after a crash (at least once).
         //
@@ -153,6 +157,7 @@ impl SledStore {
             health: tree("health-v1")?,
             meta,
             enqueue: std::sync::Mutex::new(()),
+            batch_states: std::sync::Mutex::new(()),
             path: db_dir.clone(),
             db,
         };
@@ -200,10 +205,9 @@ impl SledStore {
             }
         }
         if staging && !c.events.is_empty() {
-            stage.insert(
-                stage_key(&c.source, c.chunk),
-                encode_staged(&c.events, c.now_ms),
-            );
+            for (part, bytes) in encode_staged(&c.events, c.now_ms).into_iter().enumerate() {
+                stage.insert(stage_part_key(&c.source, c.chunk, part as u32), bytes);
+            }
         }
         Ok(stage)
     }
@@ -215,41 +219,6 @@ impl SledStore {
             true => Ok(sled::Batch::default()),
             false => self.deliveries(&c.events, c.now_ms),
         }
-    }
-
-    /// One delivery per event and target, under sequence numbers drawn now. The caller
-    /// holds `enqueue` until they commit.
-    fn deliveries(
-        &self,
-        events: &[(crate::event::Event, std::sync::Arc<[String]>)],
-        now_ms: i64,
-    ) -> Result<sled::Batch, StoreError> {
-        let mut outbox = sled::Batch::default();
-        for (event, targets) in events {
-            // Ids from generate_id increase across restarts, so outbox keys keep detection
-            // order; gaps after a crash are harmless.
-            let seq = self.db.generate_id().map_err(db_err)?;
-            // Encoded once; every target's key shares the bytes.
-            let record = sled::IVec::from(encode_new_delivery(event, now_ms));
-            for target in targets.iter() {
-                outbox.insert(delivery_key(target, seq), record.clone());
-            }
-        }
-        Ok(outbox)
-    }
-
-    fn rewrite(&self, target: &str, seq: u64, f: impl Fn(&mut Delivery)) -> Result<(), StoreError> {
-        let key = delivery_key(target, seq);
-        // A delivery is only touched by its target's worker, so read-modify-write is safe;
-        // it is gone if replay or forget removed it meanwhile, which is not an error.
-        if let Some(v) = self.outbox.get(&key).map_err(db_err)? {
-            let mut d = decode_delivery(&key, &v)?;
-            f(&mut d);
-            self.outbox
-                .insert(key, encode_delivery(&d))
-                .map_err(db_err)?;
-        }
-        Ok(())
     }
 }
 
@@ -366,40 +335,19 @@ impl Store for SledStore {
         after: Option<u64>,
         limit: usize,
     ) -> Result<Vec<Delivery>, StoreError> {
-        let start = match after {
-            Some(seq) => match seq.checked_add(1) {
-                Some(s) => delivery_key(target, s),
-                None => return Ok(Vec::new()),
-            },
-            None => prefix(target),
-        };
-        let mut end = prefix(target);
-        // The byte after 0x00 bounds every key of this target.
-        if let Some(last) = end.last_mut() {
-            *last = 1;
-        }
         let mut out = Vec::new();
-        for kv in self.outbox.range(start..end).take(limit) {
-            let (k, v) = kv.map_err(db_err)?;
-            out.push(decode_delivery(&k, &v)?);
+        for stored in self.walk(Some(target), after).take(limit) {
+            out.push(stored?.delivery()?);
         }
         Ok(out)
     }
 
     fn delivery(&self, target: &str, seq: u64) -> Result<Option<Delivery>, StoreError> {
-        let key = delivery_key(target, seq);
-        match self.outbox.get(&key).map_err(db_err)? {
-            Some(v) => Ok(Some(decode_delivery(&key, &v)?)),
-            None => Ok(None),
-        }
+        self.pending_delivery(target, seq)
     }
 
     fn ack_many(&self, target: &str, seqs: &[u64]) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        for seq in seqs {
-            batch.remove(delivery_key(target, *seq));
-        }
-        self.outbox.apply_batch(batch).map_err(db_err)
+        self.remove_acked(target, seqs)
     }
 
     fn reschedule(
@@ -410,11 +358,12 @@ impl Store for SledStore {
         next_at_ms: i64,
         last_error: &str,
     ) -> Result<(), StoreError> {
-        self.rewrite(target, seq, |d| {
-            d.attempts = attempts;
-            d.next_at_ms = next_at_ms;
-            d.last_error = Some(last_error.to_string());
-        })
+        let retry = Retry {
+            attempts,
+            next_at_ms,
+            last_error: last_error.to_string(),
+        };
+        self.record_retry(target, seq, retry)
     }
 
     fn bury(
@@ -424,22 +373,11 @@ impl Store for SledStore {
         attempts: u32,
         last_error: &str,
     ) -> Result<(), StoreError> {
-        let key = delivery_key(target, seq);
-        let result = (&self.outbox, &self.dead).transaction(|(outbox, dead)| {
-            let Some(v) = outbox.remove(key.as_slice())? else {
-                return Ok(());
-            };
-            let mut d = decode_delivery(&key, &v).map_err(ConflictableTransactionError::Abort)?;
-            d.attempts = attempts;
-            d.last_error = Some(last_error.to_string());
-            dead.insert(key.as_slice(), encode_delivery(&d))?;
-            Ok(())
-        });
-        result.map_err(tx_err)
+        self.move_to_dead(target, seq, attempts, last_error)
     }
 
     fn dead(&self, target: Option<&str>, limit: usize) -> Result<Vec<Delivery>, StoreError> {
-        list(&self.dead, target, limit)
+        list_dead(&self.dead, target, limit)
     }
 
     fn flush(&self) -> Result<(), StoreError> {
@@ -451,22 +389,28 @@ impl Store for SledStore {
     }
 
     fn outbox(&self, target: Option<&str>, limit: usize) -> Result<Vec<Delivery>, StoreError> {
-        list(&self.outbox, target, limit)
+        let mut out = Vec::new();
+        for stored in self.walk(target, None).take(limit) {
+            out.push(stored?.delivery()?);
+        }
+        Ok(out)
     }
 
     fn find_event(&self, event_id: &str) -> Result<Vec<(DeliveryStatus, Delivery)>, StoreError> {
+        // Only headers are parsed; bodies are copied for matches only.
         let mut out = Vec::new();
-        for (status, tree) in [
-            (DeliveryStatus::Pending, &self.outbox),
-            (DeliveryStatus::Dead, &self.dead),
-        ] {
-            for kv in tree.iter() {
-                let (k, v) = kv.map_err(db_err)?;
-                // Only the header is parsed; the body is copied for matches only.
-                let record = decode_record(&k, &v)?;
-                if record.event_id() == event_id {
-                    out.push((status, record.into_delivery()));
-                }
+        for stored in self.walk(None, None) {
+            let stored = stored?;
+            let record = stored.record()?;
+            if record.event_id() == event_id {
+                out.push((DeliveryStatus::Pending, record.into_delivery()));
+            }
+        }
+        for kv in self.dead.iter() {
+            let (k, v) = kv.map_err(db_err)?;
+            let record = decode_record(&k, &v)?;
+            if record.event_id() == event_id {
+                out.push((DeliveryStatus::Dead, record.into_delivery()));
             }
         }
         Ok(out)
@@ -599,44 +543,37 @@ impl Store for SledStore {
     }
 
     fn oldest_pending(&self, target: &str) -> Result<Option<i64>, StoreError> {
-        match self.outbox.scan_prefix(prefix(target)).next() {
+        match self.walk(Some(target), None).next() {
             None => Ok(None),
-            Some(kv) => {
-                let (k, v) = kv.map_err(db_err)?;
-                Ok(Some(decode_record(&k, &v)?.created_ms()))
-            }
+            Some(stored) => Ok(Some(stored?.record()?.created_ms())),
         }
     }
 
     fn target_stats(&self) -> Result<BTreeMap<String, TargetStats>, StoreError> {
-        // Cost: a scan of the keys of the outbox and the dead letters (sled's iterator
-        // still steps over the values, but nothing but keys is decoded or copied), plus
-        // one value read and header parse per target for its oldest pending delivery. It
-        // grows with the deliveries queued, not with sources or items: measured (release
-        // build, 2 cores) at about 2 µs per queued delivery, so nothing for a healthy
-        // queue and 0.4 s for a backlog of 200,000.
+        // Cost: a scan of the outbox and the keys of the dead letters (sled's iterator
+        // still steps over the values, but only batch indexes and states are decoded),
+        // plus one header parse per target for its oldest pending delivery. It grows
+        // with the deliveries queued, not with sources or items.
         let mut out: BTreeMap<String, TargetStats> = BTreeMap::new();
-        for (pending, tree) in [(true, &self.outbox), (false, &self.dead)] {
-            for k in tree.iter().keys() {
-                let k = k.map_err(db_err)?;
-                let (target, _) = split_delivery_key_ref(&k)?;
-                // Keys come grouped by target, but a lookup by &str allocates nothing.
-                let stats = match out.get_mut(&*target) {
-                    Some(stats) => stats,
-                    None => out.entry(target.into_owned()).or_default(),
-                };
-                if !pending {
-                    stats.dead += 1;
-                    continue;
-                }
-                stats.pending += 1;
-                if stats.oldest_pending_ms.is_none() {
-                    // The first key of a target is its oldest in outbox order. The scan
-                    // is not a snapshot: if it was acked since, the next key is read.
-                    if let Some(v) = self.outbox.get(&k).map_err(db_err)? {
-                        stats.oldest_pending_ms = Some(decode_record(&k, &v)?.created_ms());
-                    }
-                }
+        for stored in self.walk(None, None) {
+            let stored = stored?;
+            let stats = match out.get_mut(&stored.target) {
+                Some(stats) => stats,
+                None => out.entry(stored.target.clone()).or_default(),
+            };
+            stats.pending += 1;
+            if stats.oldest_pending_ms.is_none() {
+                // The first delivery of a target is its oldest in outbox order.
+                stats.oldest_pending_ms = Some(stored.record()?.created_ms());
+            }
+        }
+        for k in self.dead.iter().keys() {
+            let k = k.map_err(db_err)?;
+            let (target, _) = split_delivery_key_ref(&k)?;
+            // Keys come grouped by target, but a lookup by &str allocates nothing.
+            match out.get_mut(&*target) {
+                Some(stats) => stats.dead += 1,
+                None => out.entry(target.into_owned()).or_default().dead += 1,
             }
         }
         Ok(out)

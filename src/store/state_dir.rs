@@ -232,3 +232,24 @@ pub(super) fn check_marker(o: &Opened<'_>, marker: Option<String>) -> Result<(),
     }
     Ok(())
 }
+
+/// The log segment size of new databases: 2 MiB, not sled's 512 KiB. sled writes a page
+/// larger than a quarter of a segment to a file of its own (under `db/blobs`), a file
+/// created, written and later deleted for every rewrite of the page; a leaf page holds
+/// up to 16 keys, so with 512 KiB segments a leaf of snapshot buckets or outbox
+/// batches (8-64 KiB each) went to a file at nearly every write.
+pub(super) const SEGMENT_SIZE: usize = 2 * 1024 * 1024;
+
+/// The segment size to open the database in `db_dir` with: the one it was created with
+/// (sled refuses another), read from sled's `conf` file, or [`SEGMENT_SIZE`] for a new
+/// database.
+pub(super) fn segment_size(db_dir: &Path) -> usize {
+    let Ok(conf) = std::fs::read(db_dir.join("conf")) else {
+        return SEGMENT_SIZE;
+    };
+    // `segment_size: 524288` on a line of its own, then other lines and a checksum.
+    String::from_utf8_lossy(&conf)
+        .lines()
+        .find_map(|line| line.strip_prefix("segment_size: ")?.trim().parse().ok())
+        .unwrap_or(512 * 1024)
+}

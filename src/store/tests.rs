@@ -716,12 +716,16 @@ fn disk_use_stays_bounded_under_outbox_churn() {
     assert_eq!(store.snapshot("s").unwrap().len(), EVENTS);
 
     // Each round writes about 1 MB of outbox and 1 MB of items. Unbounded growth would
-    // make round 20 about 4x round 5; allow 2x for sled's segment reuse lag.
-    let (at5, at20) = (sizes[4], sizes[19]);
-    eprintln!("churn: after round 5 {at5} bytes, after round 20 {at20} bytes");
+    // make the last rounds about 4x the first ones; allow 2x for sled's segment reuse
+    // lag. The size swings by 3x from round to round as sled reclaims segments in the
+    // background, so the peaks of the first and last five rounds are compared, not two
+    // single rounds.
+    let peak = |rounds: &[u64]| rounds.iter().copied().max().unwrap_or(0);
+    let (first, last) = (peak(&sizes[..5]), peak(&sizes[15..]));
+    eprintln!("churn: peak of rounds 1-5 {first} bytes, of rounds 16-20 {last} bytes");
     assert!(
-        at20 <= at5 * 2,
-        "disk use grows with churn: {at5} bytes after 5 rounds, {at20} after 20"
+        last <= first * 2,
+        "disk use grows with churn: at most {first} bytes in rounds 1-5, {last} in rounds 16-20"
     );
 }
 

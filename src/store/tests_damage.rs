@@ -176,7 +176,10 @@ fn another_database_in_the_state_dir_is_refused() {
 fn raw_open(db: &Path) -> sled::Db {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
     loop {
-        match sled::open(db) {
+        let config = sled::Config::new()
+            .path(db)
+            .segment_size(super::state_dir::segment_size(db));
+        match config.open() {
             Ok(db) => return db,
             Err(e) if std::time::Instant::now() < deadline => {
                 assert!(e.to_string().contains("could not acquire lock"), "{e}");
@@ -185,6 +188,32 @@ fn raw_open(db: &Path) -> sled::Db {
             Err(e) => panic!("cannot open {}: {e}", db.display()),
         }
     }
+}
+
+/// A database an earlier build created has sled's default log segments (512 KiB), which
+/// sled refuses to open with any other: it is opened with its own, and works.
+#[test]
+fn a_database_with_the_earlier_segment_size_opens_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    {
+        let raw = sled::open(&db).unwrap();
+        raw.open_tree("sources-v1").unwrap();
+        raw.flush().unwrap();
+    }
+    assert_eq!(super::state_dir::segment_size(&db), 512 * 1024);
+    let store = SledStore::open(dir.path()).unwrap();
+    baseline(&store, "s", small("s"));
+    drop(store);
+    let store = SledStore::open(dir.path()).unwrap();
+    assert_eq!(store.snapshot("s").unwrap().len(), small("s").len());
+    // A new database gets the larger segments.
+    let fresh = tempfile::tempdir().unwrap();
+    drop(SledStore::open(fresh.path()).unwrap());
+    assert_eq!(
+        super::state_dir::segment_size(&fresh.path().join("db")),
+        super::state_dir::SEGMENT_SIZE
+    );
 }
 
 #[test]
@@ -302,11 +331,11 @@ fn damaged_files_are_reported_with_the_way_forward() {
     }
 }
 
-/// A source with one item of 400 KB among 40: its bucket's page is larger than sled
-/// keeps inline, so it is a file under `db/blobs`.
+/// A source with one item of 600 KB among 40: its bucket's page is larger than sled
+/// keeps inline (a quarter of a log segment, 512 KiB), so it is a file under `db/blobs`.
 fn with_a_blob(state: &Path) {
     let store = SledStore::open(state).unwrap();
-    let big = "x".repeat(400_000);
+    let big = "x".repeat(600_000);
     let items = (0..40)
         .map(|i| {
             let v = if i == 7 {

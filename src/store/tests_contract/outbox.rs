@@ -524,7 +524,121 @@ fn target_stats_and_pending_counts_count_per_target(f: &mut Fixture) {
     }
 }
 
+/// A commit of more deliveries than one record holds (sled writes them in batches of
+/// 32): every outcome, in any order, to any of them, is what a reader sees, also from
+/// the middle of the queue and after a restart; and once all are finished nothing is
+/// left of them.
+fn many_deliveries_of_one_commit_take_any_outcome_in_any_order(f: &mut Fixture) {
+    let store = f.store();
+    let t = deliveries(store, 100);
+    let t2 = all_pending(store, "t2");
+    // What the outbox must hold for `t`, in order.
+    let mut want: BTreeMap<u64, Delivery> = t.iter().map(|d| (d.seq, d.clone())).collect();
+    // Compared by sequence first, for a readable message, then in full.
+    let same = |got: &[Delivery], want: &[Delivery], what: &str| {
+        let seqs = |ds: &[Delivery]| ds.iter().map(|d| d.seq).collect::<Vec<_>>();
+        assert_eq!(seqs(got), seqs(want), "{what}: sequences");
+        for (g, w) in got.iter().zip(want) {
+            assert!(
+                g == w,
+                "{what}: delivery {} differs: {:?} vs {:?}",
+                w.seq,
+                (g.attempts, g.next_at_ms, &g.last_error),
+                (w.attempts, w.next_at_ms, &w.last_error)
+            );
+        }
+    };
+    let check = |store: &dyn Store, want: &BTreeMap<u64, Delivery>| {
+        let expected: Vec<Delivery> = want.values().cloned().collect();
+        same(&all_pending(store, "t"), &expected, "pending");
+        same(
+            &store.outbox(Some("t"), usize::MAX).unwrap(),
+            &expected,
+            "outbox",
+        );
+        // From anywhere in the queue, of any length: a read from inside a batch.
+        for (i, d) in t.iter().enumerate().step_by(7) {
+            let after: Vec<Delivery> = want.range(d.seq + 1..).map(|(_, d)| d.clone()).collect();
+            let limit = 1 + i % 40;
+            let got = store.pending("t", Some(d.seq), limit).unwrap();
+            assert_eq!(got, after[..after.len().min(limit)], "after {}", d.seq);
+            assert_eq!(
+                store.delivery("t", d.seq).unwrap().as_ref(),
+                want.get(&d.seq)
+            );
+        }
+        let stats = store.target_stats().unwrap();
+        assert_eq!(stats.get("t").map_or(0, |s| s.pending), want.len() as u64);
+        assert_eq!(
+            all_pending(store, "t2"),
+            t2,
+            "the other target's copies stay"
+        );
+    };
+    // Failed attempts, here and there: the first, the last and one in the middle of a
+    // batch, the very last delivery, and one twice.
+    for (i, attempts) in [(0, 1), (31, 1), (32, 2), (45, 1), (99, 3), (45, 2)] {
+        let d = &t[i];
+        let error = format!("HTTP 50{attempts} for {i}");
+        let next_at = NOW_MS + 1_000 * i as i64;
+        store
+            .reschedule("t", d.seq, attempts, next_at, &error)
+            .unwrap();
+        let w = want.get_mut(&d.seq).unwrap();
+        w.attempts = attempts;
+        w.next_at_ms = next_at;
+        w.last_error = Some(error);
+    }
+    check(store, &want);
+    // Buried: one that had failed before (its last attempt's time stays) and one that
+    // had not.
+    let mut dead = Vec::new();
+    for i in [45, 60] {
+        store.bury("t", t[i].seq, 9, "HTTP 410 Gone").unwrap();
+        let mut d = want.remove(&t[i].seq).unwrap();
+        d.attempts = 9;
+        d.last_error = Some("HTTP 410 Gone".into());
+        dead.push(d);
+    }
+    assert_eq!(store.dead(Some("t"), usize::MAX).unwrap(), dead);
+    check(store, &want);
+    // Acknowledged in a scrambled order, several at a time, some twice, some of them
+    // already buried.
+    let order: Vec<usize> = (0..100).map(|i| (i * 37 + 11) % 100).collect();
+    for chunk in order[..70].chunks(9) {
+        let seqs: Vec<u64> = chunk.iter().map(|&i| t[i].seq).collect();
+        store.ack_many("t", &seqs).unwrap();
+        store.ack_many("t", &seqs[..1]).unwrap();
+        for s in seqs {
+            want.remove(&s);
+        }
+    }
+    check(store, &want);
+    f.reopen();
+    let store = f.store();
+    check(store, &want);
+    assert_eq!(store.dead(Some("t"), usize::MAX).unwrap(), dead);
+    // The rest, one at a time.
+    for &i in &order[70..] {
+        store.ack("t", t[i].seq).unwrap();
+        want.remove(&t[i].seq);
+    }
+    assert!(want.is_empty());
+    check(store, &want);
+    assert!(store.oldest_pending("t").unwrap().is_none());
+    f.reopen();
+    let store = f.store();
+    assert!(all_pending(store, "t").is_empty());
+    assert_eq!(all_pending(store, "t2"), t2);
+    assert_eq!(
+        store.find_event(&t[45].event_id).unwrap().len(),
+        2,
+        "dead for t, pending for t2"
+    );
+}
+
 on_both_stores!(
+    many_deliveries_of_one_commit_take_any_outcome_in_any_order,
     pending_is_per_target_in_detection_order,
     ack_and_ack_many_remove_exactly_those,
     reschedule_updates_the_attempt_and_keeps_the_body,
