@@ -759,12 +759,12 @@ async fn many_sources(k: usize, secs: u64) -> Result<()> {
         k as f64 / 60.0
     );
     println!(
-        "{:<34}{:.1}% of one core over {secs}s (goal: under 5%)",
+        "{:<34}{:.1}% of one core over {secs}s (goal: under 3%)",
         "daemon CPU",
         cpu * 100.0
     );
     println!(
-        "{:<34}{:.0} MB (peak {:.0} MB; goal: under 150 MB)",
+        "{:<34}{:.0} MB (peak {:.0} MB; goal: under 100 MB)",
         "daemon RSS",
         proc_field(pid, "VmRSS:") as f64 / 1024.0,
         proc_field(pid, "VmHWM:") as f64 / 1024.0

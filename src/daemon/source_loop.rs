@@ -59,12 +59,15 @@ impl SourceLoop {
                 scheduled = s.schedule.next(scheduled, Utc::now(), random_unit());
                 continue;
             }
+            // The poll and the health update are boxed: a loop spends nearly all its
+            // time waiting, and its future is as large as the largest thing it awaits.
+            // Inline, every idle source held a poll's state (about 10 KB; 98 MB for
+            // 10,000 sources); boxed, it is allocated for the poll only.
             let (result, error) = tokio::select! {
                 _ = self.stop.cancelled() => return,
-                done = self.poll_once(conditions.as_ref()) => done,
+                done = Box::pin(self.poll_once(conditions.as_ref())) => done,
             };
-            health
-                .after_poll(&self.handle, &s.name, s.fail_after, error.as_deref())
+            Box::pin(health.after_poll(&self.handle, &s.name, s.fail_after, error.as_deref()))
                 .await;
             let now = Utc::now();
             let wait_at_least = match &result {
@@ -201,6 +204,19 @@ fn backoff(schedule: &Schedule, failures: u32, max: std::time::Duration) -> std:
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    /// The size of the future `f` returns, without making one.
+    fn future_size<A, F: std::future::Future>(_: impl FnOnce(A) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Every source's loop lives as long as the daemon, nearly always waiting: what its
+    /// future holds while it waits, 10,000 sources hold.
+    #[test]
+    fn a_waiting_source_loop_is_small() {
+        let size = future_size(SourceLoop::run);
+        assert!(size <= 1024, "a source loop's future is {size} bytes");
+    }
 
     #[test]
     fn backoff_doubles_from_the_period_up_to_the_cap() {
