@@ -14,7 +14,7 @@
 //! - `dead-v1`: target name, 0x00, sequence (u64 big-endian, so keys sort in detection
 //!   order) → a delivery record: u32 big-endian header length, header JSON, event body
 //!   bytes.
-//! - `outbox-v1`: the same single records, and batches of up to 32 records under one key
+//! - `outbox-v1`: the same single records, and batches of up to 32 records (7 KiB) under one key
 //!   with the state of their later attempts next to it (see `sled_outbox.rs`).
 //! - `stage-v1`: source name, 0x00, chunk (u32 big-endian), part (u32 big-endian) → part
 //!   of the events of one chunk of a poll with more than [`crate::poll::CHUNK`] events,
@@ -325,9 +325,9 @@ pub(super) fn stage_key(source: &str, chunk: u32) -> Vec<u8> {
 }
 
 /// Bytes of one staged part at most (a larger event is a part of its own). sled writes a
-/// leaf page of up to 16 keys larger than a quarter of a log segment to a file of its
+/// leaf page (up to 17 keys) larger than a quarter of a log segment to a file of its
 /// own at every rewrite; parts of this size keep a leaf of them under it.
-pub(super) const STAGE_PART_BYTES: usize = 24 * 1024;
+pub(super) const STAGE_PART_BYTES: usize = 7 * 1024;
 
 /// The key of part `part` of chunk `chunk` of `source`'s staged events: the chunk's key
 /// and the part (u32 big-endian), so a prefix scan of the chunk's key reads its parts in

@@ -4,8 +4,8 @@
 //! A commit writes each target's deliveries in batches of up to [`BATCH_MAX`] (and
 //! [`BATCH_BYTES`]) under one key each, not one key per delivery: sled 0.34 spends about
 //! 10-20 µs on every key written or removed whatever its size, so 100,000 deliveries
-//! as single keys cost seconds to queue and as much again to acknowledge, and 3,200
-//! batches a tenth of that. A delivery written alone (a commit's last one for a target
+//! as single keys cost seconds to queue and as much again to acknowledge, and 6,000
+//! batches a fraction of that. A delivery written alone (a commit's last one for a target
 //! that fills no batch, a replayed one) keeps a key of its own.
 //!
 //! A batch is never rewritten. What happens to its deliveries afterwards goes into its
@@ -33,9 +33,9 @@ use crate::event::Event;
 /// Deliveries per batch at most (the state's finished set is a `u64` mask).
 pub(super) const BATCH_MAX: usize = 32;
 /// Bytes of records per batch at most: a larger delivery closes the batch it joins. A
-/// leaf page of up to 16 batches stays under the size sled writes to a file of its own
+/// leaf page of up to 17 batches stays under the size sled writes to a file of its own
 /// (see `state_dir::SEGMENT_SIZE`).
-pub(super) const BATCH_BYTES: usize = 24 * 1024;
+pub(super) const BATCH_BYTES: usize = 7 * 1024;
 
 /// The first bytes of a batch value. A single delivery's value starts with its header's
 /// length as a big-endian u32, which is never this large.
@@ -749,25 +749,59 @@ mod tests {
         use crate::store::Store;
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path()).unwrap();
+        // The sequences of each batch in the outbox, in key order.
+        let batches = |store: &SledStore| -> Vec<Vec<u64>> {
+            let mut out = Vec::new();
+            for kv in store.outbox.iter() {
+                let (k, v) = kv.unwrap();
+                if let (t, Slot::Batch(last)) = split_outbox_key(&k).unwrap() {
+                    out.push(decode_batch(&t, last, &v).unwrap().seqs);
+                }
+            }
+            out
+        };
         let events = (0..100)
             .map(|i| created("s", 1, &i.to_string(), &["t"]))
             .collect();
         store.commit_poll(events_commit("s", 0, events)).unwrap();
-        // 32 + 32 + 32 + 4, and one more delivery alone under its own key.
-        assert_eq!(store.outbox.len(), 4);
+        let b = batches(&store);
+        let in_batches: usize = b.iter().map(Vec::len).sum();
+        assert!(
+            b.len() >= 3 && b.iter().all(|s| s.len() <= BATCH_MAX),
+            "{b:?}"
+        );
+        // Every delivery in a batch but at most a last one alone.
+        assert!(in_batches >= 99);
+        let keys = store.outbox.len();
+        assert_eq!(keys, b.len() + 100 - in_batches);
+        // One more delivery alone under its own key.
         let one = vec![created("s", 2, "x", &["t"])];
         store.commit_poll(events_commit("s", 1, one)).unwrap();
-        assert_eq!(store.outbox.len(), 5);
+        assert_eq!(store.outbox.len(), keys + 1);
         let t = all_pending(&store, "t");
         assert_eq!(t.len(), 101);
-        store.reschedule("t", t[3].seq, 1, 5, "HTTP 500").unwrap();
-        store.ack("t", t[4].seq).unwrap();
-        assert_eq!(store.outbox.len(), 6, "a state next to the first batch");
-        let seqs: Vec<u64> = t.iter().map(|d| d.seq).collect();
-        store.ack_many("t", &seqs[..64]).unwrap();
-        assert_eq!(store.outbox.len(), 3, "two batches gone with their state");
-        store.bury("t", t[64].seq, 3, "HTTP 410").unwrap();
-        store.ack_many("t", &seqs[65..]).unwrap();
+        let (first, second) = (&b[0], &b[1]);
+        store.reschedule("t", first[1], 1, 5, "HTTP 500").unwrap();
+        store.ack("t", first[2]).unwrap();
+        assert_eq!(
+            store.outbox.len(),
+            keys + 2,
+            "a state next to the first batch"
+        );
+        let both: Vec<u64> = first.iter().chain(second).copied().collect();
+        store.ack_many("t", &both).unwrap();
+        assert_eq!(
+            store.outbox.len(),
+            keys - 1,
+            "two batches gone with their state"
+        );
+        let rest: Vec<u64> = t
+            .iter()
+            .map(|d| d.seq)
+            .filter(|s| !both.contains(s))
+            .collect();
+        store.bury("t", rest[0], 3, "HTTP 410").unwrap();
+        store.ack_many("t", &rest[1..]).unwrap();
         assert_eq!(store.outbox.len(), 0);
         assert_eq!(store.dead.len(), 1);
     }

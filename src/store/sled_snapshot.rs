@@ -36,9 +36,8 @@ impl SledStore {
     }
 
     /// A failed read of `source`'s snapshot records, the scan having read up to `last`.
-    /// sled 0.34 keeps a page larger than a quarter of a log segment (512 KiB, 128 KiB
-    /// in a database created before `state_dir::SEGMENT_SIZE`) in a file of its own
-    /// under `db/blobs`; if that file is gone, reading the page fails
+    /// sled 0.34 keeps a page larger than a quarter of a log segment (128 KiB) in a
+    /// file of its own under `db/blobs`; if that file is gone, reading the page fails
     /// with a bare "No such file or directory", which is named here for what it is.
     pub(super) fn snap_read_err(
         &self,

@@ -233,16 +233,18 @@ pub(super) fn check_marker(o: &Opened<'_>, marker: Option<String>) -> Result<(),
     Ok(())
 }
 
-/// The log segment size of new databases: 2 MiB, not sled's 512 KiB. sled writes a page
-/// larger than a quarter of a segment to a file of its own (under `db/blobs`), a file
-/// created, written and later deleted for every rewrite of the page; a leaf page holds
-/// up to 16 keys, so with 512 KiB segments a leaf of snapshot buckets or outbox
-/// batches (8-64 KiB each) went to a file at nearly every write.
-pub(super) const SEGMENT_SIZE: usize = 2 * 1024 * 1024;
+/// The log segment size of new databases: sled's default, 512 KiB. sled writes a page
+/// larger than a quarter of a segment (128 KiB) to a file of its own under `db/blobs`
+/// at every rewrite, and a leaf page holds up to 17 keys, so outbox batches and staged
+/// parts are kept to 7 KiB. Larger segments would allow larger pages, but with 2 MiB
+/// segments the reliability harness's crash loop (`tests/chaos`, 200 kill -9s) left a
+/// database sled could not open again ("Read corrupted data") in two of three runs,
+/// and in none of three with 512 KiB.
+pub(super) const SEGMENT_SIZE: usize = 512 * 1024;
 
 /// The segment size to open the database in `db_dir` with: the one it was created with
-/// (sled refuses another), read from sled's `conf` file, or [`SEGMENT_SIZE`] for a new
-/// database.
+/// (sled refuses another; two builds of 2026-12-02 created databases with 2 MiB), read
+/// from sled's `conf` file, or [`SEGMENT_SIZE`] for a new database.
 pub(super) fn segment_size(db_dir: &Path) -> usize {
     let Ok(conf) = std::fs::read(db_dir.join("conf")) else {
         return SEGMENT_SIZE;

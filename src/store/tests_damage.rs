@@ -190,24 +190,28 @@ fn raw_open(db: &Path) -> sled::Db {
     }
 }
 
-/// A database an earlier build created has sled's default log segments (512 KiB), which
-/// sled refuses to open with any other: it is opened with its own, and works.
+/// Two builds created databases with 2 MiB log segments, which sled refuses to open
+/// with any other size: such a database is opened with its own, and works.
 #[test]
-fn a_database_with_the_earlier_segment_size_opens_with_it() {
+fn a_database_with_another_segment_size_opens_with_it() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("db");
     {
-        let raw = sled::open(&db).unwrap();
+        let raw = sled::Config::new()
+            .path(&db)
+            .segment_size(2 * 1024 * 1024)
+            .open()
+            .unwrap();
         raw.open_tree("sources-v1").unwrap();
         raw.flush().unwrap();
     }
-    assert_eq!(super::state_dir::segment_size(&db), 512 * 1024);
+    assert_eq!(super::state_dir::segment_size(&db), 2 * 1024 * 1024);
     let store = SledStore::open(dir.path()).unwrap();
     baseline(&store, "s", small("s"));
     drop(store);
     let store = SledStore::open(dir.path()).unwrap();
     assert_eq!(store.snapshot("s").unwrap().len(), small("s").len());
-    // A new database gets the larger segments.
+    // A new database gets sled's default.
     let fresh = tempfile::tempdir().unwrap();
     drop(SledStore::open(fresh.path()).unwrap());
     assert_eq!(
@@ -332,7 +336,8 @@ fn damaged_files_are_reported_with_the_way_forward() {
 }
 
 /// A source with one item of 600 KB among 40: its bucket's page is larger than sled
-/// keeps inline (a quarter of a log segment, 512 KiB), so it is a file under `db/blobs`.
+/// keeps inline (a quarter of a log segment: 128 KiB, or 512 KiB in a database made
+/// with 2 MiB segments), so it is a file under `db/blobs`.
 fn with_a_blob(state: &Path) {
     let store = SledStore::open(state).unwrap();
     let big = "x".repeat(600_000);

@@ -146,7 +146,8 @@ impl Setup {
 
     /// Pending and dead deliveries left in the store of a stopped daemon.
     fn leftovers(&self) -> (usize, usize) {
-        let store = SledStore::open(&self.state()).unwrap_or_else(|e| panic!("{e}"));
+        let store = SledStore::open(&self.state())
+            .unwrap_or_else(|e| panic!("{}", pollhook::error::chain(&e)));
         let pending: u64 = store.pending_counts().expect("pending").values().sum();
         let dead = store.dead(None, usize::MAX).expect("dead").len();
         (pending as usize, dead)

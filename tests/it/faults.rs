@@ -307,7 +307,7 @@ async fn a_snapshot_read_back_short_is_refused_not_sent_as_created() {
     for i in 0..40 {
         h.api.set(&i.to_string(), json!({"n": i}));
     }
-    // Larger than a page sled keeps inline (a quarter of its 2 MiB log segment).
+    // Larger than a page sled keeps inline (a quarter of its log segment).
     h.api.set("big", json!({"pad": "x".repeat(600_000)}));
     let config = h.config("max_body = \"2MiB\"", "");
     let source = &config.sources["s"];
