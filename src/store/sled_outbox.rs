@@ -426,9 +426,12 @@ enum Found {
     Batched {
         last: u64,
         index: usize,
-        count: usize,
+        /// The sequences of the batch's deliveries.
+        seqs: Vec<u64>,
         value: sled::IVec,
         range: Range<usize>,
+        /// The batch's state as read to find it.
+        state: BatchState,
     },
 }
 
@@ -487,15 +490,17 @@ impl SledStore {
                 let Some(i) = index.seqs.iter().position(|s| *s == seq) else {
                     return Ok(None);
                 };
-                if self.batch_state(target, last)?.is_done(i) {
+                let state = self.batch_state(target, last)?;
+                if state.is_done(i) {
                     return Ok(None);
                 }
                 Ok(Some(Found::Batched {
                     last,
                     index: i,
-                    count: index.seqs.len(),
                     range: index.ranges[i].clone(),
+                    seqs: index.seqs,
                     value: v,
+                    state,
                 }))
             }
             _ => Ok(None),
@@ -542,13 +547,13 @@ impl SledStore {
                 Some(decode_record_in(target.into(), seq, &v)?.into_delivery())
             }
             Some(Found::Batched {
-                last,
                 index,
                 value,
                 range,
+                state,
                 ..
             }) => {
-                let retry = self.batch_state(target, last)?.retry(index).cloned();
+                let retry = state.retry(index).cloned();
                 let stored = Stored {
                     target: target.into(),
                     seq,
@@ -581,12 +586,14 @@ impl SledStore {
                 None => {}
                 Some(Found::Single(key, _)) => batch.remove(key),
                 Some(Found::Batched {
-                    last, index, value, ..
+                    last,
+                    index,
+                    seqs,
+                    mut state,
+                    ..
                 }) => {
-                    let in_batch = decode_batch(target, last, &value)?.seqs;
-                    let mut state = self.batch_state(target, last)?;
                     state.finish(index);
-                    touched.insert(last, (in_batch, state));
+                    touched.insert(last, (seqs, state));
                 }
             }
         }
@@ -619,8 +626,12 @@ impl SledStore {
                     .map_err(db_err)?;
                 Ok(())
             }
-            Some(Found::Batched { last, index, .. }) => {
-                let mut state = self.batch_state(target, last)?;
+            Some(Found::Batched {
+                last,
+                index,
+                mut state,
+                ..
+            }) => {
                 state.set_retry(index, retry);
                 self.outbox
                     .insert(slot_key(target, last, KIND_STATE), state.encode())
@@ -652,11 +663,11 @@ impl SledStore {
             Found::Batched {
                 last,
                 index,
-                count,
+                seqs,
                 value,
                 range,
+                mut state,
             } => {
-                let mut state = self.batch_state(target, last)?;
                 let stored = Stored {
                     target: target.into(),
                     seq,
@@ -667,7 +678,7 @@ impl SledStore {
                 let d = stored.delivery()?;
                 state.finish(index);
                 let mut write = sled::Batch::default();
-                Self::put_state(&mut write, target, last, count, &state);
+                Self::put_state(&mut write, target, last, seqs.len(), &state);
                 (d, Some(write))
             }
         };
