@@ -214,7 +214,7 @@ mod tests {
         let chunks = chunks((0..3).map(event).collect());
         // head, evt_0, ",", evt_1, ",", evt_2, tail: no chunk holds two events.
         assert_eq!(chunks.len(), 7, "{chunks:?}");
-        assert!(chunks.iter().all(|c| c.len() < 200), "{chunks:?}");
+        assert!(chunks.iter().all(|c| c.len() < 256), "{chunks:?}");
         let whole: Vec<u8> = chunks.concat();
         let r: super::super::PollResponse = serde_json::from_slice(&whole).unwrap();
         assert!(r.dry_run);

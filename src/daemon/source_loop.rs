@@ -165,7 +165,7 @@ fn log_outcome(
             tracing::info!(
                 source = %source, items = r.items, created = r.created, updated = r.updated,
                 deleted = r.deleted, events = r.events, first = r.first, baseline = r.baseline,
-                pages = r.pages, took_ms, "polled"
+                pages = r.pages, same_body = r.same_body, took_ms, "polled"
             );
             PollOutcome::Ok {
                 items: r.items,

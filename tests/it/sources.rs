@@ -673,6 +673,17 @@ async fn walks_stay_on_their_origin_and_under_max_body() {
     assert!(store.snapshot("s").unwrap().is_empty());
 }
 
+/// A sled store in the harness's state dir, and a poller of `c`'s sources on it.
+fn store_and_poller(s: &Setup, c: &Config) -> (SharedStore, Poller) {
+    let store: SharedStore = Arc::new(SledStore::open(&s.h.state_dir()).unwrap());
+    let poller = Poller::new(
+        store.clone(),
+        Fetcher::new(&c.sources).unwrap(),
+        pollhook::poll::Wakes::default(),
+    );
+    (store, poller)
+}
+
 #[tokio::test]
 async fn after_a_forget_the_next_request_is_not_conditional() {
     let s = setup().await;
@@ -680,12 +691,7 @@ async fn after_a_forget_the_next_request_is_not_conditional() {
         &s.h,
         &format!("url = \"http://{}/etag\"\nitems = \"/items\"", s.api.addr),
     );
-    let store: SharedStore = Arc::new(SledStore::open(&s.h.state_dir()).unwrap());
-    let poller = Poller::new(
-        store.clone(),
-        Fetcher::new(&c.sources).unwrap(),
-        pollhook::poll::Wakes::default(),
-    );
+    let (store, poller) = store_and_poller(&s, &c);
     let source = &c.sources["s"];
     let (_, conditions) = poller.poll_conditional(source, None).await.unwrap();
     let conditions = conditions.expect("the response had an ETag");
@@ -704,6 +710,52 @@ async fn after_a_forget_the_next_request_is_not_conditional() {
     let last = s.api.log().pop().unwrap();
     assert!(last.headers.get("if-none-match").is_none());
     assert_eq!(ids(&store).len(), 1);
+}
+
+/// A body byte for byte the last committed one's is neither parsed nor diffed (like a
+/// 304), unless the stored state moved on since (a forget); a changed body is diffed.
+#[tokio::test]
+async fn a_body_like_the_last_committed_one_is_not_diffed_again() {
+    let s = setup().await;
+    s.api.set_per_page(100);
+    s.api.set_items(0..3, 1);
+    let c = config(
+        &s.h,
+        &format!("url = \"http://{}/next\"\nitems = \"/items\"", s.api.addr),
+    );
+    let (store, poller) = store_and_poller(&s, &c);
+    let source = &c.sources["s"];
+    let (r, conditions) = poller.poll_conditional(source, None).await.unwrap();
+    assert!(r.first && !r.same_body, "{r:?}");
+    let conditions = conditions.expect("a single JSON body has a digest");
+    assert!(conditions.validators.is_none() && conditions.digest.is_some());
+
+    let (r, again) = poller
+        .poll_conditional(source, Some(&conditions))
+        .await
+        .unwrap();
+    assert!(r.same_body && !r.not_modified, "{r:?}");
+    assert_eq!((r.items, r.created, r.updated, r.events), (3, 0, 0, 0));
+    assert_eq!(again.as_ref(), Some(&conditions));
+
+    // A changed body is diffed, with its events.
+    s.api.set_items(0..3, 2);
+    let (r, changed) = poller
+        .poll_conditional(source, Some(&conditions))
+        .await
+        .unwrap();
+    assert!(!r.same_body && r.updated == 3, "{r:?}");
+    let changed = changed.unwrap();
+    assert_ne!(changed.digest, conditions.digest);
+
+    // After a forget the same body makes a first poll again, not a skipped one.
+    assert!(store.forget_source("s").unwrap());
+    let (r, _) = poller
+        .poll_conditional(source, Some(&changed))
+        .await
+        .unwrap();
+    assert!(!r.same_body && r.first, "{r:?}");
+    assert_eq!(ids(&store).len(), 3);
 }
 
 /// The `link` of every stored item, by id.
