@@ -314,7 +314,12 @@ impl Poller {
                     same_body: true,
                     ..PollReport::default()
                 };
-                return Ok((report, conditions.cloned()));
+                // This response's validators, which may be new for the same body.
+                let kept = conditions.map(|c| Conditions {
+                    validators: found,
+                    ..c.clone()
+                });
+                return Ok((report, kept));
             }
         };
         if let Some(held_back) = self.hold_back(source, &plan) {
