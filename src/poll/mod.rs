@@ -354,6 +354,7 @@ impl Poller {
         let store = self.store.clone();
         let wakes = self.wakes.clone();
         let targets = source.targets.clone();
+        let _turn = work_turn().await;
         tokio::task::spawn_blocking(move || {
             plan.commit_all(&*store, || {
                 for t in &targets {
@@ -540,14 +541,34 @@ fn processing_limit(source: &Source) -> std::time::Duration {
     source.timeout.max(std::time::Duration::from_secs(60))
 }
 
-/// Runs `f` on a blocking thread, giving up after [`processing_limit`]. A thread given
-/// up on (a transform that never ends) runs on; the poll fails and the loop goes on.
+/// The polls' blocking work in the process (parsing, diffing, committing) that may run
+/// at once: twice the cores. Without a bound, the polls of thousands of sources that
+/// come due together each took a blocking thread of their own (523 threads were
+/// counted for 10,000 sources), with their memory and the switching between them, and
+/// finished no sooner. Waiting for a turn queues in order; a poll holds one turn at a
+/// time, so none waits on itself.
+static WORK: std::sync::LazyLock<tokio::sync::Semaphore> = std::sync::LazyLock::new(|| {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    tokio::sync::Semaphore::new(2 * cores)
+});
+
+/// A turn at [`WORK`].
+async fn work_turn() -> tokio::sync::SemaphorePermit<'static> {
+    WORK.acquire()
+        .await
+        .expect("the work semaphore is never closed")
+}
+
+/// Runs `f` on a blocking thread in a turn of [`WORK`], giving up after
+/// [`processing_limit`]. A thread given up on (a transform that never ends) runs on
+/// without the turn; the poll fails and the loop goes on.
 async fn cpu<T, F>(source: &Source, f: F) -> Result<T, PollError>
 where
     T: Send + 'static,
     F: FnOnce() -> Result<T, PollError> + Send + 'static,
 {
     let limit = processing_limit(source);
+    let _turn = work_turn().await;
     match tokio::time::timeout(limit, tokio::task::spawn_blocking(f)).await {
         Ok(Ok(result)) => result,
         Ok(Err(error)) => Err(PollError::Task {
@@ -572,3 +593,68 @@ fn streams(source: &Source) -> bool {
 
 /// The item id of a `mode = "document"` source's one item.
 pub const DOCUMENT_ID: &str = "document";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    fn source() -> Arc<Source> {
+        let text = r#"
+[targets.t]
+url = "http://127.0.0.1:9/hooks"
+secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+[sources.s]
+url = "http://127.0.0.1:9/items"
+interval = "1m"
+targets = ["t"]
+"#;
+        let config = crate::config::Config::parse(
+            text,
+            std::path::Path::new("/tmp/pollhook-test/config.toml"),
+            &|_| None,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        config.sources["s"].clone()
+    }
+
+    /// Thousands of sources come due together; their parsing and diffing must not each
+    /// take a blocking thread of its own. 64 polls' work at once runs at most
+    /// twice-the-cores at a time, and all of it runs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_polls_blocking_work_runs_a_few_at_a_time() {
+        static NOW: AtomicUsize = AtomicUsize::new(0);
+        static MOST: AtomicUsize = AtomicUsize::new(0);
+        let source = source();
+        let polls: Vec<_> = (0..64)
+            .map(|i| {
+                let source = source.clone();
+                tokio::spawn(async move {
+                    cpu(&source, move || {
+                        let now = NOW.fetch_add(1, Ordering::SeqCst) + 1;
+                        MOST.fetch_max(now, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(20));
+                        NOW.fetch_sub(1, Ordering::SeqCst);
+                        Ok(i)
+                    })
+                    .await
+                })
+            })
+            .collect();
+        let mut done = 0;
+        for (i, poll) in polls.into_iter().enumerate() {
+            assert_eq!(poll.await.unwrap().unwrap(), i);
+            done += 1;
+        }
+        assert_eq!(done, 64);
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let most = MOST.load(Ordering::SeqCst);
+        assert!(
+            most <= 2 * cores,
+            "{most} polls' work ran at once, with {cores} cores"
+        );
+        assert!(most >= 2, "the work ran one at a time: {most}");
+    }
+}
