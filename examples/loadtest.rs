@@ -358,6 +358,8 @@ async fn throughput(n: usize) -> Result<()> {
     );
 
     let mut baseline_rates = Vec::new();
+    // pollhook's delivery rate and its end-to-end rate.
+    let mut rates: Option<(f64, f64)> = None;
     for round in 0..2 {
         let (rx, counter) = serve_counter(false).await?;
         let client = reqwest::Client::new();
@@ -440,24 +442,20 @@ async fn throughput(n: usize) -> Result<()> {
                 "pollhook end to end",
                 n as f64 / total
             );
-            baseline_rates.push(-(n as f64 / secs));
+            rates = Some((n as f64 / secs, n as f64 / total));
         }
     }
-    let pollhook_rate = -baseline_rates
-        .iter()
-        .copied()
-        .find(|r| *r < 0.0)
-        .unwrap_or(0.0);
-    let base: Vec<f64> = baseline_rates
-        .iter()
-        .copied()
-        .filter(|r| *r > 0.0)
-        .collect();
-    let base = base.iter().sum::<f64>() / base.len() as f64;
+    let (delivery, end_to_end) = rates.unwrap_or_default();
+    let base = baseline_rates.iter().sum::<f64>() / baseline_rates.len() as f64;
     println!(
-        "{:<34}{:.0}% of the baseline rate (goal: at least 60%)",
-        "ratio",
-        100.0 * pollhook_rate / base
+        "{:<34}{:.2}x the baseline's mean rate (goal: at least 0.7x)",
+        "ratio, delivery",
+        delivery / base
+    );
+    println!(
+        "{:<34}{:.2}x the baseline's mean rate (goal: at least 0.6x)",
+        "ratio, end to end",
+        end_to_end / base
     );
     Ok(())
 }
