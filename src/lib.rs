@@ -53,6 +53,7 @@
 //!   operations it shares with the CLI.
 //! - [`metrics`]: the Prometheus metrics `/metrics` serves.
 //! - [`limits`]: the open-files limit, raised at start.
+//! - [`malloc`]: glibc's allocator: two arenas, and freed memory given back after a burst.
 //! - [`notify`]: the systemd notify protocol (ready, reloading, stopping, watchdog).
 //! - [`cli`], [`demo`]: the command line (daemon and operator commands) and the
 //!   offline demo.
@@ -72,6 +73,7 @@ pub mod health;
 pub mod http;
 pub mod jitter;
 pub mod limits;
+pub mod malloc;
 pub mod metrics;
 pub mod notify;
 pub mod poll;

@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
+use std::sync::OnceLock;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -26,7 +27,7 @@ struct KindLabel {
     kind: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SourceLabel {
     source: String,
 }
@@ -91,6 +92,16 @@ impl PollOutcome {
             PollOutcome::NotModified => "not_modified",
             PollOutcome::HeldBack { .. } => "held_back",
             PollOutcome::Error => "error",
+        }
+    }
+
+    /// Its place among the four outcomes.
+    fn index(self) -> usize {
+        match self {
+            PollOutcome::Ok { .. } => 0,
+            PollOutcome::NotModified => 1,
+            PollOutcome::HeldBack { .. } => 2,
+            PollOutcome::Error => 3,
         }
     }
 }
@@ -255,45 +266,10 @@ impl Metrics {
         self.lease_rounds_failed.inc();
     }
 
-    /// A poll ended.
+    /// A poll of `source` ended. A source's loop keeps a [`SourceMetrics`] instead,
+    /// which finds each series once.
     pub fn poll_done(&self, source: &str, seconds: f64, result: PollOutcome) {
-        let label = SourceLabel {
-            source: source.to_string(),
-        };
-        self.poll_duration.get_or_create(&label).observe(seconds);
-        let outcome = result.label();
-        self.polls
-            .get_or_create(&PollLabels {
-                source: source.to_string(),
-                outcome,
-            })
-            .inc();
-        if let PollOutcome::HeldBack { deletions } = result {
-            self.held_back
-                .get_or_create(&label)
-                .inc_by(deletions as u64);
-        }
-        if let PollOutcome::Ok {
-            items,
-            created,
-            updated,
-            deleted,
-        } = result
-        {
-            self.items.get_or_create(&label).set(items as i64);
-            for (kind, n) in [
-                ("created", created),
-                ("updated", updated),
-                ("deleted", deleted),
-            ] {
-                self.changes
-                    .get_or_create(&ChangeLabels {
-                        source: source.to_string(),
-                        kind,
-                    })
-                    .inc_by(n as u64);
-            }
-        }
+        SourceMetrics::new(source).poll_done(self, seconds, result);
     }
 
     /// The items a source holds, known before its first poll of this run.
@@ -392,6 +368,83 @@ impl Metrics {
     }
 }
 
+/// One source's series, each found in its family (its labels built, hashed and looked
+/// up under the family's lock) the first time it is counted and then updated directly:
+/// 10,000 sources polled every minute did that lookup six times a poll. The series are
+/// created when first counted, as before, so `/metrics` shows the same ones. The handles
+/// share their values with the families; after [`Metrics::forget_source`] (the source
+/// was removed) a loop still finishing its last poll counts into series no longer
+/// shown, instead of bringing them back.
+#[derive(Default)]
+pub struct SourceMetrics {
+    label: SourceLabel,
+    duration: OnceLock<Histogram>,
+    /// By [`PollOutcome::index`].
+    polls: [OnceLock<Counter>; 4],
+    items: OnceLock<Gauge>,
+    /// Created, updated, deleted.
+    changes: [OnceLock<Counter>; 3],
+    held_back: OnceLock<Counter>,
+}
+
+const CHANGE_KINDS: [&str; 3] = ["created", "updated", "deleted"];
+
+impl SourceMetrics {
+    pub fn new(source: &str) -> SourceMetrics {
+        SourceMetrics {
+            label: SourceLabel {
+                source: source.to_string(),
+            },
+            ..SourceMetrics::default()
+        }
+    }
+
+    /// A poll ended, counted in `metrics`.
+    pub fn poll_done(&self, metrics: &Metrics, seconds: f64, result: PollOutcome) {
+        let source = &self.label;
+        self.duration
+            .get_or_init(|| metrics.poll_duration.get_or_create(source).clone())
+            .observe(seconds);
+        let outcome = result.label();
+        self.polls[result.index()]
+            .get_or_init(|| {
+                let labels = PollLabels {
+                    source: source.source.clone(),
+                    outcome,
+                };
+                metrics.polls.get_or_create(&labels).clone()
+            })
+            .inc();
+        if let PollOutcome::HeldBack { deletions } = result {
+            self.held_back
+                .get_or_init(|| metrics.held_back.get_or_create(source).clone())
+                .inc_by(deletions as u64);
+        }
+        if let PollOutcome::Ok {
+            items,
+            created,
+            updated,
+            deleted,
+        } = result
+        {
+            self.items
+                .get_or_init(|| metrics.items.get_or_create(source).clone())
+                .set(items as i64);
+            for (i, n) in [created, updated, deleted].into_iter().enumerate() {
+                self.changes[i]
+                    .get_or_init(|| {
+                        let labels = ChangeLabels {
+                            source: source.source.clone(),
+                            kind: CHANGE_KINDS[i],
+                        };
+                        metrics.changes.get_or_create(&labels).clone()
+                    })
+                    .inc_by(n as u64);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -482,6 +535,46 @@ mod tests {
             "pollhook_target_failing{target=\"gone\"}",
         ] {
             assert!(!text.contains(gone), "{gone:?} still in:\n{text}");
+        }
+    }
+
+    /// A source loop's handles count into the families' series, as the lookups did,
+    /// and a removed source's loop finishing its last poll brings no series back.
+    #[test]
+    fn a_source_loops_handles_count_in_the_shown_series() {
+        let m = Metrics::new();
+        let cached = SourceMetrics::new("s");
+        let ok = PollOutcome::Ok {
+            items: 4,
+            created: 1,
+            updated: 0,
+            deleted: 0,
+        };
+        cached.poll_done(&m, 0.1, ok);
+        m.poll_done("s", 0.1, ok);
+        cached.poll_done(&m, 0.1, ok);
+        cached.poll_done(&m, 0.1, PollOutcome::HeldBack { deletions: 7 });
+        let text = m.encode(&[], &BTreeMap::new(), 0);
+        for line in [
+            "pollhook_polls_total{source=\"s\",outcome=\"ok\"} 3",
+            "pollhook_polls_total{source=\"s\",outcome=\"held_back\"} 1",
+            "pollhook_poll_duration_seconds_count{source=\"s\"} 4",
+            "pollhook_changes_total{source=\"s\",kind=\"created\"} 3",
+            "pollhook_deletions_held_back_total{source=\"s\"} 7",
+            "pollhook_source_items{source=\"s\"} 4",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in:\n{text}");
+        }
+        // Series are made when first counted, not before.
+        assert!(!text.contains("outcome=\"error\""), "{text}");
+        m.forget_source("s");
+        cached.poll_done(&m, 0.1, ok);
+        let text = m.encode(&[], &BTreeMap::new(), 0);
+        for gone in [
+            "pollhook_source_items{source=\"s\"}",
+            "pollhook_poll_duration_seconds_count{source=\"s\"}",
+        ] {
+            assert!(!text.contains(gone), "{gone:?} back in:\n{text}");
         }
     }
 

@@ -191,6 +191,8 @@ impl Daemon {
             }
             (None, StoreConfig::Sled) => (open_store(&config).await?, None),
         };
+        // A daemon's memory comes in bursts (polls due together, a large commit).
+        crate::malloc::start_trimmer();
         // Cancelled by the caller, or by the store failing.
         let stop = shutdown.child_token();
         let health = Arc::new(Health::new(stop.clone()));

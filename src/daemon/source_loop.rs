@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Source;
 use crate::health::SourceHealth;
 use crate::jitter::random_unit;
-use crate::metrics::PollOutcome;
+use crate::metrics::{PollOutcome, SourceMetrics};
 use crate::poll::{Conditions, PollError, PollReport, Poller};
 use crate::running::{Handle, PollNow, PollRequests};
 use crate::schedule::Schedule;
@@ -31,6 +31,8 @@ pub(super) struct SourceLoop {
     pub handle: Arc<Handle>,
     pub requests: PollRequests,
     pub stop: CancellationToken,
+    /// Boxed: the loop's future stays small (see `a_waiting_source_loop_is_small`).
+    pub metrics: Box<SourceMetrics>,
 }
 
 impl SourceLoop {
@@ -125,6 +127,8 @@ impl SourceLoop {
             .as_ref()
             .err()
             .map(|e| crate::error::chain(e).to_string());
+        self.metrics
+            .poll_done(&self.handle.metrics, took.as_secs_f64(), outcome);
         self.handle
             .record_poll(&s.name, outcome, error.clone(), Utc::now(), took);
         (result, error)

@@ -263,6 +263,7 @@ impl Running {
                     handle: handle.clone(),
                     requests,
                     stop: stop.clone(),
+                    metrics: Box::new(crate::metrics::SourceMetrics::new(&name)),
                 }
                 .run(),
             );

@@ -186,7 +186,8 @@ impl Handle {
         lock(&self.status).values().cloned().collect()
     }
 
-    /// A poll of source `name` ended: counted in the metrics and shown in its status.
+    /// A poll of source `name` ended: shown in its status (its loop counts it in the
+    /// metrics).
     pub(crate) fn record_poll(
         &self,
         name: &str,
@@ -195,7 +196,6 @@ impl Handle {
         at: DateTime<Utc>,
         took: Duration,
     ) {
-        self.metrics.poll_done(name, took.as_secs_f64(), outcome);
         self.update_status(name, |st| {
             st.record_poll(outcome, error, at, took.as_millis() as u64)
         });
