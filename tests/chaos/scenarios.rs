@@ -607,9 +607,11 @@ async fn churn(mode: Mode) -> Ledger {
         .map(|(n, s)| format!("{}k:{:.1}", n / 1000, *s as f64 / 1048576.0))
         .collect();
     ledger.line("state dir MiB at events", series.join(" "));
-    // Bounded: the second half of the run must not grow the directory like the first.
+    // Bounded: the rest of the run must not grow the directory. sled's files of
+    // replaced nodes, left behind, grew it from 19 MiB at 200,000 events to 68 MiB at a
+    // million, which the looser bound this had (3x + 16 MiB) let pass.
     if let (Some(first), Some(last)) = (sizes.get(1), sizes.last()) {
-        if last.1 > first.1 * 3 + (16 << 20) {
+        if last.1 > first.1 * 2 + (8 << 20) {
             ledger.violation(format!(
                 "state directory grew from {} to {} bytes",
                 first.1, last.1

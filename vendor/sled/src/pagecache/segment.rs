@@ -760,11 +760,16 @@ impl SegmentAccountant {
         let new_idx = self.segment_id(new_cache_info.pointer.lid());
 
         // Do we need to schedule any blob cleanups?
-        // Not if we just moved the pointer without changing
-        // the underlying blob, as is the case with a single Blob
-        // with nothing else.
-        let schedule_rm_blob = !(old_cache_infos.len() == 1
-            && old_cache_infos[0].pointer.is_blob());
+        // Not for the blob the new pointer still refers to (a page
+        // moved without changing the underlying blob). pollhook's
+        // patch: 0.34.7 skipped the removal whenever the old state
+        // was a single blob, so a page whose one blob was replaced
+        // by new content left its old blob file behind for good.
+        let kept_blob = if new_cache_info.pointer.is_blob() {
+            Some(new_cache_info.pointer.blob().1)
+        } else {
+            None
+        };
 
         let mut removals = FastMap8::default();
 
@@ -772,7 +777,7 @@ impl SegmentAccountant {
             let old_ptr = &old_cache_info.pointer;
             let old_lid = old_ptr.lid();
 
-            if schedule_rm_blob && old_ptr.is_blob() {
+            if old_ptr.is_blob() && Some(old_ptr.blob().1) != kept_blob {
                 trace!(
                     "queueing blob removal for {} in our own segment",
                     old_ptr
