@@ -5,7 +5,7 @@
 //! - `snap-v1`: source name, 0x00, bucket (u32 big-endian) → the items of that bucket:
 //!   repeated `u32 id length, id, 32-byte fingerprint, u32 JSON length, item JSON`, sorted
 //!   by id. An item's bucket is FNV-1a-64 of its id modulo the source's bucket count
-//!   ([`SourceState::buckets`], chosen by [`buckets_for_size`] at its first commit and raised
+//!   ([`SourceState::buckets`], chosen by [`buckets_for`] at its first commit and raised
 //!   when the source outgrows them). Buckets,
 //!   not one key per item, because sled 0.34 holds several KiB of memory per key written:
 //!   a 100,000-item baseline as single keys took over 500 MiB. Buckets of about 32 items
@@ -176,35 +176,16 @@ pub(super) fn split_name(key: &[u8]) -> Option<(Cow<'_, str>, &[u8])> {
     Some((Cow::Owned(String::from_utf8(out).ok()?), rest))
 }
 
+/// Buckets for a source first seen with `items` items: about 32 items a bucket, a
+/// power of two up to 65,536 (a small source is one key). Raised again when the source
+/// outgrows [`MAX_PER_BUCKET`].
+pub fn buckets_for(items: u64) -> u32 {
+    (items / 32).next_power_of_two().clamp(1, 65_536) as u32
+}
+
 /// Items a bucket may average before the source's buckets are multiplied (rewritten
 /// once, at the commit that crosses it).
 pub(super) const MAX_PER_BUCKET: u64 = 256;
-
-/// The bytes a bucket is sized for, and the most it may average before the source's
-/// buckets are multiplied. A changed item rewrites its whole bucket: sized by item
-/// count alone, 1,000 items of about 1 KB first seen as 200 small ones sat in 8
-/// buckets of 125 KB, and each change rewrote 125 KB (the churn scenario). sled also
-/// writes a log entry of more than 128 KiB (a quarter of its segment) to a file of its
-/// own. Large sources of small items are unchanged: about 32 items a bucket is less.
-pub(super) const BUCKET_BYTES: u64 = 8 << 10;
-pub(super) const MAX_BUCKET_BYTES: u64 = 16 << 10;
-
-/// Buckets for a source of `items` items of `item_bytes` each (as stored): about 32
-/// items and at most about [`BUCKET_BYTES`] a bucket, a power of two up to 65,536 (a
-/// small source is one key). Chosen at its first commit, raised again when the source
-/// outgrows [`MAX_PER_BUCKET`] or [`MAX_BUCKET_BYTES`].
-pub fn buckets_for_size(items: u64, item_bytes: u64) -> u32 {
-    let by_bytes = items.saturating_mul(item_bytes) / BUCKET_BYTES;
-    (items / 32)
-        .max(by_bytes)
-        .next_power_of_two()
-        .clamp(1, 65_536) as u32
-}
-
-/// The bytes an item takes in its bucket: id, fingerprint, stored JSON and lengths.
-pub(super) fn stored_size(id: &str, raw: &[u8]) -> u64 {
-    (id.len() + raw.len() + 40) as u64
-}
 
 /// The bucket of an item id: FNV-1a 64-bit, stable across releases and platforms.
 pub(super) fn bucket_of(id: &str, buckets: u32) -> u32 {
@@ -544,14 +525,10 @@ mod tests {
         );
         assert!((0..1000).all(|i| bucket_of(&i.to_string(), 64) < 64));
         assert_eq!(
-            (
-                buckets_for_size(0, 0),
-                buckets_for_size(10, 0),
-                buckets_for_size(100_000, 0)
-            ),
+            (buckets_for(0), buckets_for(10), buckets_for(100_000)),
             (1, 1, 4_096)
         );
-        assert_eq!(buckets_for_size(u64::MAX, 0), 65_536);
+        assert_eq!(buckets_for(u64::MAX), 65_536);
     }
 
     #[test]

@@ -8,8 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 
 use super::records::{
-    bucket_key, bucket_of, buckets_for_size, decode_bucket, encode_bucket, stored_size, Entry,
-    MAX_BUCKET_BYTES, MAX_PER_BUCKET,
+    bucket_key, bucket_of, buckets_for, decode_bucket, encode_bucket, Entry, MAX_PER_BUCKET,
 };
 use super::records::{prefix, to_seen};
 use super::sled_store::{db_err, SledStore};
@@ -83,23 +82,14 @@ pub(super) struct SnapshotWrite<'a> {
 impl<'a> SnapshotWrite<'a> {
     /// The writes of `c` on a source in state `before`. The bucket count is set by the
     /// first commit and raised when a source has grown to more than [`MAX_PER_BUCKET`]
-    /// items or [`MAX_BUCKET_BYTES`] a bucket (all its buckets are then rewritten once). The commit's generation
+    /// items a bucket (all its buckets are then rewritten once). The commit's generation
     /// check makes sure `before` is still the state it builds on.
     pub(super) fn new(before: &SourceState, c: &'a PollCommit) -> SnapshotWrite<'a> {
         let old_buckets = before.buckets.max(1);
-        // The items this commit writes stand for the source's: their average size.
-        let written: u64 = c
-            .upserts
-            .iter()
-            .map(|(id, s)| stored_size(id, &s.raw))
-            .sum();
-        let item_bytes = written / (c.upserts.len() as u64).max(1);
-        let too_large =
-            c.item_count.saturating_mul(item_bytes) > u64::from(old_buckets) * MAX_BUCKET_BYTES;
         let buckets = if !before.initialized {
-            buckets_for_size(c.item_count, item_bytes)
-        } else if c.item_count > u64::from(old_buckets) * MAX_PER_BUCKET || too_large {
-            buckets_for_size(c.item_count, item_bytes).max(old_buckets)
+            buckets_for(c.item_count)
+        } else if c.item_count > u64::from(old_buckets) * MAX_PER_BUCKET {
+            buckets_for(c.item_count).max(old_buckets)
         } else {
             old_buckets
         };

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use super::records::{buckets_for_size, MAX_BUCKET_BYTES};
+use super::records::buckets_for;
 use super::sled_store::REPLAY_BATCH;
 use super::*;
 use crate::diff::{Change, ChangeKind};
@@ -757,7 +757,7 @@ fn a_growing_source_is_rebucketed_without_losing_items() {
         .commit_poll(commit(1, (10..1000).map(item).collect(), 1000))
         .unwrap();
     let state = store.source_state("s").unwrap();
-    assert_eq!(state.buckets, buckets_for_size(1000, 0));
+    assert_eq!(state.buckets, buckets_for(1000));
     assert!(state.buckets > 1);
     let expected: HashMap<String, Seen> = (0..1000).map(item).collect();
     assert_eq!(store.snapshot("s").unwrap(), expected);
@@ -773,10 +773,7 @@ fn a_growing_source_is_rebucketed_without_losing_items() {
     assert_eq!(snap.len(), 999);
     assert_eq!(snap["id-5"], upd.1);
     assert!(!snap.contains_key("id-7"));
-    assert_eq!(
-        store.source_state("s").unwrap().buckets,
-        buckets_for_size(1000, 0)
-    );
+    assert_eq!(store.source_state("s").unwrap().buckets, buckets_for(1000));
 }
 
 /// Commits one event per item id to `targets` (a first commit of `source`, detected at
@@ -1329,50 +1326,4 @@ fn no_name_reaches_the_keys_of_another() {
     }
     assert!(after.snapshots[1].is_empty());
     assert_eq!(after.pending, before.pending);
-}
-
-/// 200 small items at the first commit (8 buckets), then 1,000 of about 1 KB, each
-/// updated again and again. With buckets sized by item count alone, each of the 8 held
-/// 125 KB,
-/// over sled's 128 KiB limit for values in its log: sled wrote each to a file of its
-/// own and left the replaced ones behind (the churn scenario's state directory grew
-/// without end). Buckets are multiplied on size too, and no such file appears.
-#[test]
-fn large_items_keep_buckets_small_and_out_of_separate_files() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    // Small items at first; from the second commit on, about 1 KB each.
-    let items = |n: usize, round: u64| -> Vec<(String, Seen)> {
-        let pad = "x".repeat(if round == 0 { 10 } else { 1_050 });
-        (0..n)
-            .map(|i| {
-                (
-                    format!("id-{i}"),
-                    seen(&json!({"id": i, "round": round, "pad": pad})),
-                )
-            })
-            .collect()
-    };
-    let commit = |generation, upserts: Vec<(String, Seen)>, count| PollCommit {
-        source: "s".into(),
-        expected_generation: generation,
-        upserts,
-        item_count: count,
-        now_ms: NOW_MS,
-        ..PollCommit::default()
-    };
-    let mut generation = store.commit_poll(commit(0, items(200, 0), 200)).unwrap();
-    assert_eq!(store.source_state("s").unwrap().buckets, 8);
-    for round in 1..=10 {
-        generation = store
-            .commit_poll(commit(generation, items(1000, round), 1000))
-            .unwrap();
-    }
-    store.flush().unwrap();
-    let largest = store.snap().iter().values().map(|v| v.unwrap().len()).max();
-    assert!(
-        largest.is_some_and(|n| n as u64 <= MAX_BUCKET_BYTES),
-        "largest bucket {largest:?} bytes"
-    );
-    assert_eq!(store.snapshot("s").unwrap().len(), 1000);
 }

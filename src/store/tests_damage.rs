@@ -361,13 +361,19 @@ fn damaged_files_are_reported_with_the_way_forward() {
 /// A source with one item of 600 KB among 40: its bucket's page is larger than sled
 /// keeps inline (a quarter of a log segment: 128 KiB, or 512 KiB in a database made
 /// with 2 MiB segments), so it is a file under `db/blobs`.
-/// Source `s`: one item of 600 KB, over sled's limit for an entry in its log, so its
-/// bucket (and the tree node holding it, with `t`'s bucket beside it) goes to a file of
-/// its own.
 fn with_a_blob(state: &Path) {
     let store = SledStore::open(state).unwrap();
     let big = "x".repeat(600_000);
-    let items = vec![("id-7".to_string(), json!({"id": 7, "big": big}))];
+    let items = (0..40)
+        .map(|i| {
+            let v = if i == 7 {
+                json!({"id": i, "big": big})
+            } else {
+                json!({"id": i})
+            };
+            (format!("id-{i}"), v)
+        })
+        .collect();
     baseline(&store, "s", items);
     baseline(&store, "t", small("t"));
 }
@@ -417,7 +423,7 @@ fn a_missing_blob_file_is_named_and_forget_starts_the_source_afresh() {
     let e = store.snapshot("t").unwrap_err();
     assert!(e.to_string().starts_with("source t: "), "{e}");
     // The source states are intact, so the poller still knows what it held.
-    assert_eq!(store.source_state("s").unwrap().items, 1);
+    assert_eq!(store.source_state("s").unwrap().items, 40);
     let readable: Vec<&String> = (others.iter())
         .filter(|n| store.snapshot(n).is_ok())
         .collect();
@@ -468,7 +474,7 @@ fn a_blob_file_missing_before_the_page_table_snapshot_loses_the_page_silently() 
     assert_eq!(remove_blobs(state), 1);
     let store = SledStore::open(state).unwrap();
     assert!(store.snapshot("s").unwrap().is_empty());
-    assert_eq!(store.source_state("s").unwrap().items, 1);
+    assert_eq!(store.source_state("s").unwrap().items, 40);
     // Here forgetting works, and the source starts afresh.
     assert!(store.forget_source("s").unwrap());
     assert!(!store.source_state("s").unwrap().initialized);
