@@ -15,6 +15,7 @@ mod pg;
 mod records;
 mod sled_forget;
 mod sled_outbox;
+mod sled_pack;
 mod sled_snapshot;
 mod sled_stage;
 mod sled_store;

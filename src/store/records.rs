@@ -24,6 +24,12 @@
 //!   `SledStore::commit_poll`). A release before parts wrote a chunk as one value under
 //!   the chunk's key, which is read the same way.
 //!
+//! Snapshot buckets, outbox batches and staged parts of [`super::sled_pack::PACK_MIN`]
+//! bytes or more are written LZ4-compressed when that makes them smaller (see
+//! `sled_pack.rs`); the layouts above are those of the value unpacked. The 7 KiB limit
+//! of batches and parts is of the unpacked bytes, so a leaf of them stays under the size
+//! sled writes to a file of its own even when nothing compresses.
+//!
 //! A name in a key is escaped so that it holds no 0x00 (0x01 → 0x01 0x02, 0x00 → 0x01
 //! 0x01) and the first 0x00 ends it: no name's keys are a prefix of another name's, so a
 //! prefix scan of one name never reaches another's keys, whatever bytes the name has

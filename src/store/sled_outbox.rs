@@ -26,6 +26,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use super::records::{decode_record_in, encode_delivery, encode_new_delivery, prefix, Record};
+use super::sled_pack::{pack, unpack};
 use super::sled_store::{db_err, SledStore};
 use super::{Delivery, StoreError};
 use crate::event::Event;
@@ -151,7 +152,7 @@ fn write_open(batch: &mut sled::Batch, target: &str, open: Open) {
             let last = open.seqs[open.seqs.len() - 1];
             batch.insert(
                 slot_key(target, last, KIND_BATCH),
-                encode_batch(&open.seqs, &open.records),
+                pack(encode_batch(&open.seqs, &open.records)),
             );
         }
     }
@@ -186,6 +187,16 @@ fn corrupt_at(target: &str, last: u64, reason: &str) -> StoreError {
         key: format!("outbox-v1/{target}/batch {last}"),
         reason: reason.into(),
     }
+}
+
+/// Batch `last` of `target` as stored: unpacked, and its index.
+fn open_batch(
+    target: &str,
+    last: u64,
+    v: sled::IVec,
+) -> Result<(BatchIndex, sled::IVec), StoreError> {
+    let v = unpack(v, || format!("outbox-v1/{target}/batch {last}"))?;
+    Ok((decode_batch(target, last, &v)?, v))
 }
 
 fn decode_batch(target: &str, last: u64, v: &[u8]) -> Result<BatchIndex, StoreError> {
@@ -371,7 +382,7 @@ impl Walk {
                 retry: None,
             }),
             Slot::Batch(last) => {
-                let index = decode_batch(&target, last, &value)?;
+                let (index, value) = open_batch(&target, last, value)?;
                 // The state sorts right after its batch.
                 let state_key = slot_key(&target, last, KIND_STATE);
                 let state = match self.iter.peek() {
@@ -486,7 +497,7 @@ impl SledStore {
         match split_outbox_key(&k)?.1 {
             Slot::Single(s) if s == seq => Ok(Some(Found::Single(key, v))),
             Slot::Batch(last) => {
-                let index = decode_batch(target, last, &v)?;
+                let (index, v) = open_batch(target, last, v)?;
                 let Some(i) = index.seqs.iter().position(|s| *s == seq) else {
                     return Ok(None);
                 };
@@ -766,7 +777,7 @@ mod tests {
             for kv in store.outbox.iter() {
                 let (k, v) = kv.unwrap();
                 if let (t, Slot::Batch(last)) = split_outbox_key(&k).unwrap() {
-                    out.push(decode_batch(&t, last, &v).unwrap().seqs);
+                    out.push(open_batch(&t, last, v).unwrap().0.seqs);
                 }
             }
             out

@@ -11,6 +11,7 @@ use super::records::{
     bucket_key, bucket_of, buckets_for, decode_bucket, encode_bucket, Entry, MAX_PER_BUCKET,
 };
 use super::records::{prefix, to_seen};
+use super::sled_pack::{pack, unpack};
 use super::sled_store::{db_err, SledStore};
 use super::{PollCommit, SourceState, StoreError};
 use crate::diff::Seen;
@@ -24,6 +25,7 @@ impl SledStore {
         for kv in snap.scan_prefix(prefix(source)) {
             let (k, v) = kv.map_err(|e| self.snap_read_err(source, last.as_deref(), e))?;
             last = Some(k.clone());
+            let v = unpack(v, || bucket_name(&k))?;
             let mut entries: Vec<(&str, Entry<'_>)> = Vec::new();
             decode_bucket(&k, &v, &mut entries)?;
             out.extend(
@@ -61,6 +63,11 @@ impl SledStore {
             error: Box::new(e),
         }
     }
+}
+
+/// A bucket's key as an error names it.
+fn bucket_name(key: &[u8]) -> String {
+    format!("snap-v1/{}", String::from_utf8_lossy(key))
 }
 
 /// What one commit changes in one bucket: items written, ids removed.
@@ -128,7 +135,10 @@ impl<'a> SnapshotWrite<'a> {
         let abort = ConflictableTransactionError::Abort;
         for (bucket, (upserts, removals)) in &self.touched {
             let key = bucket_key(self.source, *bucket);
-            let old = snap.get(&key)?;
+            let old = match snap.get(&key)? {
+                Some(v) => Some(unpack(v, || bucket_name(&key)).map_err(abort)?),
+                None => None,
+            };
             let mut items: BTreeMap<&str, Entry<'_>> = BTreeMap::new();
             if let Some(old) = &old {
                 decode_bucket(&key, old, &mut items).map_err(abort)?;
@@ -140,7 +150,7 @@ impl<'a> SnapshotWrite<'a> {
             if items.is_empty() {
                 snap.remove(key)?;
             } else {
-                snap.insert(key, encode_bucket(items.into_iter()))?;
+                snap.insert(key, pack(encode_bucket(items.into_iter())))?;
             }
         }
         Ok(())
@@ -157,6 +167,7 @@ impl<'a> SnapshotWrite<'a> {
         for b in 0..self.old_buckets {
             let key = bucket_key(self.source, b);
             if let Some(v) = snap.get(&key)? {
+                let v = unpack(v, || bucket_name(&key)).map_err(abort)?;
                 olds.push((key, v));
             }
         }
@@ -181,7 +192,7 @@ impl<'a> SnapshotWrite<'a> {
         for (b, entries) in regrouped {
             snap.insert(
                 bucket_key(self.source, b),
-                encode_bucket(entries.into_iter()),
+                pack(encode_bucket(entries.into_iter())),
             )?;
         }
         Ok(())

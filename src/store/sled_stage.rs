@@ -8,6 +8,7 @@ use sled::Transactional;
 
 use super::records::{decode_staged, stage_key};
 use super::sled_outbox::OutboxWrite;
+use super::sled_pack::unpack;
 use super::sled_store::{db_err, read_state, tx_err, SledStore};
 use super::{Store, StoreError};
 
@@ -50,7 +51,11 @@ impl SledStore {
             // under the chunk's key itself).
             let mut parts = Vec::new();
             for kv in self.stage.scan_prefix(stage_key(source, chunk)) {
-                parts.push(kv.map_err(db_err)?);
+                let (key, value) = kv.map_err(db_err)?;
+                let value = unpack(value, || {
+                    format!("stage-v1/{}", String::from_utf8_lossy(&key))
+                })?;
+                parts.push((key, value));
             }
             if parts.is_empty() {
                 continue;

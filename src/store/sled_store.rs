@@ -12,6 +12,7 @@ use super::records::{
     stage_part_key,
 };
 use super::sled_outbox::{delivery_key, Retry};
+use super::sled_pack::pack;
 use super::sled_snapshot::SnapshotWrite;
 use super::state_dir;
 use super::{Delivery, DeliveryStatus, PollCommit, SourceState, Store, StoreError, TargetStats};
@@ -206,7 +207,7 @@ impl SledStore {
         }
         if staging && !c.events.is_empty() {
             for (part, bytes) in encode_staged(&c.events, c.now_ms).into_iter().enumerate() {
-                stage.insert(stage_part_key(&c.source, c.chunk, part as u32), bytes);
+                stage.insert(stage_part_key(&c.source, c.chunk, part as u32), pack(bytes));
             }
         }
         Ok(stage)

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::json;
 
 use super::state_dir::{io_error, open_error, ID_KEY, META_TREE};
-use super::tests::{seen, NOW_MS};
+use super::tests::{incompressible, seen, NOW_MS};
 use super::*;
 
 /// The first commit of `source` with `items` (id, object) pairs.
@@ -363,7 +363,7 @@ fn damaged_files_are_reported_with_the_way_forward() {
 /// with 2 MiB segments), so it is a file under `db/blobs`.
 fn with_a_blob(state: &Path) {
     let store = SledStore::open(state).unwrap();
-    let big = "x".repeat(600_000);
+    let big = incompressible(600_000);
     let items = (0..40)
         .map(|i| {
             let v = if i == 7 {

@@ -308,7 +308,14 @@ async fn a_snapshot_read_back_short_is_refused_not_sent_as_created() {
         h.api.set(&i.to_string(), json!({"n": i}));
     }
     // Larger than a page sled keeps inline (a quarter of its log segment).
-    h.api.set("big", json!({"pad": "x".repeat(600_000)}));
+    // Bytes that do not compress: the store packs large records (sled_pack.rs).
+    let mut pad = String::new();
+    let mut block = [0u8; 32];
+    while pad.len() < 600_000 {
+        block = <sha2::Sha256 as sha2::Digest>::digest(block).into();
+        pad.extend(block.iter().map(|b| format!("{b:02x}")));
+    }
+    h.api.set("big", json!({ "pad": pad }));
     let config = h.config("max_body = \"2MiB\"", "");
     let source = &config.sources["s"];
     {
