@@ -24,9 +24,9 @@
 //!   `SledStore::commit_poll`). A release before parts wrote a chunk as one value under
 //!   the chunk's key, which is read the same way.
 //!
-//! Snapshot buckets, outbox batches and staged parts of [`super::sled_pack::PACK_MIN`]
-//! bytes or more are written LZ4-compressed when that makes them smaller (see
-//! `sled_pack.rs`); the layouts above are those of the value unpacked. The 7 KiB limit
+//! Snapshot buckets, the records of outbox batches and staged parts of
+//! [`super::sled_pack::PACK_MIN`] bytes or more are written LZ4-compressed when that
+//! makes them smaller (see `sled_pack.rs`); the layouts above are those unpacked. The 7 KiB limit
 //! of batches and parts is of the unpacked bytes, so a leaf of them stays under the size
 //! sled writes to a file of its own even when nothing compresses.
 //!

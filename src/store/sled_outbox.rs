@@ -11,7 +11,9 @@
 //! A batch is never rewritten. What happens to its deliveries afterwards goes into its
 //! state key, next to it: which are finished (acknowledged or buried) and the attempts,
 //! next attempt time and last error of those that failed. When every delivery of a batch
-//! is finished, the batch and its state are removed together. Each delivery is in
+//! is finished, the batch and its state are removed together. A batch's records are
+//! packed together (`sled_pack.rs`) behind its table of sequences, which an
+//! acknowledgement reads without unpacking them. Each delivery is in
 //! exactly one place (its own key, or one batch), so reading the outbox in key order
 //! reads it in detection order.
 //!
@@ -152,16 +154,23 @@ fn write_open(batch: &mut sled::Batch, target: &str, open: Open) {
             let last = open.seqs[open.seqs.len() - 1];
             batch.insert(
                 slot_key(target, last, KIND_BATCH),
-                pack(encode_batch(&open.seqs, &open.records)),
+                encode_batch(&open.seqs, &open.records),
             );
         }
     }
 }
 
-/// `magic, u32 count, count × u64 seq, count × u32 record length, the records`.
+/// `magic, u32 count, count × u64 seq, count × u32 record length, the records`, the
+/// records together packed when that shrinks them (`sled_pack.rs`). The table before
+/// them reads without unpacking them, which is all an acknowledgement needs.
 fn encode_batch(seqs: &[u64], records: &[sled::IVec]) -> Vec<u8> {
-    let body: usize = records.iter().map(|r| r.len()).sum();
-    let mut v = Vec::with_capacity(6 + seqs.len() * 12 + body);
+    let body_len: usize = records.iter().map(|r| r.len()).sum();
+    let mut body = Vec::with_capacity(body_len);
+    for r in records {
+        body.extend_from_slice(r);
+    }
+    let body = pack(body);
+    let mut v = Vec::with_capacity(6 + seqs.len() * 12 + body.len());
     v.extend_from_slice(&BATCH_MAGIC);
     v.extend_from_slice(&(seqs.len() as u32).to_be_bytes());
     for s in seqs {
@@ -170,33 +179,85 @@ fn encode_batch(seqs: &[u64], records: &[sled::IVec]) -> Vec<u8> {
     for r in records {
         v.extend_from_slice(&(r.len() as u32).to_be_bytes());
     }
-    for r in records {
-        v.extend_from_slice(r);
-    }
+    v.extend_from_slice(&body);
     v
 }
 
-/// A batch's index: each delivery's sequence and where its record lies in the value.
+/// A batch's table: each delivery's sequence and where its record lies in the records
+/// (unpacked), which start at `body_at` in the value.
 struct BatchIndex {
     seqs: Vec<u64>,
     ranges: Vec<Range<usize>>,
+    body_at: usize,
+}
+
+impl BatchIndex {
+    /// The records of batch `value` (as [`batch_value`] gives it), unpacked.
+    fn records(
+        &self,
+        target: &str,
+        last: u64,
+        value: &sled::IVec,
+    ) -> Result<sled::IVec, StoreError> {
+        let packed = value.subslice(self.body_at, value.len() - self.body_at);
+        let body = unpack(packed, || batch_name(target, last))?;
+        if body.len() != self.ranges.last().map_or(0, |r| r.end) {
+            return Err(corrupt_at(
+                target,
+                last,
+                "batch lengths or sequences do not match",
+            ));
+        }
+        Ok(body)
+    }
+}
+
+fn batch_name(target: &str, last: u64) -> String {
+    format!("outbox-v1/{target}/batch {last}")
 }
 
 fn corrupt_at(target: &str, last: u64, reason: &str) -> StoreError {
     StoreError::Corrupt {
-        key: format!("outbox-v1/{target}/batch {last}"),
+        key: batch_name(target, last),
         reason: reason.into(),
     }
 }
 
-/// Batch `last` of `target` as stored: unpacked, and its index.
+/// Batch `last` of `target` as stored, its table read. (A development build packed
+/// whole batches, table and all: those are unpacked first.)
+fn batch_value(
+    target: &str,
+    last: u64,
+    v: sled::IVec,
+) -> Result<(BatchIndex, sled::IVec), StoreError> {
+    let v = unpack(v, || batch_name(target, last))?;
+    Ok((decode_batch(target, last, &v)?, v))
+}
+
+/// Batch value `v` as a release before packing wrote it, if its records are packed.
+#[cfg(test)]
+pub(super) fn unpacked_batch(key: &[u8], v: &[u8]) -> Option<Vec<u8>> {
+    let (target, Slot::Batch(last)) = split_outbox_key(key).ok()? else {
+        return None;
+    };
+    let index = decode_batch(&target, last, v).ok()?;
+    if !v[index.body_at..].starts_with(&[0xff, b'Z']) {
+        return None;
+    }
+    let records = index.records(&target, last, &sled::IVec::from(v)).ok()?;
+    Some([&v[..index.body_at], &records[..]].concat())
+}
+
+/// Batch `last` of `target`: its table, and its records unpacked (the ranges of the
+/// table are theirs).
 fn open_batch(
     target: &str,
     last: u64,
     v: sled::IVec,
 ) -> Result<(BatchIndex, sled::IVec), StoreError> {
-    let v = unpack(v, || format!("outbox-v1/{target}/batch {last}"))?;
-    Ok((decode_batch(target, last, &v)?, v))
+    let (index, v) = batch_value(target, last, v)?;
+    let records = index.records(target, last, &v)?;
+    Ok((index, records))
 }
 
 fn decode_batch(target: &str, last: u64, v: &[u8]) -> Result<BatchIndex, StoreError> {
@@ -210,10 +271,10 @@ fn decode_batch(target: &str, last: u64, v: &[u8]) -> Result<BatchIndex, StoreEr
         return Err(corrupt_at(target, last, "batch of an impossible size"));
     }
     let seqs_at = 6;
-    let lens_at = seqs_at + 8 * n;
-    let mut at = lens_at + 4 * n;
-    let table = v.get(seqs_at..at).ok_or_else(cut)?;
+    let body_at = seqs_at + 12 * n;
+    let table = v.get(seqs_at..body_at).ok_or_else(cut)?;
     let (mut seqs, mut ranges) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let mut at = 0;
     for i in 0..n {
         let s = &table[8 * i..8 * i + 8];
         seqs.push(u64::from_be_bytes(s.try_into().unwrap_or_default()));
@@ -222,14 +283,18 @@ fn decode_batch(target: &str, last: u64, v: &[u8]) -> Result<BatchIndex, StoreEr
         ranges.push(at..at + len);
         at += len;
     }
-    if at != v.len() || seqs.last() != Some(&last) || seqs.windows(2).any(|w| w[0] >= w[1]) {
+    if seqs.last() != Some(&last) || seqs.windows(2).any(|w| w[0] >= w[1]) {
         return Err(corrupt_at(
             target,
             last,
             "batch lengths or sequences do not match",
         ));
     }
-    Ok(BatchIndex { seqs, ranges })
+    Ok(BatchIndex {
+        seqs,
+        ranges,
+        body_at,
+    })
 }
 
 /// A later attempt's record of a batched delivery.
@@ -437,10 +502,10 @@ enum Found {
     Batched {
         last: u64,
         index: usize,
-        /// The sequences of the batch's deliveries.
-        seqs: Vec<u64>,
+        /// The batch's table, and its value as stored (records still packed: an
+        /// acknowledgement never unpacks them).
+        table: BatchIndex,
         value: sled::IVec,
-        range: Range<usize>,
         /// The batch's state as read to find it.
         state: BatchState,
     },
@@ -497,8 +562,8 @@ impl SledStore {
         match split_outbox_key(&k)?.1 {
             Slot::Single(s) if s == seq => Ok(Some(Found::Single(key, v))),
             Slot::Batch(last) => {
-                let (index, v) = open_batch(target, last, v)?;
-                let Some(i) = index.seqs.iter().position(|s| *s == seq) else {
+                let (table, value) = batch_value(target, last, v)?;
+                let Some(i) = table.seqs.iter().position(|s| *s == seq) else {
                     return Ok(None);
                 };
                 let state = self.batch_state(target, last)?;
@@ -508,9 +573,8 @@ impl SledStore {
                 Ok(Some(Found::Batched {
                     last,
                     index: i,
-                    range: index.ranges[i].clone(),
-                    seqs: index.seqs,
-                    value: v,
+                    table,
+                    value,
                     state,
                 }))
             }
@@ -558,18 +622,18 @@ impl SledStore {
                 Some(decode_record_in(target.into(), seq, &v)?.into_delivery())
             }
             Some(Found::Batched {
+                last,
                 index,
+                table,
                 value,
-                range,
                 state,
-                ..
             }) => {
                 let retry = state.retry(index).cloned();
                 let stored = Stored {
                     target: target.into(),
                     seq,
-                    value,
-                    range,
+                    value: table.records(target, last, &value)?,
+                    range: table.ranges[index].clone(),
                     retry,
                 };
                 Some(stored.delivery()?)
@@ -599,12 +663,12 @@ impl SledStore {
                 Some(Found::Batched {
                     last,
                     index,
-                    seqs,
+                    table,
                     mut state,
                     ..
                 }) => {
                     state.finish(index);
-                    touched.insert(last, (seqs, state));
+                    touched.insert(last, (table.seqs, state));
                 }
             }
         }
@@ -674,22 +738,21 @@ impl SledStore {
             Found::Batched {
                 last,
                 index,
-                seqs,
+                table,
                 value,
-                range,
                 mut state,
             } => {
                 let stored = Stored {
                     target: target.into(),
                     seq,
-                    value,
-                    range,
+                    value: table.records(target, last, &value)?,
+                    range: table.ranges[index].clone(),
                     retry: state.retry(index).cloned(),
                 };
                 let d = stored.delivery()?;
                 state.finish(index);
                 let mut write = sled::Batch::default();
-                Self::put_state(&mut write, target, last, seqs.len(), &state);
+                Self::put_state(&mut write, target, last, table.seqs.len(), &state);
                 (d, Some(write))
             }
         };
@@ -734,17 +797,26 @@ mod tests {
 
     #[test]
     fn batches_and_states_round_trip_and_reject_damage() {
-        let records: Vec<sled::IVec> = vec![b"abc".into(), b"".into(), b"de".into()];
-        let v = encode_batch(&[3, 5, 9], &records);
-        let index = decode_batch("t", 9, &v).unwrap();
-        assert_eq!(index.seqs, [3, 5, 9]);
-        let parts: Vec<&[u8]> = index.ranges.iter().map(|r| &v[r.clone()]).collect();
-        assert_eq!(parts, [&b"abc"[..], b"", b"de"]);
-        assert!(
-            decode_batch("t", 8, &v).is_err(),
-            "the key's sequence is the last"
-        );
-        assert!(decode_batch("t", 9, &v[..v.len() - 1]).is_err());
+        let open = |last, v: &[u8]| open_batch("t", last, sled::IVec::from(v));
+        // Small records as they are, and records that pack.
+        let long = format!("{{\"id\":1,\"name\":\"{}\"}}", "item ".repeat(200));
+        for records in [
+            vec![b"abc".to_vec(), b"".to_vec(), b"de".to_vec()],
+            vec![long.clone().into_bytes(), Vec::new(), long.into_bytes()],
+        ] {
+            let records: Vec<sled::IVec> = records.into_iter().map(Into::into).collect();
+            let v = encode_batch(&[3, 5, 9], &records);
+            let (index, body) = open(9, &v).unwrap();
+            assert_eq!(index.seqs, [3, 5, 9]);
+            let parts: Vec<&[u8]> = index.ranges.iter().map(|r| &body[r.clone()]).collect();
+            let expected: Vec<&[u8]> = records.iter().map(|r| &r[..]).collect();
+            assert_eq!(parts, expected);
+            assert!(open(8, &v).is_err(), "the key's sequence is the last");
+            assert!(open(9, &v[..v.len() - 1]).is_err());
+            // The table reads without the records, as acknowledgements read it.
+            let table_only = &v[..6 + 12 * 3];
+            assert_eq!(decode_batch("t", 9, table_only).unwrap().seqs, [3, 5, 9]);
+        }
         assert!(decode_batch("t", 9, b"\0\0\0\x01x").is_err());
 
         let mut state = BatchState::default();
