@@ -17,16 +17,37 @@ use crate::store::{SharedStore, StoreError};
 const ACK_BATCH: usize = 512;
 const ACK_DELAY: Duration = Duration::from_millis(20);
 
-/// The acknowledgements one worker has yet to record: while one batch is written, the
-/// next accumulates.
+/// Acknowledged deliveries not yet being written, gathered by a target's senders.
+#[derive(Debug, Default)]
+pub struct Acked {
+    seqs: Vec<u64>,
+    /// When the oldest of `seqs` arrived: they are written once they are ACK_BATCH or
+    /// have waited ACK_DELAY.
+    since: Option<Instant>,
+}
+
+impl Acked {
+    /// Records that a delivery was acknowledged by its target. True when the worker is
+    /// to look: the first one (whose wait starts now) or a full batch.
+    pub fn push(&mut self, seq: u64) -> bool {
+        self.seqs.push(seq);
+        let first = self.since.is_none();
+        self.since.get_or_insert_with(Instant::now);
+        first || self.seqs.len() == ACK_BATCH
+    }
+
+    /// A batch whose write failed, due again in a second, not in ACK_DELAY: a failing
+    /// store is not hammered (or the log flooded) fifty times a second.
+    pub fn again(&mut self, seqs: Vec<u64>) {
+        self.seqs.extend(seqs);
+        self.since = Some(Instant::now() + Duration::from_secs(1));
+    }
+}
+
+/// Writes one worker's acknowledgements: while one batch is written, the next gathers.
 pub struct AckWriter {
     store: SharedStore,
     target: String,
-    /// Acknowledged, not yet being written.
-    pending: Vec<u64>,
-    /// When the oldest of `pending` arrived: they are written once they are ACK_BATCH or
-    /// have waited ACK_DELAY.
-    since: Option<Instant>,
     /// The batch being written, at most one at a time.
     writing: Option<AckBatch>,
 }
@@ -40,64 +61,53 @@ impl AckWriter {
         AckWriter {
             store,
             target,
-            pending: Vec::new(),
-            since: None,
             writing: None,
         }
     }
 
-    /// Records that a delivery was acknowledged by its target.
-    pub fn push(&mut self, seq: u64) {
-        self.pending.push(seq);
-        self.since.get_or_insert_with(Instant::now);
-    }
-
-    /// Starts writing the pending acknowledgements when they are due and no other batch
-    /// is being written.
-    pub fn start_if_due(&mut self) {
-        let waited = self.since.is_some_and(|t| t + ACK_DELAY <= Instant::now());
-        if self.writing.is_none() && (self.pending.len() >= ACK_BATCH || waited) {
-            let seqs = std::mem::take(&mut self.pending);
+    /// Starts writing the `acked` deliveries when they are due and no other batch is
+    /// being written.
+    pub fn start_if_due(&mut self, acked: &mut Acked) {
+        let waited = acked.since.is_some_and(|t| t + ACK_DELAY <= Instant::now());
+        if self.writing.is_none() && (acked.seqs.len() >= ACK_BATCH || waited) {
+            let seqs = std::mem::take(&mut acked.seqs);
             self.writing = Some(self.write(seqs));
-            self.since = None;
+            acked.since = None;
         }
     }
 
-    /// When the pending acknowledgements are due; none while a batch is being written
-    /// (its end wakes the worker).
-    pub fn due(&self) -> Option<Instant> {
-        self.since
+    /// When the `acked` deliveries are due; none while a batch is being written (its end
+    /// wakes the worker).
+    pub fn due(&self, acked: &Acked) -> Option<Instant> {
+        acked
+            .since
             .filter(|_| self.writing.is_none())
             .map(|t| t + ACK_DELAY)
     }
 
-    /// Resolves when the batch being written has landed (never when there is none); a
-    /// batch that failed joins the pending ones. Cancel-safe: until the batch ends, the
-    /// write stays in `writing`.
-    pub async fn written(&mut self) {
+    /// Resolves when the batch being written has landed (never when there is none), with
+    /// the batch if it failed (for [`Acked::again`]). Cancel-safe: until the batch ends,
+    /// the write stays in `writing`.
+    pub async fn written(&mut self) -> Option<Vec<u64>> {
         let Some(batch) = self.writing.as_mut() else {
             return std::future::pending().await;
         };
         let result = joined(batch.await);
         self.writing = None;
-        if let Err((e, seqs)) = result {
-            tracing::error!(target_name = %self.target, error = %crate::error::chain(&e), "cannot record acknowledgements; retrying in 1s");
-            self.pending.extend(seqs);
-            // Due again in a second, not in ACK_DELAY: a failing store is not hammered (or
-            // the log flooded) fifty times a second.
-            self.since = Some(Instant::now() + Duration::from_secs(1));
-        }
+        let (e, seqs) = result.err()?;
+        tracing::error!(target_name = %self.target, error = %crate::error::chain(&e), "cannot record acknowledgements; retrying in 1s");
+        Some(seqs)
     }
 
     /// At shutdown: waits for the batch being written, then writes what is left.
-    pub async fn close(mut self) {
+    pub async fn close(mut self, mut acked: Acked) {
         if let Some(batch) = self.writing.take() {
             if let Err((_, seqs)) = joined(batch.await) {
-                self.pending.extend(seqs);
+                acked.seqs.extend(seqs);
             }
         }
-        if !self.pending.is_empty() {
-            let seqs = std::mem::take(&mut self.pending);
+        if !acked.seqs.is_empty() {
+            let seqs = std::mem::take(&mut acked.seqs);
             if let Err((e, _)) = joined(self.write(seqs).await) {
                 tracing::error!(target_name = %self.target, error = %crate::error::chain(&e), "cannot record acknowledgements at shutdown; they will be sent again");
             }

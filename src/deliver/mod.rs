@@ -14,7 +14,7 @@ mod refill;
 pub mod retry;
 
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -31,7 +31,7 @@ use crate::jitter::random_unit;
 use crate::metrics::Metrics;
 use crate::sign::Scheme;
 use crate::store::{blocking, SharedStore, Work};
-use acks::AckWriter;
+use acks::{AckWriter, Acked};
 use queue::{Queue, Ready};
 use refill::Refill;
 pub use retry::{Decision, Outcome, RetryPolicy};
@@ -57,7 +57,7 @@ pub struct TargetWorker {
     metrics: Option<Arc<Metrics>>,
 }
 
-/// The end of one attempt, reported back to the worker loop.
+/// The end of one attempt, settled in the book by its sender.
 struct Finished {
     seq: u64,
     decision: Decision,
@@ -104,29 +104,40 @@ impl TargetWorker {
         self
     }
 
-    /// The worker loop: refill from the outbox, start due attempts, wait for the next
-    /// thing to happen. Store errors are logged and retried; they never end the loop (a fatal
-    /// one stops the daemon, which stops this worker like a shutdown).
+    /// The worker loop: refill from the outbox, start senders for due deliveries, write
+    /// acknowledgements, wait for the next thing to happen. Store errors are logged and
+    /// retried; they never end the loop (a fatal one stops the daemon, which stops this
+    /// worker like a shutdown).
+    ///
+    /// A sender sends one delivery after another (see [`Sender::run`]): it settles each
+    /// attempt in the shared [`Book`] and takes the next due delivery itself, so the
+    /// worker is not woken per attempt, only when a sender ends (nothing due for it),
+    /// when acknowledgements are to be written, or when a sender's outcome makes a
+    /// delivery due sooner than the worker last saw.
     pub async fn run(self) {
-        let mut queue = Queue::default();
-        let mut in_flight: JoinSet<Finished> = JoinSet::new();
+        let shared = Arc::new(Shared::default());
+        let mut senders: JoinSet<()> = JoinSet::new();
         let mut acks = AckWriter::new(self.store.clone(), self.target.name.clone());
         let mut refill = Refill::new(self.store.clone(), self.target.name.clone());
         let mut alarm = Alarm::new();
         loop {
-            acks.start_if_due();
-            refill.start_if_due(&queue);
-            // No attempt starts after the stop: not in the iteration that noticed it late
+            let acks_due = {
+                let mut book = lock(&shared.book);
+                acks.start_if_due(&mut book.acked);
+                refill.start_if_due(&book.queue);
+                acks.due(&book.acked)
+            };
+            // No delivery starts after the stop: not in the iteration that noticed it late
             // (a load or a ready timer raced it), nor in a worker that only got here
             // after waiting for its predecessor (a reload) while the daemon shut down.
             if self.shutdown.is_cancelled() {
                 break;
             }
-            let next_due = self.start_due(&mut queue, &mut in_flight);
+            let next_due = self.start_due(&shared, &mut senders);
             // Wake for whichever comes first: the next due delivery, a read to retry, the
             // pending acknowledgements.
             alarm.set(
-                [next_due, refill.retry_at(), acks.due()]
+                [next_due, refill.retry_at(), acks_due]
                     .into_iter()
                     .flatten()
                     .min(),
@@ -135,43 +146,50 @@ impl TargetWorker {
                 biased;
                 _ = self.shutdown.cancelled() => break,
                 _ = self.wake.notified() => refill.request(),
-                Some(done) = in_flight.join_next() => {
-                    self.finish(&mut queue, &mut acks, done);
-                    // Take every other finished attempt too before starting new ones.
-                    while let Some(done) = in_flight.try_join_next() {
-                        self.finish(&mut queue, &mut acks, done);
+                _ = shared.nudge.notified() => {}
+                Some(ended) = senders.join_next() => {
+                    self.ended(ended);
+                    while let Some(ended) = senders.try_join_next() {
+                        self.ended(ended);
                     }
                 }
-                () = acks.written() => {}
-                () = refill.landed(&mut queue) => {}
+                failed = acks.written() => {
+                    if let Some(seqs) = failed {
+                        lock(&shared.book).acked.again(seqs);
+                    }
+                }
+                () = refill.landed(&shared.book) => {}
                 () = alarm.rings() => {}
             }
         }
         refill.close().await;
-        self.drain(&mut in_flight, &mut queue, &mut acks).await;
+        self.drain(&mut senders).await;
         // What was acknowledged must be recorded before the daemon flushes and exits,
         // or a clean stop would repeat it.
-        acks.close().await;
+        let acked = std::mem::take(&mut lock(&shared.book).acked);
+        acks.close(acked).await;
     }
 
-    /// Starts every due delivery there is room for. Returns when to look again: when the
-    /// next one is due, if there is room left to start it then.
-    fn start_due(&self, queue: &mut Queue, in_flight: &mut JoinSet<Finished>) -> Option<Instant> {
+    /// Starts a sender for every due delivery there is room for. Returns when to look
+    /// again: when the next one is due, if there is room left to start it then.
+    fn start_due(&self, shared: &Arc<Shared>, senders: &mut JoinSet<()>) -> Option<Instant> {
         if !self.store.holds(Work::Target, &self.target.name) {
             // A member of a cluster whose lease on this target lapsed (paused, or cut off
             // from the database) sends nothing: another instance may hold it by now.
             return Some(Instant::now() + LEASE_RECHECK);
         }
         let now_ms = Utc::now().timestamp_millis();
-        while in_flight.len() < self.target.max_in_flight {
-            let Some(ready) = queue.take_due(now_ms) else {
+        let mut book = lock(&shared.book);
+        while senders.len() < self.target.max_in_flight {
+            let Some(ready) = book.queue.take_due(now_ms) else {
                 break;
             };
-            in_flight.spawn(self.clone_parts().attempt(ready));
+            senders.spawn(self.sender(shared).run(ready));
         }
-        queue
-            .next_due_ms()
-            .filter(|_| in_flight.len() < self.target.max_in_flight)
+        let next_due_ms = book.queue.next_due_ms();
+        book.seen_due_ms = next_due_ms;
+        next_due_ms
+            .filter(|_| senders.len() < self.target.max_in_flight)
             .map(|at| {
                 let wait = u64::try_from(at - now_ms).unwrap_or(0);
                 Instant::now() + Duration::from_millis(wait)
@@ -180,52 +198,63 @@ impl TargetWorker {
 
     /// Clean stop: no new attempts; those in flight may finish within the grace period.
     /// Whatever is cut off stays pending for the next start (invariant 8).
-    async fn drain(
-        &self,
-        in_flight: &mut JoinSet<Finished>,
-        queue: &mut Queue,
-        acks: &mut AckWriter,
-    ) {
+    async fn drain(&self, senders: &mut JoinSet<()>) {
         let finishing = async {
-            while let Some(done) = in_flight.join_next().await {
-                self.finish(queue, acks, done);
+            while let Some(ended) = senders.join_next().await {
+                self.ended(ended);
             }
         };
         if tokio::time::timeout(self.grace, finishing).await.is_err() {
-            tracing::warn!(target_name = %self.target.name, cut = in_flight.len(), "grace period over; unfinished deliveries stay pending for the next start");
-            in_flight.abort_all();
+            tracing::warn!(target_name = %self.target.name, cut = senders.len(), "grace period over; unfinished deliveries stay pending for the next start");
+            senders.abort_all();
         }
     }
 
-    fn finish(
-        &self,
-        queue: &mut Queue,
-        acks: &mut AckWriter,
-        done: Result<Finished, tokio::task::JoinError>,
-    ) {
-        match done {
-            Ok(f) => {
-                if f.decision == Decision::Ack {
-                    acks.push(f.seq);
-                }
-                queue.finish(f.seq, f.decision, f.attempts, f.next_at_ms)
-            }
-            // An attempt task only ends this way if it panicked; its delivery is still in
-            // the outbox and will be retried after a restart.
-            Err(e) => {
-                tracing::error!(target_name = %self.target.name, error = %crate::error::chain(&e), "delivery task failed")
+    /// A sender ended: nothing was due for it, or it panicked. A panicked sender's
+    /// delivery is still in the outbox and is sent again after a restart.
+    fn ended(&self, ended: Result<(), tokio::task::JoinError>) {
+        if let Err(e) = ended {
+            if e.is_panic() {
+                tracing::error!(target_name = %self.target.name, error = %crate::error::chain(&e), "delivery task failed");
             }
         }
     }
 
-    fn clone_parts(&self) -> Attempt {
-        Attempt {
+    fn sender(&self, shared: &Arc<Shared>) -> Sender {
+        Sender {
             target: self.target.clone(),
             store: self.store.clone(),
             client: self.client.clone(),
             metrics: self.metrics.clone(),
+            shared: shared.clone(),
+            shutdown: self.shutdown.clone(),
         }
     }
+}
+
+/// What a target's worker and its senders share.
+#[derive(Default)]
+struct Shared {
+    book: Mutex<Book>,
+    /// Wakes the worker: acknowledgements to write, or a delivery due sooner.
+    nudge: Notify,
+}
+
+/// A target's bookkeeping, under one lock held only to read or change it (never across
+/// an await).
+#[derive(Default)]
+pub struct Book {
+    pub queue: Queue,
+    acked: Acked,
+    /// When the next delivery was due as the worker last looked (ms): a sender whose
+    /// outcome makes one due sooner wakes the worker, which may have room to start it.
+    seen_due_ms: Option<i64>,
+}
+
+/// The book, also if a sender panicked holding it: its bookkeeping is a few map
+/// updates, each complete or not begun.
+fn lock(book: &Mutex<Book>) -> std::sync::MutexGuard<'_, Book> {
+    book.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A worker's one timer, moved only when the next deadline changes: creating a timer
@@ -263,16 +292,59 @@ impl Alarm {
     }
 }
 
-/// What one attempt needs, owned so it can run as its own task.
-struct Attempt {
+/// Sends a target's deliveries one after another, as its own task; a worker runs up to
+/// `max_in_flight` of them.
+struct Sender {
     target: Arc<Target>,
     store: SharedStore,
     client: reqwest::Client,
     metrics: Option<Arc<Metrics>>,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
 }
 
-impl Attempt {
-    async fn attempt(self, ready: Ready) -> Finished {
+impl Sender {
+    /// Sends `ready`, settles it in the book, and goes on with the next due delivery
+    /// while there is one (and no stop, and the target's lease is held).
+    async fn run(self, mut ready: Ready) {
+        loop {
+            let done = self.attempt(ready).await;
+            match self.settle(done) {
+                Some(next) => ready = next,
+                None => return,
+            }
+        }
+    }
+
+    /// Records how an attempt ended, and takes the next due delivery.
+    fn settle(&self, f: Finished) -> Option<Ready> {
+        let mut book = lock(&self.shared.book);
+        let mut nudge = f.decision == Decision::Ack && book.acked.push(f.seq);
+        book.queue
+            .finish(f.seq, f.decision, f.attempts, f.next_at_ms);
+        let go_on =
+            !self.shutdown.is_cancelled() && self.store.holds(Work::Target, &self.target.name);
+        let next = go_on
+            .then(|| book.queue.take_due(Utc::now().timestamp_millis()))
+            .flatten();
+        // The worker reads more of the outbox once the queue is half empty.
+        nudge |= book.queue.len() + 1 == WINDOW / 2;
+        // A retry, or the item's next delivery, due before what the worker last saw:
+        // it may have room to start it then. (A sender that finds nothing due ends,
+        // which wakes the worker too; this covers one that went on with other work.)
+        let sooner = book.queue.next_due_ms();
+        nudge |= sooner.is_some_and(|t| book.seen_due_ms.is_none_or(|seen| t < seen));
+        if sooner.is_some() {
+            book.seen_due_ms = book.seen_due_ms.min(sooner).or(sooner);
+        }
+        drop(book);
+        if nudge {
+            self.shared.nudge.notify_one();
+        }
+        next
+    }
+
+    async fn attempt(&self, ready: Ready) -> Finished {
         let seq = ready.seq;
         let attempt_no = ready.attempts + 1;
         let body = match ready.body.clone() {

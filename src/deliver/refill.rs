@@ -5,7 +5,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Duration, Instant};
 
 use super::queue::Queue;
-use super::WINDOW;
+use super::{lock, Book, WINDOW};
 use crate::store::{blocking, Delivery, SharedStore, StoreError};
 
 /// A read of the outbox under way, and how many deliveries it asked for.
@@ -74,8 +74,9 @@ impl Refill {
     }
 
     /// Resolves when the read under way has landed (never when there is none), its
-    /// deliveries added to `queue`. Cancel-safe: until the read ends, it stays under way.
-    pub async fn landed(&mut self, queue: &mut Queue) {
+    /// deliveries added to the queue of `book`. Cancel-safe: until the read ends, it
+    /// stays under way.
+    pub async fn landed(&mut self, book: &std::sync::Mutex<Book>) {
         let Some((read, limit)) = self.reading.as_mut() else {
             return std::future::pending().await;
         };
@@ -90,8 +91,9 @@ impl Refill {
         match result {
             Ok(batch) => {
                 self.more = batch.len() == limit;
+                let mut book = lock(book);
                 for d in batch {
-                    queue.push(d);
+                    book.queue.push(d);
                 }
             }
             Err(e) => {
