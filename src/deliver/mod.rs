@@ -251,6 +251,35 @@ pub struct Book {
     seen_due_ms: Option<i64>,
 }
 
+impl Book {
+    /// A sender's attempt ended with `f`: records it, and takes the next delivery due at
+    /// `now_ms` if the sender is to `go_on`. Also says whether the worker is to look:
+    /// acknowledgements to write (the first of a batch, or a full one), the queue half
+    /// empty (to read more), or a delivery due sooner than the worker last saw (a retry,
+    /// or an item's next delivery, that it may have room to start then; a sender that
+    /// finds nothing due ends, which wakes the worker too, so this is for one that went
+    /// on with other work).
+    fn settle(&mut self, f: Finished, go_on: bool, now_ms: i64) -> (Option<Ready>, bool) {
+        let mut nudge = f.decision == Decision::Ack && self.acked.push(f.seq);
+        self.queue
+            .finish(f.seq, f.decision, f.attempts, f.next_at_ms);
+        let next = if go_on {
+            self.queue.take_due(now_ms)
+        } else {
+            None
+        };
+        nudge |= self.queue.len() + 1 == WINDOW / 2;
+        let next_due = self.queue.next_due_ms();
+        if let Some(due) = next_due {
+            if self.seen_due_ms.is_none_or(|seen| due < seen) {
+                nudge = true;
+                self.seen_due_ms = Some(due);
+            }
+        }
+        (next, nudge)
+    }
+}
+
 /// The book, also if a sender panicked holding it: its bookkeeping is a few map
 /// updates, each complete or not begun.
 fn lock(book: &Mutex<Book>) -> std::sync::MutexGuard<'_, Book> {
@@ -318,26 +347,9 @@ impl Sender {
 
     /// Records how an attempt ended, and takes the next due delivery.
     fn settle(&self, f: Finished) -> Option<Ready> {
-        let mut book = lock(&self.shared.book);
-        let mut nudge = f.decision == Decision::Ack && book.acked.push(f.seq);
-        book.queue
-            .finish(f.seq, f.decision, f.attempts, f.next_at_ms);
         let go_on =
             !self.shutdown.is_cancelled() && self.store.holds(Work::Target, &self.target.name);
-        let next = go_on
-            .then(|| book.queue.take_due(Utc::now().timestamp_millis()))
-            .flatten();
-        // The worker reads more of the outbox once the queue is half empty.
-        nudge |= book.queue.len() + 1 == WINDOW / 2;
-        // A retry, or the item's next delivery, due before what the worker last saw:
-        // it may have room to start it then. (A sender that finds nothing due ends,
-        // which wakes the worker too; this covers one that went on with other work.)
-        let sooner = book.queue.next_due_ms();
-        nudge |= sooner.is_some_and(|t| book.seen_due_ms.is_none_or(|seen| t < seen));
-        if sooner.is_some() {
-            book.seen_due_ms = book.seen_due_ms.min(sooner).or(sooner);
-        }
-        drop(book);
+        let (next, nudge) = lock(&self.shared.book).settle(f, go_on, Utc::now().timestamp_millis());
         if nudge {
             self.shared.nudge.notify_one();
         }
@@ -489,5 +501,85 @@ impl Sender {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Delivery;
+
+    fn d(seq: u64, item: &str) -> Delivery {
+        Delivery {
+            target: "t".into(),
+            seq,
+            event_id: format!("evt_{seq}"),
+            event_type: "s.updated".into(),
+            source: "s".into(),
+            item_id: item.into(),
+            attempts: 0,
+            next_at_ms: 0,
+            created_ms: 0,
+            last_error: None,
+            body: b"{}".to_vec(),
+        }
+    }
+
+    fn done(seq: u64, decision: Decision, next_at_ms: i64) -> Finished {
+        Finished {
+            seq,
+            decision,
+            attempts: 1,
+            next_at_ms,
+        }
+    }
+
+    /// A sender goes on with the next due delivery without the worker; the worker is
+    /// woken only when it has something to do.
+    #[test]
+    fn a_settled_attempt_takes_the_next_and_wakes_the_worker_only_when_needed() {
+        let mut book = Book::default();
+        for (seq, item) in [(1, "a"), (2, "b"), (3, "c"), (4, "d")] {
+            book.queue.push(d(seq, item));
+        }
+        // The worker started a and b, and saw c due at 0.
+        let (a, b) = (
+            book.queue.take_due(0).unwrap(),
+            book.queue.take_due(0).unwrap(),
+        );
+        book.seen_due_ms = book.queue.next_due_ms();
+        // a's 2xx: its sender takes c; the first acknowledgement wakes the worker (its
+        // batch's wait starts).
+        let (next, nudge) = book.settle(done(a.seq, Decision::Ack, 0), true, 0);
+        assert_eq!(next.map(|r| r.seq), Some(3));
+        assert!(nudge);
+        // b fails and retries at 5,000 ms; its sender goes on with d. The retry is due
+        // later than what the worker saw: no wake.
+        let retry = Decision::RetryIn(Duration::from_secs(5));
+        let (next, nudge) = book.settle(done(b.seq, retry, 5_000), true, 0);
+        assert_eq!(next.map(|r| r.seq), Some(4));
+        assert!(
+            !nudge,
+            "the second acknowledgement or a later retry woke the worker"
+        );
+        // c's 2xx: nothing due now, the sender ends (which wakes the worker by itself).
+        let (next, nudge) = book.settle(done(3, Decision::Ack, 0), true, 0);
+        assert!(next.is_none() && !nudge);
+        // The worker looked again and saw b due at 5,000. d fails and retries at 1,000,
+        // before that: the worker, which may have room, is woken to start it in time.
+        book.seen_due_ms = book.queue.next_due_ms();
+        assert_eq!(book.seen_due_ms, Some(5_000));
+        let (next, nudge) = book.settle(done(4, retry, 1_000), true, 0);
+        assert!(next.is_none());
+        assert!(
+            nudge,
+            "a retry due sooner than the worker knows did not wake it"
+        );
+        // At a stop (or a lapsed lease) the sender takes nothing more: b stays due.
+        let d = book.queue.take_due(5_000).unwrap();
+        assert_eq!(d.seq, 4);
+        let (next, _) = book.settle(done(d.seq, Decision::Ack, 0), false, 5_000);
+        assert!(next.is_none());
+        assert_eq!(book.queue.take_due(5_000).map(|r| r.seq), Some(2));
     }
 }
