@@ -506,24 +506,8 @@ impl Sender {
 
 #[cfg(test)]
 mod tests {
+    use super::queue::tests::d;
     use super::*;
-    use crate::store::Delivery;
-
-    fn d(seq: u64, item: &str) -> Delivery {
-        Delivery {
-            target: "t".into(),
-            seq,
-            event_id: format!("evt_{seq}"),
-            event_type: "s.updated".into(),
-            source: "s".into(),
-            item_id: item.into(),
-            attempts: 0,
-            next_at_ms: 0,
-            created_ms: 0,
-            last_error: None,
-            body: b"{}".to_vec(),
-        }
-    }
 
     fn done(seq: u64, decision: Decision, next_at_ms: i64) -> Finished {
         Finished {
@@ -540,7 +524,7 @@ mod tests {
     fn a_settled_attempt_takes_the_next_and_wakes_the_worker_only_when_needed() {
         let mut book = Book::default();
         for (seq, item) in [(1, "a"), (2, "b"), (3, "c"), (4, "d")] {
-            book.queue.push(d(seq, item));
+            book.queue.push(d(seq, item, 0));
         }
         // The worker started a and b, and saw c due at 0.
         let (a, b) = (

@@ -168,11 +168,12 @@ impl Queue {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn d(seq: u64, item: &str, next_at_ms: i64) -> Delivery {
+    /// A delivery of `item` due at `next_at_ms`.
+    pub(in crate::deliver) fn d(seq: u64, item: &str, next_at_ms: i64) -> Delivery {
         Delivery {
             target: "t".into(),
             seq,
