@@ -223,14 +223,12 @@ fn corrupt_at(target: &str, last: u64, reason: &str) -> StoreError {
     }
 }
 
-/// Batch `last` of `target` as stored, its table read. (A development build packed
-/// whole batches, table and all: those are unpacked first.)
+/// Batch `last` of `target` as stored, its table read.
 fn batch_value(
     target: &str,
     last: u64,
     v: sled::IVec,
 ) -> Result<(BatchIndex, sled::IVec), StoreError> {
-    let v = unpack(v, || batch_name(target, last))?;
     Ok((decode_batch(target, last, &v)?, v))
 }
 
@@ -241,7 +239,7 @@ pub(super) fn unpacked_batch(key: &[u8], v: &[u8]) -> Option<Vec<u8>> {
         return None;
     };
     let index = decode_batch(&target, last, v).ok()?;
-    if !v[index.body_at..].starts_with(&[0xff, b'Z']) {
+    if !super::sled_pack::is_packed(&v[index.body_at..]) {
         return None;
     }
     let records = index.records(&target, last, &sled::IVec::from(v)).ok()?;

@@ -41,10 +41,15 @@ pub(super) fn pack(value: Vec<u8>) -> Vec<u8> {
     }
 }
 
+/// Whether `value` was written packed.
+pub(super) fn is_packed(value: &[u8]) -> bool {
+    value.starts_with(&PACKED)
+}
+
 /// `value` as it was before [`pack`] (the same bytes when it was written unpacked).
 /// `key` names the record in the error of a value that does not unpack.
 pub(super) fn unpack(value: IVec, key: impl FnOnce() -> String) -> Result<IVec, StoreError> {
-    if value.get(..2) != Some(&PACKED[..]) {
+    if !is_packed(&value) {
         return Ok(value);
     }
     let corrupt = |reason: String| StoreError::Corrupt { key: key(), reason };
@@ -144,7 +149,7 @@ mod tests {
         let snap = store.snap().clone();
         for kv in snap.iter() {
             let (k, v) = kv.unwrap();
-            if v.starts_with(&PACKED) {
+            if is_packed(&v) {
                 packed += 1;
                 let plain = unpack(v, || "k".into()).unwrap();
                 assert!(!plain.starts_with(&PACKED));
