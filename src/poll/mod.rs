@@ -356,7 +356,7 @@ impl Poller {
         let targets = source.targets.clone();
         let _turn = work_turn().await;
         tokio::task::spawn_blocking(move || {
-            plan.commit_all(&*store, || {
+            plan.commit_all(&*store, move || {
                 for t in &targets {
                     wakes.wake(t);
                 }

@@ -25,7 +25,7 @@ use crate::diff::{check_seen, parse_seen, Change, ChangeKind, DiffError, Differ,
 use crate::event::{self, Event, Json, Parts};
 use crate::extract::{extract_each, Collection, EachError, Kind, Kinds};
 use crate::route::Routes;
-use crate::store::{PollCommit, SourceState};
+use crate::store::{PollCommit, Queued, SourceState};
 
 /// Changes (items written or removed) per commit of a large poll. A commit holds its
 /// events in memory until it is written (about three times the item's JSON each), and
@@ -236,16 +236,18 @@ impl Plan {
     }
 
     /// Commits every chunk of the plan to `store`, one after the other, calling
-    /// `queued` after each commit that queued deliveries (to wake their targets).
+    /// `queued` after each commit that queued deliveries (to wake their targets), and
+    /// handing it to the store, which may call it sooner (see [`PollCommit::queued`]).
     /// Blocking. Returns the generation stored.
     pub fn commit_all(
         mut self,
         store: &dyn crate::store::Store,
-        mut queued: impl FnMut(),
+        queued: impl Fn() + Send + Sync + 'static,
     ) -> Result<u64, PollError> {
+        let queued = Queued::new(queued);
         let mut generation = self.generation_read();
         loop {
-            let commit = match self.next_commit() {
+            let mut commit = match self.next_commit() {
                 Ok(Some(commit)) => commit,
                 Ok(None) => break,
                 Err(e) => {
@@ -256,9 +258,10 @@ impl Plan {
             let events = !commit.events.is_empty();
             // The wake follows the commit even when it failed: a last commit may have
             // moved some of its staged chunks to the outbox before its error.
+            commit.queued = queued.clone();
             let result = store.commit_poll(commit);
             if events {
-                queued();
+                queued.call();
             }
             generation = result?;
         }

@@ -229,6 +229,36 @@ pub struct PollCommit {
     pub collection: Option<crate::extract::Collection>,
     /// Detection time, unix milliseconds (the deliveries' first attempt time).
     pub now_ms: i64,
+    /// Wakes the source's targets. A store that moves a large poll's staged events to
+    /// the outbox in several transactions calls it after each, so delivery starts on the
+    /// first chunk while the rest moves; the caller wakes them after the commit anyway.
+    pub queued: Queued,
+}
+
+/// The wake-up a [`PollCommit`] carries (see its `queued`); by default, nothing.
+#[derive(Clone, Default)]
+pub struct Queued(Option<Arc<dyn Fn() + Send + Sync>>);
+
+impl Queued {
+    pub fn new(wake: impl Fn() + Send + Sync + 'static) -> Queued {
+        Queued(Some(Arc::new(wake)))
+    }
+
+    pub fn call(&self) {
+        if let Some(wake) = &self.0 {
+            wake();
+        }
+    }
+}
+
+impl std::fmt::Debug for Queued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Queued(wake)"
+        } else {
+            "Queued(none)"
+        })
+    }
 }
 
 /// The two kinds of work an instance of a cluster holds leases on.

@@ -21,7 +21,7 @@ impl SledStore {
         // Events a commit left staged are queued first: forgetting drops what the source
         // holds, not what it has detected. Chunks of a poll that never committed go.
         if self.source_state(source)?.staged > 0 {
-            self.apply_staged(source)?;
+            self.apply_staged(source, &super::Queued::default())?;
         }
         let mut abandoned = sled::Batch::default();
         let mut staging = false;

@@ -10,7 +10,7 @@ use super::records::{decode_staged, stage_key};
 use super::sled_outbox::OutboxWrite;
 use super::sled_pack::unpack;
 use super::sled_store::{db_err, read_state, tx_err, SledStore};
-use super::{Store, StoreError};
+use super::{Queued, Store, StoreError};
 
 impl SledStore {
     /// After a crash: moves the events of every committed large poll to the outbox, and
@@ -25,7 +25,7 @@ impl SledStore {
         }
         for (source, state) in self.sources()? {
             if state.staged > 0 {
-                self.apply_staged(&source)?;
+                self.apply_staged(&source, &Queued::default())?;
             }
         }
         let mut abandoned = sled::Batch::default();
@@ -43,8 +43,11 @@ impl SledStore {
 
     /// Moves the events `source`'s last commit staged into the outbox, a chunk per
     /// transaction, in detection order, and records that none are left. Idempotent: a
-    /// chunk is removed from the stage in the transaction that queues it.
-    pub(super) fn apply_staged(&self, source: &str) -> Result<(), StoreError> {
+    /// chunk is removed from the stage in the transaction that queues it. `queued` is
+    /// called after each chunk's transaction: its deliveries may be sent before the
+    /// move is flushed, since the stage already holds them durably (a crash moves them
+    /// again, under the same event ids: at least once).
+    pub(super) fn apply_staged(&self, source: &str, queued: &Queued) -> Result<(), StoreError> {
         let staged = self.source_state(source)?.staged;
         for chunk in 0..staged {
             // Its parts, in order (a chunk staged by an earlier release is one value,
@@ -83,6 +86,7 @@ impl SledStore {
             });
             drop(enqueue);
             result.map_err(tx_err)?;
+            queued.call();
         }
         let result = self.sources.transaction(|sources| {
             let mut state = read_state(sources.get(source)?, source)

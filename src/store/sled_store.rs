@@ -258,7 +258,7 @@ impl Store for SledStore {
         if before.staged > 0 {
             // The events of the previous commit are still staged (it failed after its
             // transaction): they go first, in detection order.
-            self.apply_staged(&c.source)?;
+            self.apply_staged(&c.source, &c.queued)?;
             before.staged = 0;
         }
         // A poll of more than one commit stages every chunk of events, the last one
@@ -325,7 +325,7 @@ impl Store for SledStore {
             return Ok(generation);
         }
         if staging {
-            self.apply_staged(&c.source)?;
+            self.apply_staged(&c.source, &c.queued)?;
         }
         Ok(generation)
     }

@@ -61,6 +61,30 @@ fn pending_ids(store: &SledStore) -> Vec<String> {
         .collect()
 }
 
+/// Delivery of a large poll starts on its first moved chunk, not after the whole move:
+/// the commit's wake-up is called after each chunk's transaction, and the first call
+/// already finds that chunk in the outbox.
+#[test]
+fn the_targets_are_woken_as_each_staged_chunk_reaches_the_outbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open(dir.path()));
+    let events = five();
+    let (first, mut last) = two_chunks(events.clone());
+    let seen_at_wake = Arc::new(std::sync::Mutex::new(Vec::new()));
+    last.queued = {
+        let (store, seen_at_wake) = (store.clone(), seen_at_wake.clone());
+        Queued::new(move || seen_at_wake.lock().unwrap().push(pending_ids(&store)))
+    };
+    store.commit_poll(first).unwrap();
+    assert_eq!(store.commit_poll(last).unwrap(), 1);
+    let ids = event_ids(&events);
+    assert_eq!(
+        *seen_at_wake.lock().unwrap(),
+        vec![ids[..3].to_vec(), ids.clone()],
+        "one wake per moved chunk, each after its chunk is queued"
+    );
+}
+
 #[test]
 fn staged_events_are_queued_only_when_the_snapshot_commits_in_detection_order() {
     let dir = tempfile::tempdir().unwrap();
