@@ -243,8 +243,8 @@ struct Shared {
 /// A target's bookkeeping, under one lock held only to read or change it (never across
 /// an await).
 #[derive(Default)]
-pub struct Book {
-    pub queue: Queue,
+struct Book {
+    queue: Queue,
     acked: Acked,
     /// When the next delivery was due as the worker last looked (ms): a sender whose
     /// outcome makes one due sooner wakes the worker, which may have room to start it.
