@@ -1,5 +1,6 @@
 //! Benchmarks of the pure stages (criterion): extraction, canonical fingerprints and the
-//! diff of a large poll with 1% of items changed; signing per scheme.
+//! diff of a large poll with 1% of items changed (parsed, and as canonical text);
+//! signing per scheme.
 //!
 //! ```text
 //! cargo bench --bench pipeline
@@ -9,7 +10,7 @@ use std::collections::HashMap;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use pollhook::diff::{fingerprint, Diff, Differ, Seen};
-use pollhook::extract::{extract, extract_each};
+use pollhook::extract::{extract, extract_each, extract_each_text, Each};
 use pollhook::sign::{Scheme, Signer};
 use serde_json::{json, Value};
 
@@ -52,6 +53,18 @@ fn stream_diff(previous: &HashMap<String, Seen>, body: &[u8], ignore: &[String])
     differ.finish().expect("diff")
 }
 
+/// The production path for text already in canonical form (this document's: compact,
+/// keys sorted): items validated and hashed as they are, not parsed.
+fn text_diff(previous: &HashMap<String, Seen>, body: &[u8]) -> Diff {
+    let mut differ = Differ::new(previous, &[]);
+    extract_each_text(body, "/items", "/id", &mut |item| match item {
+        Each::Parsed(item) => differ.push(item),
+        Each::Canonical { id, text } => differ.push_text(id, text),
+    })
+    .expect("extract");
+    differ.finish().expect("diff")
+}
+
 fn poll(c: &mut Criterion) {
     for n in [10_000usize, 100_000] {
         let before = doc(n, |_| false);
@@ -66,6 +79,9 @@ fn poll(c: &mut Criterion) {
         });
         group.bench_function("extract+fingerprint+diff (streamed from bytes)", |b| {
             b.iter(|| stream_diff(&previous, &after, &[]))
+        });
+        group.bench_function("extract+diff, canonical text (not parsed)", |b| {
+            b.iter(|| text_diff(&previous, &after))
         });
         let ignore = vec!["/stock/count".to_string()];
         let previous_ignoring = snapshot(&before, &ignore);

@@ -161,6 +161,10 @@ pub enum DiffError {
     /// More distinct items than the differ may hold (a source's `max_items`).
     #[error("more than {limit} items")]
     TooManyItems { limit: usize },
+    /// An item handed over as text ([`Differ::push_text`]) is not JSON: a bug of the
+    /// caller, which should pass the text the parser validated.
+    #[error("the text given for item {id:?} is not JSON ({reason})")]
+    NotJson { id: String, reason: String },
 }
 
 /// Writes `s` as a JSON string, escaped exactly as serde_json does.
@@ -326,6 +330,33 @@ pub(crate) fn parse_seen(id: &str, seen: &Seen) -> Result<Value, DiffError> {
     })
 }
 
+/// An item of this poll as the differ was given it.
+enum Pushed<'t> {
+    Value(Value),
+    /// Canonical JSON text.
+    Text(&'t [u8]),
+}
+
+impl Pushed<'_> {
+    /// The bytes the store keeps: compact JSON of the whole item.
+    fn bytes(&self) -> Vec<u8> {
+        match self {
+            // Value's Display is compact serde_json output, i.e. `to_vec`, minus the
+            // impossible error case.
+            Pushed::Value(value) => value.to_string().into_bytes(),
+            Pushed::Text(text) => text.to_vec(),
+        }
+    }
+}
+
+/// An item given as text, parsed.
+fn parse_text(id: &str, text: &[u8]) -> Result<Value, DiffError> {
+    serde_json::from_slice(text).map_err(|e| DiffError::NotJson {
+        id: id.to_string(),
+        reason: e.to_string(),
+    })
+}
+
 /// Compares `current` (this poll's items) with `previous` (what the store
 /// holds, id -> [`Seen`]).
 ///
@@ -415,6 +446,26 @@ impl<'a> Differ<'a> {
     pub fn push(&mut self, Item { id, value }: Item) -> Result<(), DiffError> {
         self.kinds.add(Kind::of(&value));
         let hash = fingerprint_parsed(&value, &self.ignore);
+        self.compare(id, hash, Pushed::Value(value))
+    }
+
+    /// [`Self::push`] for an item given as its JSON text in canonical form (as
+    /// [`crate::extract::extract_each_text`] hands it on), whose fingerprint is the hash
+    /// of the text and whose stored bytes are the text: it is not parsed, unless fields
+    /// are ignored (the fingerprint must leave them out) or the change is kept.
+    pub fn push_text(&mut self, id: String, text: &[u8]) -> Result<(), DiffError> {
+        if !self.ignore.is_empty() {
+            let value = parse_text(&id, text)?;
+            return self.push(Item { id, value });
+        }
+        if let Some(kind) = Kind::of_json(text) {
+            self.kinds.add(kind);
+        }
+        let hash = Sha256::digest(text).into();
+        self.compare(id, hash, Pushed::Text(text))
+    }
+
+    fn compare(&mut self, id: String, hash: Hash, item: Pushed<'_>) -> Result<(), DiffError> {
         let (kind, old) = match self.previous.get_key_value(&id) {
             None => {
                 if !self.created.insert(id.clone()) {
@@ -433,7 +484,7 @@ impl<'a> Differ<'a> {
                 }
                 let old = parse_seen(&id, seen)?;
                 if fingerprint_parsed(&old, &self.ignore) == hash {
-                    let raw = value.to_string().into_bytes();
+                    let raw = item.bytes();
                     self.out.upserts.push((id, Seen { hash, raw }));
                     self.out.upsert_kinds.push(None);
                     return Ok(());
@@ -441,9 +492,7 @@ impl<'a> Differ<'a> {
                 (ChangeKind::Updated, Some(old))
             }
         };
-        // Value's Display is compact serde_json output, i.e. `to_vec`, minus the
-        // impossible error case.
-        let raw = value.to_string().into_bytes();
+        let raw = item.bytes();
         self.out.upserts.push((id.clone(), Seen { hash, raw }));
         self.out.upsert_kinds.push(Some(kind));
         match kind {
@@ -453,6 +502,10 @@ impl<'a> Differ<'a> {
         if !self.keep.contains(&kind) {
             return Ok(());
         }
+        let value = match item {
+            Pushed::Value(value) => value,
+            Pushed::Text(text) => parse_text(&id, text)?,
+        };
         self.out
             .changes
             .push(Change::upserted(kind, id, value, old, hash));

@@ -4,8 +4,9 @@
 
 use std::collections::HashMap;
 
+mod canonical;
 mod stream;
-pub use stream::{extract_each, EachError, Found};
+pub use stream::{extract_each, extract_each_text, Each, EachError, Found};
 
 use serde_json::Value;
 

@@ -11,8 +11,10 @@ use std::collections::HashMap;
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
+use super::canonical::{self, Id};
 use super::{array_index, describe, item_id, pointer_tokens, Collection, ExtractError, Item};
 
 /// Why [`extract_each`] stopped.
@@ -33,6 +35,16 @@ pub struct Found {
     pub collection: Collection,
 }
 
+/// One item as [`extract_each_text`] hands it on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Each<'t> {
+    /// The item parsed: its text was not in canonical form.
+    Parsed(Item),
+    /// The item's JSON text as it is in the body, which is the canonical form
+    /// ([`crate::diff::canonical_json`]) of the value it holds: it needs no parsing.
+    Canonical { id: String, text: &'t [u8] },
+}
+
 /// Parses `body` and calls `each` with every item of the collection at `items_ptr`, in
 /// document order; returns how many there were. See [`super::extract`] for the rules.
 pub fn extract_each<E>(
@@ -40,6 +52,35 @@ pub fn extract_each<E>(
     items_ptr: &str,
     id_ptr: &str,
     each: &mut dyn FnMut(Item) -> Result<(), E>,
+) -> Result<Found, EachError<E>> {
+    walk(body, items_ptr, id_ptr, Sink::Parsed(each))
+}
+
+/// [`extract_each`], handing on as text every item whose text is already in canonical
+/// form: validated, not parsed. Once an item's text is not, the rest of the document is
+/// parsed (a response is written by one serialiser), so a body that is not in that form
+/// costs one item's second look.
+pub fn extract_each_text<'t, E>(
+    body: &'t [u8],
+    items_ptr: &str,
+    id_ptr: &str,
+    each: &mut dyn FnMut(Each<'t>) -> Result<(), E>,
+) -> Result<Found, EachError<E>> {
+    walk(body, items_ptr, id_ptr, Sink::Texts(each))
+}
+
+/// Where a walk hands its items.
+enum Sink<'a, 't, E> {
+    Parsed(&'a mut dyn FnMut(Item) -> Result<(), E>),
+    /// Items as text while they are canonical (`texts` of the walk).
+    Texts(&'a mut dyn FnMut(Each<'t>) -> Result<(), E>),
+}
+
+fn walk<'t, E>(
+    body: &'t [u8],
+    items_ptr: &str,
+    id_ptr: &str,
+    each: Sink<'_, 't, E>,
 ) -> Result<Found, EachError<E>> {
     let invalid = |which, pointer: &str, reason| {
         EachError::Extract(ExtractError::InvalidPointer {
@@ -55,6 +96,7 @@ pub fn extract_each<E>(
         tokens: &tokens,
         id_ptr,
         id_tokens: &id_tokens,
+        texts: matches!(each, Sink::Texts(_)),
         each,
         first_index: HashMap::new(),
         count: 0,
@@ -87,12 +129,14 @@ pub fn extract_each<E>(
 }
 
 /// The state of one walk through a document.
-struct Walk<'a, E> {
+struct Walk<'a, 's, 't, E> {
     items_ptr: &'a str,
     tokens: &'a [String],
     id_ptr: &'a str,
     id_tokens: &'a [String],
-    each: &'a mut dyn FnMut(Item) -> Result<(), E>,
+    /// Items are read as text and handed on unparsed while they are canonical.
+    texts: bool,
+    each: Sink<'s, 't, E>,
     /// id -> position of the item that first had it, to report both on duplicates.
     first_index: HashMap<String, usize>,
     count: usize,
@@ -102,7 +146,7 @@ struct Walk<'a, E> {
     failure: Option<EachError<E>>,
 }
 
-impl<E> Walk<'_, E> {
+impl<'t, E> Walk<'_, '_, 't, E> {
     /// Where resolution stands at `depth`, for messages.
     fn here(&self, depth: usize) -> String {
         if depth == 0 {
@@ -119,21 +163,79 @@ impl<E> Walk<'_, E> {
         }));
     }
 
-    /// Takes one item; an error stops the parser (the reason is kept in `failure`).
-    fn item<D: de::Error>(&mut self, index: usize, id: String, value: Value) -> Result<(), D> {
-        if let Some(&first) = self.first_index.get(&id) {
-            return Err(self.fail(EachError::Extract(ExtractError::DuplicateId {
+    /// Takes one parsed item; an error stops the parser (the reason is kept in
+    /// `failure`). `key` is an object collection's member name, which is the id.
+    fn item<D: de::Error>(
+        &mut self,
+        index: usize,
+        key: Option<String>,
+        value: Value,
+    ) -> Result<(), D> {
+        let id = match key {
+            Some(key) => key,
+            None => match item_id(index, &value, self.id_ptr, self.id_tokens) {
+                Ok(id) => id,
+                Err(e) => return Err(self.fail(EachError::Extract(e))),
+            },
+        };
+        self.counted(index, &id)?;
+        let handed = match &mut self.each {
+            Sink::Parsed(each) => each(Item { id, value }),
+            Sink::Texts(each) => each(Each::Parsed(Item { id, value })),
+        };
+        handed.map_err(|e| self.fail(EachError::Stopped(e)))
+    }
+
+    /// Takes one item read as text: handed on as it is when canonical, else parsed
+    /// (and so is the rest of the document).
+    fn text_item<D: de::Error>(
+        &mut self,
+        index: usize,
+        key: Option<String>,
+        text: &'t str,
+    ) -> Result<(), D> {
+        let tokens = key.is_none().then_some(self.id_tokens);
+        let found = match &self.each {
+            Sink::Texts(_) => canonical::scan(text, tokens),
+            Sink::Parsed(_) => None,
+        };
+        let id = match (found, key) {
+            (Some(_), Some(key)) => key,
+            (Some(Id::Found(id)), None) => id.to_string(),
+            (found, key) => {
+                if found.is_none() {
+                    self.texts = false;
+                }
+                // serde_json has validated the text; only its nesting limit, which
+                // skipping a value does not apply, can still refuse it.
+                let value = serde_json::from_str(text).map_err(D::custom)?;
+                return self.item(index, key, value);
+            }
+        };
+        self.counted(index, &id)?;
+        let handed = match &mut self.each {
+            Sink::Texts(each) => each(Each::Canonical {
                 id,
+                text: text.as_bytes(),
+            }),
+            // Not reached: `found` is None for this sink.
+            Sink::Parsed(_) => Ok(()),
+        };
+        handed.map_err(|e| self.fail(EachError::Stopped(e)))
+    }
+
+    /// Counts an item, refusing an id seen before.
+    fn counted<D: de::Error>(&mut self, index: usize, id: &str) -> Result<(), D> {
+        if let Some(&first) = self.first_index.get(id) {
+            return Err(self.fail(EachError::Extract(ExtractError::DuplicateId {
+                id: id.to_string(),
                 first,
                 second: index,
             })));
         }
-        self.first_index.insert(id.clone(), index);
+        self.first_index.insert(id.to_string(), index);
         self.count += 1;
-        match (self.each)(Item { id, value }) {
-            Ok(()) => Ok(()),
-            Err(e) => Err(self.fail(EachError::Stopped(e))),
-        }
+        Ok(())
     }
 
     fn fail<D: de::Error>(&mut self, failure: EachError<E>) -> D {
@@ -143,12 +245,12 @@ impl<E> Walk<'_, E> {
 }
 
 /// The walk at one depth of the items pointer.
-struct At<'w, 'a, E> {
-    walk: &'w mut Walk<'a, E>,
+struct At<'w, 'a, 's, 't, E> {
+    walk: &'w mut Walk<'a, 's, 't, E>,
     depth: usize,
 }
 
-impl<'de, E> DeserializeSeed<'de> for At<'_, '_, E> {
+impl<'de: 't, 't, E> DeserializeSeed<'de> for At<'_, '_, '_, 't, E> {
     type Value = ();
 
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
@@ -156,7 +258,7 @@ impl<'de, E> DeserializeSeed<'de> for At<'_, '_, E> {
     }
 }
 
-impl<E> At<'_, '_, E> {
+impl<E> At<'_, '_, '_, '_, E> {
     fn at_target(&self) -> bool {
         self.depth == self.walk.tokens.len()
     }
@@ -179,7 +281,7 @@ impl<E> At<'_, '_, E> {
     }
 }
 
-impl<'de, E> Visitor<'de> for At<'_, '_, E> {
+impl<'de: 't, 't, E> Visitor<'de> for At<'_, '_, '_, 't, E> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -220,13 +322,18 @@ impl<'de, E> Visitor<'de> for At<'_, '_, E> {
         if self.at_target() {
             self.walk.found = Some(Ok(Collection::Array));
             let mut index = 0;
-            while let Some(element) = seq.next_element::<Value>()? {
-                let walk = &mut *self.walk;
-                let id = match item_id(index, &element, walk.id_ptr, walk.id_tokens) {
-                    Ok(id) => id,
-                    Err(e) => return Err(walk.fail(EachError::Extract(e))),
-                };
-                walk.item(index, id, element)?;
+            loop {
+                if self.walk.texts {
+                    let Some(text) = seq.next_element::<&'de RawValue>()? else {
+                        break;
+                    };
+                    self.walk.text_item(index, None, text.get())?;
+                } else {
+                    let Some(element) = seq.next_element::<Value>()? else {
+                        break;
+                    };
+                    self.walk.item(index, None, element)?;
+                }
                 index += 1;
             }
             return Ok(());
@@ -266,13 +373,18 @@ impl<'de, E> Visitor<'de> for At<'_, '_, E> {
             self.walk.found = Some(Ok(Collection::Object));
             let mut index = 0;
             while let Some(key) = map.next_key::<String>()? {
-                let value = map.next_value::<Value>()?;
                 if key.is_empty() {
                     let pointer = self.walk.items_ptr.to_string();
                     let e = ExtractError::EmptyKey { index, pointer };
                     return Err(self.walk.fail(EachError::Extract(e)));
                 }
-                self.walk.item(index, key, value)?;
+                if self.walk.texts {
+                    let text = map.next_value::<&'de RawValue>()?;
+                    self.walk.text_item(index, Some(key), text.get())?;
+                } else {
+                    let value = map.next_value::<Value>()?;
+                    self.walk.item(index, Some(key), value)?;
+                }
                 index += 1;
             }
             return Ok(());
@@ -358,7 +470,57 @@ mod tests {
         for (body, items, id) in cases {
             let (whole, streamed) = both(body, items, id);
             assert_eq!(whole, streamed, "{body} {items} {id}");
+            assert_eq!(texts(body, items, id).0, streamed, "as text: {body}");
         }
+    }
+
+    /// [`extract_each_text`]'s items, canonical ones parsed; and how many were not
+    /// parsed by the walk.
+    fn texts(body: &str, items: &str, id: &str) -> (Result<Vec<Item>, String>, usize) {
+        let mut got = Vec::new();
+        let mut canonical = 0;
+        let r = extract_each_text::<()>(body.as_bytes(), items, id, &mut |each| {
+            got.push(match each {
+                Each::Parsed(item) => item,
+                Each::Canonical { id, text } => {
+                    canonical += 1;
+                    let value = serde_json::from_slice(text).unwrap();
+                    assert_eq!(crate::diff::canonical_json(&value), text);
+                    Item { id, value }
+                }
+            });
+            Ok(())
+        });
+        let r = r.map(|_| got).map_err(|e| match e {
+            EachError::Extract(e) => e.to_string(),
+            other => format!("{other:?}"),
+        });
+        (r, canonical)
+    }
+
+    #[test]
+    fn canonical_items_are_handed_on_as_text_until_one_is_not() {
+        // Canonical throughout: every item as text, ids from the text.
+        let (items, canonical) = texts(
+            r#"{"data":[{"id":1,"v":[1,2]},{"id":"b","w":{"x":null}},{"id":3}]}"#,
+            "/data",
+            "/id",
+        );
+        let ids: Vec<String> = items.unwrap().into_iter().map(|i| i.id).collect();
+        assert_eq!(
+            (ids, canonical),
+            (vec!["1".into(), "b".into(), "3".into()], 3)
+        );
+        // An object collection: the member names are the ids.
+        let (items, canonical) = texts(r#"{"a":{"v":1},"b":{"v":2}}"#, "", "/id");
+        assert_eq!((items.unwrap().len(), canonical), (2, 2));
+        // An id the text cannot give (escaped) is parsed, and the walk goes on as text.
+        let (items, canonical) = texts(r#"[{"id":"a\"b"},{"id":2}]"#, "", "/id");
+        assert_eq!(items.unwrap()[0].id, "a\"b");
+        assert_eq!(canonical, 1);
+        // The second item out of order: it and all after it are parsed.
+        let (items, canonical) = texts(r#"[{"id":1},{"v":1,"id":2},{"id":3}]"#, "", "/id");
+        assert_eq!((items.unwrap().len(), canonical), (3, 1));
     }
 
     #[test]

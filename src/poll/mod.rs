@@ -600,8 +600,10 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
-    fn source() -> Arc<Source> {
-        let text = r#"
+    /// Source `s` of a config with one target, `options` added to the source.
+    pub(super) fn source_with(options: &str) -> Arc<Source> {
+        let text = format!(
+            r#"
 [targets.t]
 url = "http://127.0.0.1:9/hooks"
 secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -610,14 +612,20 @@ secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 url = "http://127.0.0.1:9/items"
 interval = "1m"
 targets = ["t"]
-"#;
+{options}
+"#
+        );
         let config = crate::config::Config::parse(
-            text,
+            &text,
             std::path::Path::new("/tmp/pollhook-test/config.toml"),
             &|_| None,
         )
         .unwrap_or_else(|e| panic!("{e}"));
         config.sources["s"].clone()
+    }
+
+    fn source() -> Arc<Source> {
+        source_with("")
     }
 
     /// Thousands of sources come due together; their parsing and diffing must not each

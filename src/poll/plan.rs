@@ -23,7 +23,7 @@ use super::{Fetched, PollError, PollReport};
 use crate::config::{Mode, Source};
 use crate::diff::{check_seen, parse_seen, Change, ChangeKind, DiffError, Differ, Seen};
 use crate::event::{self, Event, Json, Parts};
-use crate::extract::{extract_each, Collection, EachError, Kind, Kinds};
+use crate::extract::{extract_each, extract_each_text, Collection, Each, EachError, Kind, Kinds};
 use crate::route::Routes;
 use crate::store::{PollCommit, Queued, SourceState};
 
@@ -344,23 +344,33 @@ pub fn plan_response(
 ) -> Result<Plan, PollError> {
     let url = source.location();
     // Items are diffed as they are parsed: memory holds the changed items, not the
-    // whole document.
+    // whole document. Items already in canonical form are not parsed at all (their
+    // text is what the fingerprint hashes), unless fields are ignored: the fingerprint
+    // must leave those out.
     let mut plan = plan_with(store, source, now, true, |differ| {
-        extract_each(body, &source.items, &source.id, &mut |item| {
-            differ.push(item)
-        })
-        .map(|found| Some(found.collection))
-        .map_err(|e| match e {
-            EachError::Json(error) => PollError::Json {
-                url: url.clone(),
-                error,
-            },
-            EachError::Extract(error) => PollError::Extract {
-                url: url.clone(),
-                error,
-            },
-            EachError::Stopped(e) => PollError::Diff(e),
-        })
+        let found = if source.ignore.is_empty() {
+            extract_each_text(body, &source.items, &source.id, &mut |item| match item {
+                Each::Parsed(item) => differ.push(item),
+                Each::Canonical { id, text } => differ.push_text(id, text),
+            })
+        } else {
+            extract_each(body, &source.items, &source.id, &mut |item| {
+                differ.push(item)
+            })
+        };
+        found
+            .map(|found| Some(found.collection))
+            .map_err(|e| match e {
+                EachError::Json(error) => PollError::Json {
+                    url: url.clone(),
+                    error,
+                },
+                EachError::Extract(error) => PollError::Extract {
+                    url: url.clone(),
+                    error,
+                },
+                EachError::Stopped(e) => PollError::Diff(e),
+            })
     })?;
     plan.report.pages = 1;
     Ok(plan)
@@ -534,4 +544,87 @@ fn check_shape(
             describe(state.collection, held_kind),
         ),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{SledStore, Store};
+    use serde_json::json;
+
+    fn source(options: &str) -> std::sync::Arc<Source> {
+        crate::poll::tests::source_with(&format!("items = \"/items\"\nbaseline = false\n{options}"))
+    }
+
+    /// Polls `body` into `store`: (created, updated, deleted).
+    fn poll(store: &dyn Store, source: &Source, body: &str) -> (usize, usize, usize) {
+        let plan = plan_response(store, source, body.as_bytes(), Utc::now())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let r = (
+            plan.report.created,
+            plan.report.updated,
+            plan.report.deleted,
+        );
+        plan.commit_all(store, || {}).unwrap();
+        r
+    }
+
+    /// Items in canonical text (compact, keys sorted: what serde_json writes) are not
+    /// parsed, those in any other form are; either way an item is the same item, with
+    /// the same fingerprint and the same stored bytes. Were a text's fingerprint not
+    /// that of its canonical form, changing the form alone would read as an update.
+    #[test]
+    fn an_item_is_the_same_in_canonical_text_and_in_any_other_form() {
+        let items = json!({"items": [
+            {"id": 1, "name": "apple", "tags": ["a", "b"], "price": 1.5},
+            {"id": "two", "name": "pear\n\"ripe\"", "stock": {"count": 3, "at": null}},
+        ]});
+        let canonical = items.to_string();
+        let other_forms = [
+            // Pretty: parsed from the first item on.
+            serde_json::to_string_pretty(&items).unwrap(),
+            // Compact, but keys out of order in the first item.
+            canonical.replacen(r#""id":1,"name":"apple""#, r#""name":"apple","id":1"#, 1),
+            // Compact, sorted, but a number written another way.
+            canonical.replacen("1.5", "1.50", 1),
+        ];
+        for other in &other_forms {
+            assert_ne!(other, &canonical);
+            for (first, second) in [(&canonical, other), (other, &canonical)] {
+                let dir = tempfile::tempdir().unwrap();
+                let store = SledStore::open(dir.path()).unwrap();
+                let source = source("");
+                assert_eq!(poll(&store, &source, first), (2, 0, 0));
+                let stored = store.snapshot("s").unwrap();
+                assert_eq!(
+                    poll(&store, &source, second),
+                    (0, 0, 0),
+                    "{first} then {second}"
+                );
+                assert_eq!(store.snapshot("s").unwrap(), stored);
+                assert_eq!(
+                    stored["two"].raw,
+                    serde_json::to_vec(&items["items"][1]).unwrap()
+                );
+                // A real change is still one, in either form.
+                let changed = first.replacen("apple", "apples", 1);
+                assert_eq!(poll(&store, &source, &changed), (0, 1, 0));
+            }
+        }
+    }
+
+    /// With fields ignored the fingerprint leaves them out, so canonical text is parsed
+    /// too: a change in an ignored field only is no change.
+    #[test]
+    fn ignored_fields_are_left_out_of_canonical_text_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let source = source(r#"ignore = ["/seen"]"#);
+        let body = |seen: u32, name: &str| {
+            json!({"items": [{"id": 1, "name": name, "seen": seen}]}).to_string()
+        };
+        assert_eq!(poll(&store, &source, &body(1, "a")), (1, 0, 0));
+        assert_eq!(poll(&store, &source, &body(2, "a")), (0, 0, 0));
+        assert_eq!(poll(&store, &source, &body(3, "b")), (0, 1, 0));
+    }
 }
