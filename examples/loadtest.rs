@@ -22,6 +22,9 @@
 //! instead of sled: a throwaway server (initdb in a temp dir, as for the tests), the
 //! store joined as one instance of a cluster, its leases renewed as the daemon does, so
 //! every commit and acknowledgement is fenced as in production.
+//!
+//! `LOADTEST_PRETTY=1` serves the item documents pretty-printed instead of compact with
+//! sorted keys: the items are then parsed, not hashed as canonical text.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -120,7 +123,15 @@ fn items_doc(n: usize, rev: u64, changed: impl Fn(usize) -> bool) -> Bytes {
             })
         })
         .collect();
-    Bytes::from(serde_json::to_vec(&json!({ "items": items })).expect("serialise"))
+    let doc = json!({ "items": items });
+    // LOADTEST_PRETTY=1: the document pretty-printed, as many APIs send it; items not in
+    // canonical form are parsed (README, Performance).
+    let text = if std::env::var_os("LOADTEST_PRETTY").is_some_and(|v| v == "1") {
+        serde_json::to_vec_pretty(&doc)
+    } else {
+        serde_json::to_vec(&doc)
+    };
+    Bytes::from(text.expect("serialise"))
 }
 
 /// Serves whatever document is current at `/items`, without re-serialising.
