@@ -206,8 +206,8 @@ impl<'t, E> Walk<'_, '_, 't, E> {
                 if found.is_none() {
                     self.texts = false;
                 }
-                // serde_json has validated the text; only its nesting limit, which
-                // skipping a value does not apply, can still refuse it.
+                // serde_json has validated the text; should parsing it still fail
+                // (its nesting limit), that is the response's JSON error.
                 let value = serde_json::from_str(text).map_err(D::custom)?;
                 return self.item(index, key, value);
             }
@@ -564,5 +564,11 @@ mod tests {
         let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
         let r = extract_each::<()>(deep.as_bytes(), "", "/id", &mut |_| Ok(()));
         assert!(matches!(r, Err(EachError::Json(_))), "{r:?}");
+        // Inside an item read as text too, whether the scan or the parser meets it.
+        for item in [deep.clone(), format!(r#"{{"a":{deep}}}"#)] {
+            let body = format!(r#"{{"items":[{{"id":1}},{item}]}}"#);
+            let r = extract_each_text::<()>(body.as_bytes(), "/items", "/id", &mut |_| Ok(()));
+            assert!(matches!(r, Err(EachError::Json(_))), "{r:?}");
+        }
     }
 }
